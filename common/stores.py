@@ -1,0 +1,155 @@
+"""The shared storage contract: what the worker writes and the API reads.
+
+Redis (``settings.redis_prefix`` + key):
+- ``item:{item_id}`` — JSON object of item metadata (attributes of the last upsert).
+- ``items:unavailable`` — set of deleted item ids; never recommended.
+- ``popular`` — sorted set item_id → time-decayed popularity score, replaced atomically.
+- ``popular:meta`` — JSON ``{"updated_ms": ..., "half_life_s": ...}``.
+
+MongoDB collection ``users`` — one document per user::
+
+    {_id: user_id, vector: [float], model_version: str, history: [item_id, ...newest last],
+     n_events: int, updated_at: datetime, last_event_ms: int}
+
+Keeping the layout in one module means the writer (``streams``) and the reader
+(``recommender_server``) cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import redis
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+
+class ItemCache:
+    """Item metadata, availability and the popular list in Redis."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "recsys:") -> None:
+        self.r = client
+        self.prefix = prefix
+
+    def _item_key(self, item_id: str) -> str:
+        return f"{self.prefix}item:{item_id}"
+
+    @property
+    def _unavailable_key(self) -> str:
+        return f"{self.prefix}items:unavailable"
+
+    @property
+    def _popular_key(self) -> str:
+        return f"{self.prefix}popular"
+
+    def put_items(self, items: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store metadata for many items and mark them available again."""
+        if not items:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.mset({self._item_key(i): json.dumps(meta, separators=(",", ":"))
+                   for i, meta in items.items()})
+        pipe.srem(self._unavailable_key, *items.keys())
+        pipe.execute()
+
+    def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Metadata for the ids that have any (missing ids are left out)."""
+        if not item_ids:
+            return {}
+        raw = self.r.mget([self._item_key(i) for i in item_ids])
+        return {i: json.loads(v) for i, v in zip(item_ids, raw) if v is not None}
+
+    def mark_unavailable(self, item_ids: Iterable[str]) -> None:
+        ids = list(item_ids)
+        if ids:
+            self.r.sadd(self._unavailable_key, *ids)
+
+    def unavailable(self) -> set[str]:
+        """Every deleted item id (small: deletions are rare relative to the catalogue)."""
+        return set(self.r.smembers(self._unavailable_key))
+
+    def unavailable_among(self, item_ids: Sequence[str]) -> set[str]:
+        if not item_ids:
+            return set()
+        flags = self.r.smismember(self._unavailable_key, list(item_ids))
+        return {i for i, f in zip(item_ids, flags) if f}
+
+    def set_popular(self, scores: Mapping[str, float], meta: Mapping[str, Any] | None = None) -> None:
+        """Replace the popular list atomically (readers never see a half-written list)."""
+        tmp = f"{self._popular_key}:tmp"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(tmp)
+        if scores:
+            pipe.zadd(tmp, dict(scores))
+            pipe.rename(tmp, self._popular_key)
+        else:
+            pipe.delete(self._popular_key)
+        if meta is not None:
+            pipe.set(f"{self._popular_key}:meta", json.dumps(dict(meta)))
+        pipe.execute()
+
+    def popular(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` most popular item ids with their decayed scores, best first."""
+        return [(i, float(s)) for i, s in
+                self.r.zrevrange(self._popular_key, 0, max(k, 1) - 1, withscores=True)]
+
+    def popular_meta(self) -> dict[str, Any]:
+        raw = self.r.get(f"{self._popular_key}:meta")
+        return json.loads(raw) if raw else {}
+
+
+@dataclass
+class UserDoc:
+    """One user's serving state, as stored in MongoDB."""
+
+    user_id: str
+    vector: list[float]
+    model_version: str
+    history: list[str] = field(default_factory=list)
+    n_events: int = 0
+    last_event_ms: int = 0
+    updated_at: dt.datetime | None = None
+
+    def to_mongo(self) -> dict[str, Any]:
+        return {
+            "vector": self.vector, "model_version": self.model_version,
+            "history": self.history, "n_events": self.n_events,
+            "last_event_ms": self.last_event_ms,
+            "updated_at": self.updated_at or dt.datetime.now(dt.timezone.utc),
+        }
+
+    @classmethod
+    def from_mongo(cls, doc: Mapping[str, Any]) -> "UserDoc":
+        return cls(
+            user_id=str(doc["_id"]), vector=list(doc.get("vector") or []),
+            model_version=str(doc.get("model_version", "")),
+            history=list(doc.get("history") or []), n_events=int(doc.get("n_events", 0)),
+            last_event_ms=int(doc.get("last_event_ms", 0)), updated_at=doc.get("updated_at"),
+        )
+
+
+class UserStore:
+    """User vectors and histories in MongoDB's ``users`` collection."""
+
+    def __init__(self, db: Database, collection: str = "users") -> None:
+        self.col: Collection = db[collection]
+
+    def upsert_many(self, docs: Sequence[UserDoc]) -> int:
+        """Write many users in one round trip (SecantusDB does ~650 single upserts/s)."""
+        if not docs:
+            return 0
+        ops = [UpdateOne({"_id": d.user_id}, {"$set": d.to_mongo()}, upsert=True) for d in docs]
+        result = self.col.bulk_write(ops, ordered=False)
+        return result.upserted_count + result.modified_count
+
+    def get(self, user_id: str) -> UserDoc | None:
+        doc = self.col.find_one({"_id": user_id})
+        return UserDoc.from_mongo(doc) if doc else None
+
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserDoc]:
+        return {str(d["_id"]): UserDoc.from_mongo(d)
+                for d in self.col.find({"_id": {"$in": list(user_ids)}})}
