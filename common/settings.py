@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "RECSYS_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ class Settings:
                            PROJECT_ROOT / ".local" / "models")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``RECSYS_*`` variables, then explicit ``overrides``.
 
         >>> Settings.from_env({"RECSYS_API_PORT": "9000"}).api_port

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import redis
 from pymongo import UpdateOne
@@ -61,7 +62,7 @@ class ItemCache:
         if not item_ids:
             return {}
         raw = self.r.mget([self._item_key(i) for i in item_ids])
-        return {i: json.loads(v) for i, v in zip(item_ids, raw) if v is not None}
+        return {i: json.loads(v) for i, v in zip(item_ids, raw, strict=True) if v is not None}
 
     def mark_unavailable(self, item_ids: Iterable[str]) -> None:
         ids = list(item_ids)
@@ -76,9 +77,11 @@ class ItemCache:
         if not item_ids:
             return set()
         flags = self.r.smismember(self._unavailable_key, list(item_ids))
-        return {i for i, f in zip(item_ids, flags) if f}
+        return {i for i, f in zip(item_ids, flags, strict=True) if f}
 
-    def set_popular(self, scores: Mapping[str, float], meta: Mapping[str, Any] | None = None) -> None:
+    def set_popular(
+        self, scores: Mapping[str, float], meta: Mapping[str, Any] | None = None
+    ) -> None:
         """Replace the popular list atomically (readers never see a half-written list)."""
         tmp = f"{self._popular_key}:tmp"
         pipe = self.r.pipeline(transaction=True)
@@ -119,11 +122,11 @@ class UserDoc:
             "vector": self.vector, "model_version": self.model_version,
             "history": self.history, "n_events": self.n_events,
             "last_event_ms": self.last_event_ms,
-            "updated_at": self.updated_at or dt.datetime.now(dt.timezone.utc),
+            "updated_at": self.updated_at or dt.datetime.now(dt.UTC),
         }
 
     @classmethod
-    def from_mongo(cls, doc: Mapping[str, Any]) -> "UserDoc":
+    def from_mongo(cls, doc: Mapping[str, Any]) -> UserDoc:
         return cls(
             user_id=str(doc["_id"]), vector=list(doc.get("vector") or []),
             model_version=str(doc.get("model_version", "")),

