@@ -79,17 +79,34 @@ class SyntheticGenerator:
             for j in range(self.config.n_items)
         }
 
+    BLOCK = 8_192  # random draws happen per block, so output does not depend on chunk size
+
     def iter_chunks(self, n_events: int, chunk_size: int = 100_000) -> Iterator[Interactions]:
         """Yield ``n_events`` events in time order, ``chunk_size`` at a time."""
+        buffer: list[Interactions] = []
+        buffered = 0
+        emitted = 0
+        for block in self._blocks(n_events):
+            buffer.append(block)
+            buffered += len(block)
+            while buffered >= chunk_size or (buffered and emitted + buffered == n_events):
+                joined = _concat(buffer)
+                take = min(chunk_size, buffered)
+                yield joined.take(slice(0, take))
+                rest = joined.take(slice(take, None))
+                buffer, buffered = ([rest], len(rest)) if len(rest) else ([], 0)
+                emitted += take
+
+    def _blocks(self, n_events: int) -> Iterator[Interactions]:
         c = self.config
         rng = np.random.default_rng([c.seed, 1])
         user_cluster = self.user_cluster0.copy()
         t = float(c.start_ms)
         done = 0
         while done < n_events:
-            n = min(chunk_size, n_events - done)
+            n = min(self.BLOCK, n_events - done)
             if c.drift > 0:
-                movers = rng.random(c.n_users) < c.drift * n / 100_000
+                movers = rng.random(c.n_users) < c.drift * self.BLOCK / 100_000
                 user_cluster[movers] = rng.integers(0, c.n_clusters, int(movers.sum()))
             users = np.minimum(np.searchsorted(self._user_cdf, rng.random(n)), c.n_users - 1)
             items = np.minimum(np.searchsorted(self._global_cdf, rng.random(n)), c.n_items - 1)
@@ -115,11 +132,16 @@ class SyntheticGenerator:
 
     def interactions(self, n_events: int) -> Interactions:
         """All ``n_events`` at once (for small logs and tests)."""
-        chunks = list(self.iter_chunks(n_events))
-        return Interactions(
-            users=np.concatenate([ch.users for ch in chunks]),
-            items=np.concatenate([ch.items for ch in chunks]),
-            ratings=np.concatenate([ch.ratings for ch in chunks]),
-            ts_ms=np.concatenate([ch.ts_ms for ch in chunks]),
-            events=np.concatenate([ch.events for ch in chunks if ch.events is not None]),
-        )
+        return _concat(list(self._blocks(n_events)))
+
+
+def _concat(parts: list[Interactions]) -> Interactions:
+    if len(parts) == 1:
+        return parts[0]
+    return Interactions(
+        users=np.concatenate([p.users for p in parts]),
+        items=np.concatenate([p.items for p in parts]),
+        ratings=np.concatenate([p.ratings for p in parts]),
+        ts_ms=np.concatenate([p.ts_ms for p in parts]),
+        events=np.concatenate([p.event_types() for p in parts]),
+    )

@@ -1,0 +1,100 @@
+"""Round trips through the real broker, MongoDB-compatible server and Redis."""
+
+import asyncio
+
+import pymongo
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from common.kafka import CONSUMER_GROUP_OPTIONS, ensure_topics
+from common.settings import Settings
+from common.stores import ItemCache, UserDoc, UserStore
+
+pytestmark = pytest.mark.integration
+
+
+async def _produce(settings: Settings, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for v in values:
+            await producer.send(topic, v, partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _consume(settings: Settings, topic: str, group: str, n: int) -> tuple[list[bytes], int]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest", **CONSUMER_GROUP_OPTIONS)
+    await consumer.start()
+    got: list[bytes] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(got) < n:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    got.extend(r.value for r in records)
+        await consumer.commit()
+        committed = await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+    return got, committed
+
+
+def test_kafka_group_resumes_from_committed_offsets(stack: Settings, run_id: str) -> None:
+    topic = f"test-{run_id}-roundtrip"
+    group = f"test-{run_id}-group"
+
+    async def scenario() -> None:
+        await ensure_topics(stack, [topic], partitions=1)
+        assert await ensure_topics(stack, [topic], partitions=1) == []  # idempotent
+        first = [f"a{i}".encode() for i in range(100)]
+        await _produce(stack, topic, first)
+        got, committed = await _consume(stack, topic, group, 100)
+        assert got == first
+        assert committed == 100
+        second = [f"b{i}".encode() for i in range(10)]
+        await _produce(stack, topic, second)
+        got, committed = await _consume(stack, topic, group, 10)
+        assert got == second  # resumed after the commit: nothing re-read, nothing lost
+        assert committed == 110
+
+    asyncio.run(scenario())
+
+
+def test_mongo_upsert_find_and_unique_index(mongo_db) -> None:
+    col = mongo_db["things"]
+    col.create_index("sku", unique=True)
+    col.update_one({"_id": "a"}, {"$set": {"sku": "X1", "n": 1}}, upsert=True)
+    col.update_one({"_id": "a"}, {"$set": {"n": 2}}, upsert=True)
+    assert col.find_one({"_id": "a"}) == {"_id": "a", "sku": "X1", "n": 2}
+    with pytest.raises(pymongo.errors.DuplicateKeyError):
+        col.insert_one({"_id": "b", "sku": "X1"})
+    assert col.count_documents({}) == 1
+
+
+def test_user_store_bulk_round_trip(mongo_db) -> None:
+    store = UserStore(mongo_db)
+    docs = [UserDoc(f"u{i}", [0.5, float(i)], "v1", history=[f"i{i}"], n_events=i)
+            for i in range(50)]
+    assert store.upsert_many(docs) == 50
+    got = store.get("u7")
+    assert got is not None and got.vector == [0.5, 7.0] and got.history == ["i7"]
+    assert store.get("nobody") is None
+    assert set(store.get_many(["u1", "u2", "zz"])) == {"u1", "u2"}
+
+
+def test_redis_item_cache_round_trip(redis_client, stack: Settings) -> None:
+    cache = ItemCache(redis_client, stack.redis_prefix)
+    cache.put_items({"i1": {"title": "One"}, "i2": {"title": "Two"}})
+    assert cache.get_items(["i1", "i2", "nope"]) == {"i1": {"title": "One"},
+                                                     "i2": {"title": "Two"}}
+    cache.mark_unavailable(["i2"])
+    assert cache.unavailable_among(["i1", "i2"]) == {"i2"}
+    cache.put_items({"i2": {"title": "Two again"}})
+    assert cache.unavailable_among(["i1", "i2"]) == set()
+    cache.set_popular({"i1": 5.0, "i2": 9.0, "i3": 1.0}, meta={"half_life_s": 60})
+    assert cache.popular(2) == [("i2", 9.0), ("i1", 5.0)]
+    assert cache.popular_meta() == {"half_life_s": 60}
