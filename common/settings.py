@@ -54,6 +54,21 @@ class Settings:
                                   "dead-letter")
     topic_partitions: int = _doc("Partitions when this project creates a topic.", 4)
 
+    # --- streaming worker -------------------------------------------------------------
+    worker_app_id: str = _doc("Faust app id (= Kafka consumer group of the worker).",
+                              "recsys-worker")
+    worker_model: str = _doc("Model the worker trains when no checkpoint exists "
+                             "(`gmf` or `two_tower`).", "gmf")
+    worker_batch_size: int = _doc("Max interactions per micro-batch.", 2000)
+    worker_batch_within_s: float = _doc("Max wait to fill a micro-batch (seconds).", 0.05)
+    worker_history_size: int = _doc("Recent items kept per user.", 50)
+    worker_commit_interval_s: float = _doc("Seconds between Kafka offset commits.", 0.5)
+    export_interval_s: float = _doc("Seconds between full item-vector exports to FAISS.", 30.0)
+    checkpoint_interval_s: float = _doc("Seconds between model checkpoints.", 60.0)
+    popularity_half_life_s: float = _doc("Half-life of popularity decay, in event time.",
+                                         7 * 24 * 3600.0)
+    max_event_bytes: int = _doc("Larger events go to the dead-letter topic.", 65536)
+
     # --- local folders ----------------------------------------------------------------
     local_dir: Path = _doc("Root of local state: stack data, logs, PID files.",
                            PROJECT_ROOT / ".local")
@@ -78,6 +93,10 @@ class Settings:
             values[f.name] = _coerce(f.name, raw, type(f.default))
         values.update(overrides)
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``RECSYS_*`` variables, to configure a child process."""
+        return {env_name(f.name): str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -4,12 +4,16 @@ Redis (``settings.redis_prefix`` + key):
 - ``item:{item_id}`` — JSON object of item metadata (attributes of the last upsert).
 - ``items:unavailable`` — set of deleted item ids; never recommended.
 - ``popular`` — sorted set item_id → time-decayed popularity score, replaced atomically.
-- ``popular:meta`` — JSON ``{"updated_ms": ..., "half_life_s": ...}``.
+- ``popular:meta`` — JSON ``{"ref_ms": ..., "half_life_s": ...}``: scores are decayed
+  counts expressed at the reference time ``ref_ms`` (multiply by
+  ``2 ** ((ref_ms - now_ms) / 1000 / half_life_s)`` for today's value; order is the same).
+- ``popular:offsets`` — hash partition → last applied offset (exactly-once counting).
 
 MongoDB collection ``users`` — one document per user::
 
     {_id: user_id, vector: [float], model_version: str, history: [item_id, ...newest last],
-     n_events: int, updated_at: datetime, last_event_ms: int}
+     n_events: int, updated_at: datetime, last_event_ms: int,
+     watermark: {p: partition, o: offset}, event_ids: [recent event ids]}
 
 Keeping the layout in one module means the writer (``streams``) and the reader
 (``recommender_server``) cannot drift apart silently.
@@ -95,6 +99,35 @@ class ItemCache:
             pipe.set(f"{self._popular_key}:meta", json.dumps(dict(meta)))
         pipe.execute()
 
+    def add_popularity(self, increments: Mapping[str, float],
+                       offsets: Mapping[int, int], meta: Mapping[str, Any]) -> None:
+        """Add decayed-count increments and advance per-partition offsets atomically.
+
+        Increments add up across workers (``ZINCRBY``), so workers sharing the topic's
+        partitions build one list; the offsets (same transaction) let a restarted worker
+        skip redelivered events instead of counting them twice.
+        """
+        pipe = self.r.pipeline(transaction=True)
+        for item, inc in increments.items():
+            pipe.zincrby(self._popular_key, inc, item)
+        if offsets:
+            pipe.hset(f"{self._popular_key}:offsets",
+                      mapping={str(p): o for p, o in offsets.items()})
+        pipe.set(f"{self._popular_key}:meta", json.dumps(dict(meta)))
+        pipe.execute()
+
+    def rescale_popularity(self, factor: float, meta: Mapping[str, Any]) -> None:
+        """Multiply every score by ``factor`` (moving the decay reference time)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zunionstore(self._popular_key, {self._popular_key: factor})
+        pipe.set(f"{self._popular_key}:meta", json.dumps(dict(meta)))
+        pipe.execute()
+
+    def popularity_offsets(self) -> dict[int, int]:
+        """Last applied offset per partition of the interactions topic."""
+        return {int(p): int(o) for p, o in
+                self.r.hgetall(f"{self._popular_key}:offsets").items()}
+
     def popular(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` most popular item ids with their decayed scores, best first."""
         return [(i, float(s)) for i, s in
@@ -116,6 +149,11 @@ class UserDoc:
     n_events: int = 0
     last_event_ms: int = 0
     updated_at: dt.datetime | None = None
+    #: ``{"p": partition, "o": offset}`` of the last applied event: the worker skips
+    #: redelivered events at or below it, so replays after a crash count once.
+    watermark: dict[str, int] | None = None
+    #: Ids of the user's most recent events (skips duplicates sent twice by a producer).
+    event_ids: list[str] = field(default_factory=list)
 
     def to_mongo(self) -> dict[str, Any]:
         return {
@@ -123,6 +161,7 @@ class UserDoc:
             "history": self.history, "n_events": self.n_events,
             "last_event_ms": self.last_event_ms,
             "updated_at": self.updated_at or dt.datetime.now(dt.UTC),
+            "watermark": self.watermark, "event_ids": self.event_ids,
         }
 
     @classmethod
@@ -132,6 +171,7 @@ class UserDoc:
             model_version=str(doc.get("model_version", "")),
             history=list(doc.get("history") or []), n_events=int(doc.get("n_events", 0)),
             last_event_ms=int(doc.get("last_event_ms", 0)), updated_at=doc.get("updated_at"),
+            watermark=doc.get("watermark"), event_ids=list(doc.get("event_ids") or []),
         )
 
 

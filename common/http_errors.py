@@ -1,0 +1,63 @@
+"""Domain errors → HTTP, in one place for both Falcon services.
+
+Every error body is JSON ``{"title": ..., "description": ...}`` (Falcon's own
+``HTTPError`` bodies already have that shape). A new :class:`~common.errors.RecsysError`
+subclass gets a status here, not in a handler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from common.errors import (
+    BadEvent,
+    IndexNotReady,
+    RecsysError,
+    ServiceUnavailable,
+    UnknownItem,
+    UnknownUser,
+)
+
+#: HTTP status and title for each domain error (first match in MRO order wins).
+DOMAIN_STATUS: dict[type[RecsysError], tuple[str, str]] = {
+    UnknownItem: (falcon.HTTP_404, "Unknown item"),
+    UnknownUser: (falcon.HTTP_404, "Unknown user"),
+    IndexNotReady: (falcon.HTTP_503, "Index not ready"),
+    ServiceUnavailable: (falcon.HTTP_503, "Service unavailable"),
+    BadEvent: (falcon.HTTP_400, "Bad event"),
+}
+
+
+def status_for(ex: RecsysError) -> tuple[str, str]:
+    """``(status line, title)`` for a domain error; unknown subclasses are 500s."""
+    for cls in type(ex).__mro__:
+        if cls in DOMAIN_STATUS:
+            return DOMAIN_STATUS[cls]
+    return falcon.HTTP_500, "Internal error"
+
+
+def _render(resp: Any, ex: RecsysError) -> None:
+    status, title = status_for(ex)
+    resp.status = status
+    resp.media = {"title": title, "description": str(ex) or title}
+    if status == falcon.HTTP_503:
+        resp.set_header("Retry-After", "1")
+
+
+def add_domain_error_handlers(app: falcon.App) -> None:
+    """Register the :data:`DOMAIN_STATUS` mapping on a WSGI or ASGI Falcon app."""
+    if isinstance(app, falcon.asgi.App):
+
+        async def handle_async(req: Any, resp: Any, ex: RecsysError, params: Any) -> None:
+            _render(resp, ex)
+
+        app.add_error_handler(RecsysError, handle_async)
+    else:
+
+        def handle(req: Any, resp: Any, ex: RecsysError, params: Any) -> None:
+            _render(resp, ex)
+
+        app.add_error_handler(RecsysError, handle)

@@ -1,0 +1,116 @@
+"""Real processes for integration tests: the Faust worker and the FAISS service.
+
+Each runs as a child process configured only through ``RECSYS_*`` variables (exactly as
+in production), logs to a file under the test's temporary folder, and can be stopped
+cleanly (SIGTERM) or killed (SIGKILL) to test recovery.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from common.settings import PROJECT_ROOT, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
+              interval_s: float = 0.2) -> None:
+    """Poll ``predicate`` until true; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+class ChildProcess:
+    """A project process started with ``python -m module`` and a settings environment."""
+
+    ready_marker: str = ""
+
+    def __init__(self, settings: Settings, log_path: Path, module: str,
+                 args: list[str] | None = None) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.module = module
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def start(self, timeout_s: float = 90.0) -> ChildProcess:
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.args], cwd=PROJECT_ROOT, env=env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._ready, timeout_s, f"{self.module} to be ready (log {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n"
+                               + self.log_tail())
+        return self.ready_marker in self.log_text()
+
+    def log_text(self) -> str:
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(self._log_offset)
+                return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no final commit or checkpoint."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> ChildProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WorkerProcess(ChildProcess):
+    ready_marker = "worker runtime ready"
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        super().__init__(settings, log_path, "streams.worker")
+
+
+class FaissProcess(ChildProcess):
+    ready_marker = "Application startup complete"
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        port = int(settings.faiss_url.rsplit(":", 1)[1].split("/")[0])
+        super().__init__(settings, log_path, "uvicorn",
+                         ["faiss_server.asgi:app", "--host", "127.0.0.1", "--port", str(port),
+                          "--workers", "1", "--log-level", "info"])

@@ -1,0 +1,119 @@
+"""Pure logic of the worker: validation, idempotent user state, decayed popularity."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from common.errors import BadEvent
+from common.events import interaction_json
+from scripts.malformed import KINDS, malformed_interaction, malformed_interactions
+from streams.state import DecayedPopularity, UserState
+from streams.validation import derive_event_id, parse_interaction, parse_item
+
+NOW = 1_800_000_000_000
+
+
+def ev(user: str = "u1", item: str = "i1", ts: int = 1_700_000_000_000, **extra) -> bytes:
+    return json.dumps({"user_id": user, "item_id": item, "event": "click", "ts": ts,
+                       **extra}).encode()
+
+
+def test_valid_interaction_round_trips_the_producer_encoding() -> None:
+    raw = interaction_json("u7", "i9", "rating", 1_700_000_000_123, value=4.0)
+    rec = parse_interaction(raw, now_ms=NOW)
+    assert (rec.user_id, rec.item_id, rec.event, rec.ts, rec.value) == (
+        "u7", "i9", "rating", 1_700_000_000_123, 4.0)
+    assert rec.event_id == derive_event_id("u7", "i9", "rating", 1_700_000_000_123)
+
+
+def test_event_id_is_kept_when_given_and_stable_when_derived() -> None:
+    assert parse_interaction(ev(event_id="abc"), now_ms=NOW).event_id == "abc"
+    a = parse_interaction(ev(), now_ms=NOW).event_id
+    assert a == parse_interaction(ev(), now_ms=NOW).event_id
+    assert a != parse_interaction(ev(ts=1_700_000_000_001), now_ms=NOW).event_id
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_malformed_kind_is_rejected_with_a_reason(kind: str) -> None:
+    import random
+
+    raw = malformed_interaction(kind, random.Random(0), max_bytes=1000)
+    with pytest.raises(BadEvent) as err:
+        parse_interaction(raw, max_bytes=1000, now_ms=NOW)
+    assert len(err.value.reason) > 5
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    (None, "empty message"),
+    (ev(ts=True), "'ts'"),
+    (ev(value="4"), "'value'"),
+    (ev(item=""), "'item_id'"),
+    (ev(user="x" * 300), "'user_id'"),
+    (ev(event_id=""), "event_id"),
+])
+def test_specific_rules(raw: bytes | None, fragment: str) -> None:
+    with pytest.raises(BadEvent, match=fragment):
+        parse_interaction(raw, now_ms=NOW)
+
+
+def test_malformed_generator_is_deterministic_and_covers_all_kinds() -> None:
+    a, b = malformed_interactions(48, seed=3), malformed_interactions(48, seed=3)
+    assert a == b and len(a) == 48
+
+
+def test_item_events() -> None:
+    up = parse_item(json.dumps({"item_id": "i1", "op": "upsert", "ts": 1_700_000_000_000,
+                                "attributes": {"genres": ["Drama"]}}).encode(), now_ms=NOW)
+    assert up.op == "upsert" and up.attributes == {"genres": ["Drama"]}
+    with pytest.raises(BadEvent, match="'op'"):
+        parse_item(json.dumps({"item_id": "i1", "op": "merge", "ts": 1}).encode(), now_ms=NOW)
+    with pytest.raises(BadEvent, match="'attributes'"):
+        parse_item(json.dumps({"item_id": "i1", "op": "upsert", "ts": 1_700_000_000_000,
+                               "attributes": [1]}).encode(), now_ms=NOW)
+
+
+def test_user_state_history_is_bounded_deduplicated_newest_last() -> None:
+    st = UserState.new("u", history_size=3)
+    for off, item in enumerate(["a", "b", "a", "c", "d"]):
+        st.apply(parse_interaction(ev(item=item, ts=1_700_000_000_000 + off), now_ms=NOW),
+                 partition=0, offset=off)
+    assert list(st.history) == ["a", "c", "d"]
+    assert st.n_events == 5 and (st.partition, st.offset) == (0, 4)
+
+
+def test_user_state_detects_redelivery_and_producer_duplicates() -> None:
+    st = UserState.new("u", history_size=5)
+    e = parse_interaction(ev(), now_ms=NOW)
+    st.apply(e, partition=2, offset=10)
+    assert st.redelivered(2, 10) and st.redelivered(2, 3)
+    assert not st.redelivered(2, 11) and not st.redelivered(1, 5)
+    assert st.duplicate_id(e)
+    assert not st.duplicate_id(parse_interaction(ev(item="other"), now_ms=NOW))
+    doc = st.to_doc([0.1], "v1")
+    again = UserState.from_doc(doc, history_size=5)
+    assert again.redelivered(2, 10) and again.duplicate_id(e) and again.n_events == 1
+
+
+def test_decayed_popularity_halves_per_half_life() -> None:
+    pop = DecayedPopularity(half_life_s=60, ref_ms=0)
+    inc = pop.increments([("old", 1.0, 0), ("new", 1.0, 60_000), ("new", 2.0, 120_000)])
+    assert inc["old"] == 1.0
+    assert inc["new"] == pytest.approx(2.0 + 2.0 * 4.0)
+
+
+def test_decayed_popularity_rescales_before_overflow() -> None:
+    pop = DecayedPopularity(half_life_s=1, ref_ms=0)
+    assert pop.rescale_factor(10_000) is None
+    factor = pop.rescale_factor(50_000)
+    assert factor == pytest.approx(2.0 ** -50) and pop.ref_ms == 50_000
+    assert math.isfinite(pop.increments([("x", 1.0, 60_000)])["x"])
+
+
+def test_popularity_offsets_gate_counting() -> None:
+    pop = DecayedPopularity(half_life_s=60, offsets={0: 100})
+    assert not pop.counts_event(0, 100) and pop.counts_event(0, 101) and pop.counts_event(1, 0)
+    with pytest.raises(ValueError):
+        DecayedPopularity(half_life_s=0)
