@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from common.stores import UserDoc
 from streams.records import Interaction
 
-EVENT_ID_MEMORY = 200  # recent event ids remembered per user
+EVENT_ID_MEMORY = 32  # recent event ids per user: producer retries are seconds apart
 
 
 @dataclass

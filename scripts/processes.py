@@ -1,4 +1,4 @@
-"""Real processes for integration tests: the Faust worker and the FAISS service.
+"""Project processes run as children: the Faust worker and the FAISS service (tests, benchmarks, drills).
 
 Each runs as a child process configured only through ``RECSYS_*`` variables (exactly as
 in production), logs to a file under the test's temporary folder, and can be stopped

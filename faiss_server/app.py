@@ -1,0 +1,281 @@
+"""The FAISS service: a Falcon ASGI app over one :class:`~faiss_server.service.IndexService`.
+
+ASGI (uvicorn, one worker) because the index lives in this process's memory: one process
+is the single writer, searches run inline (sub-millisecond, FAISS code) and version builds
+run in a thread so searches keep being answered on the old index meanwhile.
+
+Endpoints (JSON; see ``/openapi.json``):
+
+- ``POST /v1/search`` ``{"vectors": [[...]], "k": 10, "exclude": ["id", ...]}``
+- ``GET /v1/items/{item_id}/similar?k=10[&exclude=a,b]``
+- ``GET|PUT|DELETE /v1/items/{item_id}`` (PUT body ``{"vector": [...]}``) — writes need key
+- ``GET /v1/index`` — version, size, parameters
+- ``POST /v1/index/versions`` — load a new version (JSON ``{"version", "path"}`` or an
+  ``application/octet-stream`` ``.npz`` upload with ``?version=``) and swap it in — key
+- ``POST /v1/index/snapshot`` — save the current index to disk — key
+- ``GET /health``, ``GET /openapi.json``
+
+statsd (prefix ``{statsd_prefix}.faiss``): ``requests.<resource>.<method>.<status>``,
+``latency.<resource>.<method>`` (ms), ``index.size`` (gauge), ``index.swaps`` (counter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from common.http_errors import add_domain_error_handlers
+from common.http_metrics import MetricsMiddleware
+from faiss_server.config import FaissConfig
+from faiss_server.openapi import openapi_document
+from faiss_server.service import IndexService, read_npz
+
+log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+MAX_ITEM_ID = 256
+
+
+def bad(description: str) -> falcon.HTTPBadRequest:
+    return falcon.HTTPBadRequest(title="Invalid request", description=description)
+
+
+async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
+    """The request body, or 413 when it is larger than ``limit`` bytes."""
+    if req.content_length is not None and req.content_length > limit:
+        raise falcon.HTTPContentTooLarge(
+            title="Request too large", description=f"the body must be at most {limit} bytes")
+    data = await req.stream.read(limit + 1)
+    if len(data) > limit:
+        raise falcon.HTTPContentTooLarge(
+            title="Request too large", description=f"the body must be at most {limit} bytes")
+    return data
+
+
+async def read_json(req: falcon.asgi.Request, limit: int) -> dict[str, Any]:
+    data = await read_body(req, limit)
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise bad("the body must be a JSON object")
+    return body
+
+
+def check_item_id(item_id: str) -> str:
+    if not item_id or len(item_id) > MAX_ITEM_ID:
+        raise bad(f"item ids are 1..{MAX_ITEM_ID} characters")
+    return item_id
+
+
+def body_k(body: dict[str, Any], max_k: int) -> int:
+    k = body.get("k", 10)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
+        raise bad(f"k must be an integer in 1..{max_k}")
+    return k
+
+
+def id_list(value: Any, name: str, limit: int) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad(f"{name} must be a list of strings")
+    if len(value) > limit:
+        raise bad(f"{name} may hold at most {limit} ids")
+    return value
+
+
+def require_api_key(req: Any, resp: Any, resource: Any, params: Any) -> None:
+    """Falcon ``before`` hook: the write endpoints need ``X-API-Key``."""
+    given = req.get_header(API_KEY_HEADER) or ""
+    if not hmac.compare_digest(given.encode(), resource.api_key.encode()):
+        raise falcon.HTTPUnauthorized(
+            title="Unauthorized",
+            description=f"a valid {API_KEY_HEADER} header is required for this endpoint",
+            challenges=["ApiKey"],
+        )
+
+
+async def require_api_key_async(req: Any, resp: Any, resource: Any, params: Any) -> None:
+    require_api_key(req, resp, resource, params)
+
+
+class _Base:
+    def __init__(self, service: IndexService, config: FaissConfig, statsd: Any = None) -> None:
+        self.service = service
+        self.config = config
+        self.api_key = config.api_key
+        self.statsd = statsd
+
+
+class Search(_Base):
+    metric_name = "search"
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        cfg = self.config
+        body = await read_json(req, cfg.max_json_bytes)
+        vectors = body.get("vectors")
+        if not isinstance(vectors, list) or not 1 <= len(vectors) <= cfg.max_batch:
+            raise bad(f"vectors must be a list of 1..{cfg.max_batch} vectors")
+        k = body_k(body, cfg.max_k)
+        exclude = id_list(body.get("exclude"), "exclude", cfg.max_exclude)
+        try:
+            version, results = self.service.search(vectors, k, exclude)
+        except (ValueError, TypeError) as exc:
+            raise bad(str(exc)) from exc
+        resp.media = {"version": version, "k": k, "results": [
+            [{"id": i, "score": s} for i, s in hits] for hits in results]}
+
+
+class SimilarItems(_Base):
+    metric_name = "similar"
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     item_id: str) -> None:
+        check_item_id(item_id)
+        k = req.get_param_as_int("k", min_value=1, max_value=self.config.max_k, default=10)
+        exclude = req.get_param_as_list("exclude", default=[])
+        if len(exclude) > self.config.max_exclude:
+            raise bad(f"exclude may hold at most {self.config.max_exclude} ids")
+        version, hits = self.service.similar(item_id, k, exclude)
+        resp.media = {"version": version, "item_id": item_id,
+                      "results": [{"id": i, "score": s} for i, s in hits]}
+
+
+class Item(_Base):
+    metric_name = "item"
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     item_id: str) -> None:
+        check_item_id(item_id)
+        idx = self.service.current
+        resp.media = {"id": item_id, "version": idx.version,
+                      "vector": idx.vector(item_id)[0].tolist()}
+
+    @falcon.before(require_api_key_async)
+    async def on_put(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     item_id: str) -> None:
+        check_item_id(item_id)
+        body = await read_json(req, self.config.max_json_bytes)
+        vector = body.get("vector")
+        if not isinstance(vector, list):
+            raise bad("vector must be a list of numbers")
+        try:
+            version = self.service.upsert(item_id, vector)
+        except (ValueError, TypeError) as exc:
+            raise bad(str(exc)) from exc
+        resp.media = {"id": item_id, "version": version, "size": len(self.service.current)}
+
+    @falcon.before(require_api_key_async)
+    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                        item_id: str) -> None:
+        check_item_id(item_id)
+        version = self.service.delete(item_id)
+        resp.media = {"id": item_id, "deleted": True, "version": version,
+                      "size": len(self.service.current)}
+
+
+class IndexInfo(_Base):
+    metric_name = "index"
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = self.service.info()
+
+
+class IndexVersions(_Base):
+    """Load a complete new version and swap it in (the request returns after the swap)."""
+
+    metric_name = "versions"
+
+    def _allowed_path(self, raw: Any) -> Path:
+        if not isinstance(raw, str) or not raw:
+            raise bad("path must be a non-empty string")
+        path = Path(raw).expanduser().resolve()
+        roots = [Path(r).expanduser().resolve() for r in self.config.load_roots]
+        if not any(path.is_relative_to(r) for r in roots):
+            raise bad(f"path must be inside one of {[str(r) for r in roots]}")
+        if not path.is_file():
+            raise falcon.HTTPNotFound(title="File not found", description=f"no file at {path}")
+        return path
+
+    @falcon.before(require_api_key_async)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        if (req.content_type or "").startswith("application/json"):
+            body = await read_json(req, self.config.max_json_bytes)
+            version = body.get("version")
+            source: bytes | Path = self._allowed_path(body.get("path"))
+        else:
+            version = req.get_param("version")
+            source = await read_body(req, self.config.max_upload_bytes)
+        if not isinstance(version, str):
+            raise bad("version is required (a string)")
+        try:
+            ids, vectors = await asyncio.to_thread(read_npz, source)
+            info = await asyncio.to_thread(self.service.load_version, version, ids, vectors)
+        except (ValueError, TypeError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise bad(f"cannot load version: {exc}") from exc
+        if self.statsd is not None:
+            self.statsd.incr("index.swaps")
+            self.statsd.gauge("index.size", info["size"])
+        resp.status = falcon.HTTP_201
+        resp.media = info
+
+
+class Snapshot(_Base):
+    metric_name = "snapshot"
+
+    @falcon.before(require_api_key_async)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = await asyncio.to_thread(self.service.snapshot)
+
+
+class Health(_Base):
+    metric_name = "health"
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        info = self.service.info()
+        ready = info["version"] is not None
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        resp.media = {"status": "ok" if ready else "not_ready", "version": info["version"],
+                      "size": info["size"]}
+
+
+class OpenAPI:
+    metric_name = "openapi"
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = self.document
+
+
+def create_app(
+    config: FaissConfig, service: IndexService | None = None, statsd: Any = None
+) -> falcon.asgi.App:
+    """The service app. ``service`` defaults to one started from ``config`` (loads the saved
+    version from ``config.data_dir``, reading files only — nothing connects)."""
+    if service is None:
+        service = IndexService(config.spec, config.data_dir)
+        service.start()
+    app = falcon.asgi.App(middleware=[MetricsMiddleware(statsd)])
+    add_domain_error_handlers(app)
+    args = (service, config, statsd)
+    app.add_route("/v1/search", Search(*args))
+    app.add_route("/v1/items/{item_id}/similar", SimilarItems(*args))
+    app.add_route("/v1/items/{item_id}", Item(*args))
+    app.add_route("/v1/index", IndexInfo(*args))
+    app.add_route("/v1/index/versions", IndexVersions(*args))
+    app.add_route("/v1/index/snapshot", Snapshot(*args))
+    app.add_route("/health", Health(*args))
+    app.add_route("/openapi.json", OpenAPI(openapi_document(config)))
+    return app

@@ -1,0 +1,271 @@
+"""One version of the item index: a FAISS index plus the map between string and int ids.
+
+External item ids are opaque strings; FAISS wants int64. Each item gets an internal int
+(its position in ``ext_ids``, append-only) and the FAISS index is keyed by it — through
+``IndexIDMap2`` for ``flat``/``hnsw`` (so ``reconstruct`` works by id) and natively for
+``ivf`` (with a hashtable direct map for ``reconstruct``/``remove_ids``).
+
+``hnsw`` cannot remove vectors, so a delete or a re-upsert turns the old internal id into a
+tombstone that searches skip through an ``IDSelector``; loading a new version compacts.
+
+A :class:`VectorIndex` is not thread-safe on its own; :class:`faiss_server.service.IndexService`
+serialises access. Saved as ``index.faiss`` (FAISS's own format), ``ids.npy`` (unicode
+array, no pickle) and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from common.errors import IndexNotReady, UnknownItem
+from faiss_server.config import IndexSpec
+
+Hit = tuple[str, float]
+
+
+def as_matrix(vectors: Any, dim: int) -> np.ndarray:
+    """``vectors`` as a C-contiguous float32 ``(n, dim)`` matrix, or ``ValueError``.
+
+    >>> as_matrix([[1, 2]], 2).dtype
+    dtype('float32')
+    """
+    with np.errstate(over="ignore"):  # 1e39 → inf, rejected below
+        arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"expected vectors of dimension {dim}, got shape {tuple(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise ValueError("vectors must not contain NaN or infinity")
+    return np.ascontiguousarray(arr)
+
+
+class VectorIndex:
+    """Item vectors of one version, searchable by inner product."""
+
+    def __init__(
+        self,
+        spec: IndexSpec,
+        version: str,
+        index: faiss.Index,
+        ext_ids: list[str | None],
+        tombstones: set[int] | None = None,
+        built_ms: float = 0.0,
+    ) -> None:
+        self.spec = spec
+        self.version = version
+        self.index = index
+        self.ext_ids = ext_ids
+        self.pos: dict[str, int] = {e: i for i, e in enumerate(ext_ids) if e is not None}
+        self.tombstones: set[int] = set(tombstones or ())
+        self.built_ms = built_ms
+        self.loaded_at = time.time()
+        self._dead_selector: Any = None
+        self._configure_search()
+
+    # --- construction ---------------------------------------------------------------
+    @staticmethod
+    def _new_faiss(spec: IndexSpec, train: np.ndarray | None) -> faiss.Index:
+        ip = faiss.METRIC_INNER_PRODUCT
+        if spec.kind == "flat":
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(spec.dim))
+        if spec.kind == "hnsw":
+            base = faiss.IndexHNSWFlat(spec.dim, spec.hnsw_m, ip)
+            base.hnsw.efConstruction = spec.hnsw_ef_construction
+            return faiss.IndexIDMap2(base)
+        if train is None or len(train) == 0:
+            raise IndexNotReady("an IVF index needs training data: load a version first")
+        # Fewer lists than asked for on a small catalogue (k-means wants ≥ 39 points each).
+        nlist = max(1, min(spec.ivf_nlist, len(train) // 39))
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(spec.dim), spec.dim, nlist, ip)
+        ivf.cp.min_points_per_centroid = 5
+        ivf.cp.max_points_per_centroid = 256
+        ivf.train(train)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return ivf
+
+    @classmethod
+    def empty(cls, spec: IndexSpec, version: str = "empty") -> VectorIndex:
+        """An index with no items (``IndexNotReady`` for ``ivf``, which must be trained)."""
+        return cls(spec, version, cls._new_faiss(spec, None), [])
+
+    @classmethod
+    def build(
+        cls, spec: IndexSpec, version: str, ids: Sequence[str], vectors: Any, seed: int = 0
+    ) -> VectorIndex:
+        """A new version from parallel ``ids`` and ``vectors`` (later duplicates win)."""
+        t0 = time.perf_counter()
+        ids = [str(i) for i in ids]
+        x = as_matrix(vectors, spec.dim) if len(ids) else np.zeros((0, spec.dim), np.float32)
+        if len(ids) != len(x):
+            raise ValueError(f"{len(ids)} ids but {len(x)} vectors")
+        if any(not i for i in ids):
+            raise ValueError("item ids must be non-empty strings")
+        last = {e: n for n, e in enumerate(ids)}  # keep the last row of a repeated id
+        if len(last) != len(ids):
+            keep = np.fromiter(sorted(last.values()), dtype=np.int64)
+            ids, x = [ids[n] for n in keep], x[keep]
+        train = None
+        if spec.kind == "ivf":
+            rng = np.random.default_rng(seed)
+            n_train = min(len(x), spec.ivf_train_size)
+            train = x[rng.choice(len(x), n_train, replace=False)] if n_train else x
+        index = cls._new_faiss(spec, train)
+        if len(x):
+            index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+        built_ms = (time.perf_counter() - t0) * 1000
+        return cls(spec, version, index, list(ids), built_ms=built_ms)
+
+    # --- reading --------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.pos
+
+    def _configure_search(self) -> None:
+        if self.spec.kind == "hnsw":
+            faiss.downcast_index(self.index.index).hnsw.efSearch = self.spec.hnsw_ef_search
+        elif self.spec.kind == "ivf":
+            self.index.nprobe = self.spec.ivf_nprobe
+        self._refresh_dead_selector()
+
+    def _refresh_dead_selector(self) -> None:
+        if self.tombstones:
+            arr = np.fromiter(self.tombstones, dtype=np.int64, count=len(self.tombstones))
+            self._dead_selector = (faiss.IDSelectorBatch(arr), arr)  # keep arr alive
+        else:
+            self._dead_selector = None
+
+    def _params(self, skip: np.ndarray) -> tuple[Any, list[Any]]:
+        """Search parameters that skip ``skip`` and the tombstones; plus objects to keep alive."""
+        keep: list[Any] = []
+        sels = []
+        if len(skip):
+            batch = faiss.IDSelectorBatch(skip)
+            keep += [batch, skip]
+            sels.append(batch)
+        if self._dead_selector is not None:
+            sels.append(self._dead_selector[0])
+        if not sels:
+            return None, keep
+        inner = sels[0] if len(sels) == 1 else faiss.IDSelectorOr(sels[0], sels[1])
+        sel = faiss.IDSelectorNot(inner)
+        keep += [inner, sel]
+        if self.spec.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.spec.hnsw_ef_search)
+        elif self.spec.kind == "ivf":
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=self.spec.ivf_nprobe)
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        return params, keep
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[str] = ()
+    ) -> list[list[Hit]]:
+        """Top-``k`` ``(item_id, score)`` per query row, best first, skipping ``exclude``."""
+        if self.index.ntotal == 0 or k <= 0:
+            return [[] for _ in range(len(queries))]
+        skip = np.fromiter((self.pos[e] for e in set(exclude) if e in self.pos), dtype=np.int64)
+        params, keep = self._params(skip)
+        kk = min(k, len(self))
+        scores, labels = self.index.search(queries, kk, params=params)
+        del keep
+        ext = self.ext_ids
+        out: list[list[Hit]] = []
+        for srow, lrow in zip(scores.tolist(), labels.tolist(), strict=True):
+            hits = []
+            for s, lab in zip(srow, lrow, strict=True):
+                if lab < 0:
+                    break
+                item = ext[lab]
+                if item is not None and math.isfinite(s):
+                    hits.append((item, s))
+            out.append(hits)
+        return out
+
+    def vector(self, item_id: str) -> np.ndarray:
+        """The stored vector of ``item_id`` (``UnknownItem`` if absent)."""
+        iid = self.pos.get(item_id)
+        if iid is None:
+            raise UnknownItem(f"item {item_id!r} is not in index version {self.version!r}")
+        return self.index.reconstruct(iid).reshape(1, -1)
+
+    def similar(self, item_id: str, k: int, exclude: Sequence[str] = ()) -> list[Hit]:
+        """Items nearest to ``item_id``'s vector, never the item itself."""
+        return self.search(self.vector(item_id), k, [item_id, *exclude])[0]
+
+    # --- writing (single writer: the caller holds the service lock) -----------------
+    def upsert(self, item_id: str, vector: np.ndarray) -> None:
+        if not item_id:
+            raise ValueError("item ids must be non-empty strings")
+        if self.spec.kind == "ivf" and not self.index.is_trained:
+            raise IndexNotReady("the IVF index is not trained: load a version first")
+        old = self.pos.get(item_id)
+        if old is not None and self.spec.kind != "hnsw":
+            self.index.remove_ids(np.array([old], dtype=np.int64))
+            self.index.add_with_ids(vector, np.array([old], dtype=np.int64))
+            return
+        if old is not None:  # hnsw: tombstone the old row, add a new one
+            self.ext_ids[old] = None
+            self.tombstones.add(old)
+            self._refresh_dead_selector()
+        iid = len(self.ext_ids)
+        self.index.add_with_ids(vector, np.array([iid], dtype=np.int64))
+        self.ext_ids.append(item_id)
+        self.pos[item_id] = iid
+
+    def delete(self, item_id: str) -> None:
+        iid = self.pos.pop(item_id, None)
+        if iid is None:
+            raise UnknownItem(f"item {item_id!r} is not in index version {self.version!r}")
+        self.ext_ids[iid] = None
+        if self.spec.kind == "hnsw":
+            self.tombstones.add(iid)
+            self._refresh_dead_selector()
+        else:
+            self.index.remove_ids(np.array([iid], dtype=np.int64))
+
+    # --- persistence (no pickle) ----------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "size": len(self), "ntotal": int(self.index.ntotal),
+            "tombstones": len(self.tombstones), "dim": self.spec.dim, "kind": self.spec.kind,
+            "params": self.spec.to_dict(), "built_ms": round(self.built_ms, 1),
+            "loaded_at": self.loaded_at,
+        }
+
+    def save(self, folder: Path) -> None:
+        """Write this version into ``folder`` (files written then renamed into place)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = np.array([e or "" for e in self.ext_ids], dtype=str)
+        if ids.dtype.kind != "U":
+            ids = ids.astype("U1")
+        faiss.write_index(self.index, str(folder / "index.faiss.tmp"))
+        with open(folder / "ids.npy.tmp", "wb") as f:
+            np.save(f, ids, allow_pickle=False)
+        meta = {"version": self.version, "spec": self.spec.to_dict(),
+                "tombstones": sorted(self.tombstones), "saved_at": time.time()}
+        (folder / "meta.json.tmp").write_text(json.dumps(meta))
+        for name in ("index.faiss", "ids.npy", "meta.json"):
+            os.replace(folder / f"{name}.tmp", folder / name)
+
+    @classmethod
+    def load(cls, folder: Path) -> VectorIndex:
+        meta = json.loads((folder / "meta.json").read_text())
+        spec = IndexSpec.from_dict(meta["spec"])
+        index = faiss.read_index(str(folder / "index.faiss"))
+        raw = np.load(folder / "ids.npy", allow_pickle=False)
+        ext_ids: list[str | None] = [e or None for e in raw.tolist()]
+        if spec.kind == "ivf" and index.direct_map.type != faiss.DirectMap.Hashtable:
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return cls(spec, str(meta["version"]), index, ext_ids, set(meta.get("tombstones", [])))

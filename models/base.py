@@ -1,0 +1,286 @@
+"""The contract every recommender implements, and the bookkeeping they share.
+
+Subclasses supply the maths (``_learn``, ``_query``, ``_item_matrix``, ``_link``); this
+base class maps external ids to rows, grows tables for unseen ids, keeps each user's
+recent history and seen items, and derives ``score``/``recommend``/retrieval vectors from
+one definition: ``score(u, i) == link(query(u) · item(i))`` with ``link`` strictly
+increasing. That single definition is why an inner-product index over
+``item_vectors()`` queried with ``user_vectors()`` ranks exactly like ``score``.
+
+Hyperparameters are ``__init__`` arguments stored under the same attribute names
+(``get_params``), which is what lets checkpoints rebuild a model without pickle.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from common.errors import BadEvent, UnknownItem, UnknownUser
+from models.events import DEFAULT_EVENT_WEIGHTS, EventBatch
+from models.history import RecentHistory, SeenItems
+from models.ids import IdMap
+
+
+class Recommender(ABC):
+    """Abstract recommender over string user/item ids learning from positive events."""
+
+    #: Registry name used in checkpoints (``models.checkpoint.MODEL_CLASSES``).
+    kind: ClassVar[str] = ""
+    #: Whether a user the model has never seen can still be served (popularity can).
+    serves_unknown_users: ClassVar[bool] = False
+
+    version: str
+    dim: int
+
+    def __init__(self, event_weights: Mapping[str, float] | None = None,
+                 history_size: int = 20, seed: int = 0) -> None:
+        self.event_weights = dict(DEFAULT_EVENT_WEIGHTS if event_weights is None
+                                  else event_weights)
+        self.history_size = history_size
+        self.seed = seed
+        self.user_ids = IdMap()
+        self.item_ids = IdMap()
+        self.history = RecentHistory(history_size)
+        self.seen = SeenItems()
+        self.version = "unsaved"
+        self.events_seen = 0
+        self.ts_range: list[int] | None = None  # [min, max] epoch ms of learned events
+
+    # --- hyperparameters -------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments of this model (JSON-friendly), e.g. to clone it."""
+        sig = inspect.signature(type(self).__init__)
+        return {name: getattr(self, name) for name in sig.parameters if name != "self"}
+
+    def clone(self) -> Recommender:
+        """A fresh, untrained model with the same hyperparameters."""
+        return type(self)(**self.get_params())
+
+    # --- learning --------------------------------------------------------------------
+    def learn_many(self, batch: EventBatch) -> float:
+        """Learn from a micro-batch of positive events; return the mean loss.
+
+        Unseen users and items get new rows first (tables grow in amortised steps).
+        The events are recorded in the users' histories only after learning, so a model
+        never sees an event in the history it is being trained to predict.
+        """
+        if len(batch) == 0:
+            return 0.0
+        weights = self._event_weights(batch)
+        users, items = self._register(batch)
+        loss = self._learn(users, items, torch.from_numpy(weights))
+        self._record(users, items, weights, batch.ts_ms)
+        return loss
+
+    def observe(self, batch: EventBatch) -> None:
+        """Record events (ids, history, seen items, counts) without a gradient step."""
+        if len(batch) == 0:
+            return
+        weights = self._event_weights(batch)
+        users, items = self._register(batch)
+        self._record(users, items, weights, batch.ts_ms)
+
+    def register(self, users: Sequence[str] = (), items: Sequence[str] = ()) -> None:
+        """Give rows to ids ahead of their first event (bulk loads, benchmarks)."""
+        self.user_ids.add(users)
+        self.item_ids.add(items)
+        self._resize()
+
+    def _event_weights(self, batch: EventBatch) -> np.ndarray:
+        weights = np.empty(len(batch), dtype=np.float32)
+        events = batch.events
+        for name in np.unique(events).tolist():
+            w = self.event_weights.get(name)
+            if w is None:
+                raise BadEvent(f"unknown event type {name!r}; expected one of "
+                               f"{sorted(self.event_weights)}")
+            weights[events == name] = w
+        return weights
+
+    def _register(self, batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
+        users = self.user_ids.add(batch.users)
+        items = self.item_ids.add(batch.items)
+        self._resize()
+        return users, items
+
+    def _resize(self) -> None:
+        """Grow every per-user/per-item structure to the current id counts."""
+        self.history.resize(len(self.user_ids))
+        self._resize_tables(len(self.user_ids), len(self.item_ids))
+
+    def _record(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                ts_ms: np.ndarray) -> None:
+        self.history.append(users, items)
+        self.seen.add(users, items)
+        self._count(items, weights)
+        self.events_seen += len(users)
+        lo, hi = int(ts_ms.min()), int(ts_ms.max())
+        self.ts_range = [lo, hi] if self.ts_range is None else [
+            min(lo, self.ts_range[0]), max(hi, self.ts_range[1])]
+
+    def _count(self, items: np.ndarray, weights: np.ndarray) -> None:
+        """Hook for models that keep item counts (popularity, samplers)."""
+        return None
+
+    # --- what subclasses define ------------------------------------------------------
+    @abstractmethod
+    def _resize_tables(self, n_users: int, n_items: int) -> None:
+        """Grow parameter tables to at least these many rows."""
+
+    @abstractmethod
+    def _learn(self, users: np.ndarray, items: np.ndarray, weights: torch.Tensor) -> float:
+        """One update from positive (user row, item row) pairs; return the mean loss."""
+
+    @abstractmethod
+    def _query(self, users: np.ndarray) -> torch.Tensor:
+        """``(n, dim)`` query vectors of user rows (``-1`` only if serving unknowns)."""
+
+    @abstractmethod
+    def _item_matrix(self, items: np.ndarray | None = None) -> torch.Tensor:
+        """``(n, dim)`` retrieval vectors of item rows (all items if ``None``)."""
+
+    def _link(self, inner: torch.Tensor) -> torch.Tensor:
+        """Strictly increasing map from inner product to model score."""
+        return inner
+
+    def _set_attributes(self, row: int, attributes: Mapping[str, object]) -> None:
+        """Hook: models that use item attributes store them here."""
+        return None
+
+    # --- serving ---------------------------------------------------------------------
+    def knows_user(self, user: str) -> bool:
+        return user in self.user_ids
+
+    def _user_rows(self, users: Sequence[str]) -> np.ndarray:
+        rows = self.user_ids.lookup(users)
+        if not self.serves_unknown_users and (rows < 0).any():
+            missing = [u for u, r in zip(users, rows.tolist(), strict=True) if r < 0]
+            raise UnknownUser(f"unknown user(s): {missing[:5]}")
+        return rows
+
+    @torch.no_grad()
+    def score(self, users: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        """Scores of pairs ``(users[j], items[j])`` (float64); NaN for unknown ids."""
+        if len(users) != len(items):
+            raise ValueError(f"{len(users)} users but {len(items)} items")
+        u = self.user_ids.lookup(users)
+        i = self.item_ids.lookup(items)
+        out = np.full(len(u), np.nan)
+        ok = (i >= 0) & ((u >= 0) | self.serves_unknown_users)
+        if ok.any():
+            q = self._query(u[ok]).double()
+            p = self._item_matrix(i[ok]).double()
+            out[ok] = self._link((q * p).sum(1)).numpy()
+        return out
+
+    @torch.no_grad()
+    def recommend(self, users: Sequence[str], k: int,
+                  exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per user: ``(ids (n, k) str, scores (n, k) float64)``.
+
+        Rows with fewer than ``k`` candidates are padded with id ``""`` and score
+        ``-inf``. Raises :class:`UnknownUser` for users the model cannot serve.
+        """
+        rows = self._user_rows(users)
+        n_items = len(self.item_ids)
+        ids = np.full((len(rows), k), "", dtype=object)
+        scores = np.full((len(rows), k), -np.inf)
+        if n_items == 0 or len(rows) == 0:
+            return ids.astype(str), scores
+        inner = self._query(rows).double() @ self._item_matrix().double().T
+        if exclude_seen:
+            r_idx: list[int] = []
+            c_idx: list[int] = []
+            for j, u in enumerate(rows.tolist()):
+                s = self.seen.of(u) if u >= 0 else ()
+                r_idx.extend([j] * len(s))
+                c_idx.extend(s)
+            if r_idx:
+                inner[torch.tensor(r_idx), torch.tensor(c_idx)] = -torch.inf
+        kk = min(k, n_items)
+        top, idx = torch.topk(inner, kk, dim=1)
+        top_scores = self._link(top)
+        valid = torch.isfinite(top).numpy()
+        all_ids = np.asarray(self.item_ids.ids, dtype=object)
+        ids[:, :kk] = np.where(valid, all_ids[idx.numpy()], "")
+        scores[:, :kk] = np.where(valid, top_scores.numpy(), -np.inf)
+        return ids.astype(str), scores
+
+    @torch.no_grad()
+    def user_vectors(self, users: Sequence[str]) -> np.ndarray:
+        """Float32 ``(n, dim)`` query vectors for an inner-product index."""
+        return self._query(self._user_rows(users)).float().numpy().copy()
+
+    @torch.no_grad()
+    def item_vectors(self, items: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """``(ids, float32 (n, dim))`` retrieval vectors; all known items if ``None``."""
+        if items is None:
+            return list(self.item_ids.ids), self._item_matrix().float().numpy().copy()
+        rows = self.item_ids.lookup(items)
+        if (rows < 0).any():
+            missing = [x for x, r in zip(items, rows.tolist(), strict=True) if r < 0]
+            raise UnknownItem(f"unknown item(s): {missing[:5]}")
+        return list(items), self._item_matrix(rows).float().numpy().copy()
+
+    @torch.no_grad()
+    def upsert_item(self, item_id: str, attributes: Mapping[str, object]) -> np.ndarray:
+        """Register an item (growing tables) and its attributes; return its vector."""
+        row = int(self.item_ids.add([item_id])[0])
+        self._resize()
+        self._set_attributes(row, attributes)
+        return self._item_matrix(np.array([row])).float().numpy()[0].copy()
+
+    def recent_history(self, user: str) -> list[str]:
+        """The user's most recent item ids, oldest first (``[]`` for unknown users)."""
+        rows = self.user_ids.lookup([user])
+        if rows[0] < 0:
+            return []
+        return self.item_ids.ids_of(self.history.of(int(rows[0])).tolist())
+
+    def reset_history(self, batch: EventBatch) -> None:
+        """Rebuild recent histories from a time-ordered log (after epochs in random order)."""
+        self.history.clear()
+        self.history.append(self.user_ids.add(batch.users), self.item_ids.add(batch.items))
+
+    # --- state for checkpoints (tensors + arrays + JSON; no pickle) ------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Parameter and optimiser tensors, by name."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`state_tensors` (ids are already restored)."""
+        return None
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        seen_u, seen_i = self.seen.to_arrays()
+        n = len(self.user_ids)
+        return {"history.buf": self.history.buf[:n].copy(),
+                "history.count": self.history.count[:n].copy(),
+                "seen.users": seen_u, "seen.items": seen_i}
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        n = len(self.user_ids)
+        self.history.resize(n)
+        buf = arrays["history.buf"]
+        if buf.shape != (n, self.history_size):
+            raise ValueError(f"history shape {buf.shape} != ({n}, {self.history_size})")
+        self.history.buf[:n] = buf
+        self.history.count[:n] = arrays["history.count"]
+        self.seen = SeenItems.from_arrays(arrays["seen.users"], arrays["seen.items"])
+
+    def state_json(self) -> dict[str, Any]:
+        return {"users": self.user_ids.to_json(), "items": self.item_ids.to_json(),
+                "events_seen": self.events_seen, "ts_range": self.ts_range}
+
+    def load_state_json(self, state: Mapping[str, Any]) -> None:
+        self.user_ids = IdMap.from_json(state["users"])
+        self.item_ids = IdMap.from_json(state["items"])
+        self.events_seen = int(state["events_seen"])
+        self.ts_range = state["ts_range"]
+        self._resize()

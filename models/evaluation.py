@@ -1,0 +1,237 @@
+"""Offline and streaming evaluation: the exact protocols of the tracker's issue 3.
+
+* ``loo`` (NCF, He et al. 2017): hold out each user's latest interaction, rank it among
+  99 sampled items the user never touched; HR@10 and NDCG@10.
+* ``full``: per-user random 75/25 split; rank every item outside the user's training
+  set; precision/recall/NDCG/MAP@10.
+* ``prequential`` (test-then-learn, Vinagre et al. 2014): replay the log in time order,
+  recommend before learning each event; recall@10.
+
+Determinism choices (stated so that other implementations can match them):
+users are visited in ascending *numeric* id order when every id is an integer string
+(MovieLens), otherwise lexicographic; "item id order" is the same rule; a user's
+interactions are ordered by (timestamp, item id) before any per-user split; a model
+that cannot score an item (never seen) ranks it last; a negative scoring *equal* to
+the held-out item ranks above it (pessimistic ties).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from datasets.types import Interactions
+from models.base import Recommender
+from models.events import EventBatch
+
+K = 10
+
+
+# --- metrics -------------------------------------------------------------------------
+def rank_of_positive(pos_score: float, neg_scores: np.ndarray) -> int:
+    """0-based rank of the positive: negatives scoring >= it rank above it.
+
+    NaN (unscorable) counts as the lowest score.
+
+    >>> rank_of_positive(0.5, np.array([0.9, 0.5, 0.1]))
+    2
+    """
+    pos = -math.inf if math.isnan(pos_score) else pos_score
+    neg = np.where(np.isnan(neg_scores), -math.inf, neg_scores)
+    return int((neg >= pos).sum())
+
+
+def hit_and_ndcg(rank: int, k: int = K) -> tuple[float, float]:
+    """HR@k and NDCG@k of a single held-out item at 0-based ``rank``.
+
+    >>> hit_and_ndcg(0), hit_and_ndcg(2)[1] == 1 / math.log2(4), hit_and_ndcg(10)
+    ((1.0, 1.0), True, (0.0, 0.0))
+    """
+    if rank >= k:
+        return 0.0, 0.0
+    return 1.0, 1.0 / math.log2(rank + 2)
+
+
+def topk_metrics(recommended: Sequence[str], relevant: set[str], k: int = K
+                 ) -> dict[str, float]:
+    """Precision, recall, NDCG (binary gains, log2 discount, ideal over min(|rel|, k))
+    and MAP (average precision normalised by min(|rel|, k)) of one ranked list.
+
+    >>> m = topk_metrics(["a", "x", "b"], {"a", "b", "c"}, k=3)
+    >>> round(m["precision"], 4), round(m["recall"], 4), round(m["map"], 4)
+    (0.6667, 0.6667, 0.5556)
+    """
+    top = list(recommended)[:k]
+    hits = [1.0 if item in relevant else 0.0 for item in top]
+    n_hits = sum(hits)
+    dcg = sum(h / math.log2(j + 2) for j, h in enumerate(hits))
+    n_ideal = min(len(relevant), k)
+    idcg = sum(1.0 / math.log2(j + 2) for j in range(n_ideal))
+    ap, running = 0.0, 0.0
+    for j, h in enumerate(hits):
+        if h:
+            running += 1
+            ap += running / (j + 1)
+    return {
+        "precision": n_hits / k,
+        "recall": n_hits / len(relevant) if relevant else 0.0,
+        "ndcg": dcg / idcg if idcg else 0.0,
+        "map": ap / n_ideal if n_ideal else 0.0,
+    }
+
+
+# --- ordering helpers ----------------------------------------------------------------
+def id_order(ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Indices that sort ``ids`` numerically if all are integers, else as strings."""
+    arr = np.asarray(ids).astype(str)
+    if len(arr) and all(s.isdigit() for s in np.unique(arr).tolist()):
+        return np.argsort(arr.astype(np.int64), kind="stable")
+    return np.argsort(arr, kind="stable")
+
+
+def sorted_ids(ids: Sequence[str] | np.ndarray) -> list[str]:
+    """Distinct ``ids`` in :func:`id_order`."""
+    uniq = np.unique(np.asarray(ids).astype(str))
+    return uniq[id_order(uniq)].tolist()
+
+
+def _user_groups(inter: Interactions) -> dict[str, np.ndarray]:
+    """Row indices of each user's interactions, ordered by (timestamp, item id)."""
+    item_key = np.argsort(id_order(inter.items))  # rank of each row's item in id order
+    order = np.lexsort((item_key, inter.ts_ms))
+    users = inter.users[order]
+    groups: dict[str, list[int]] = {}
+    for row, u in zip(order.tolist(), users.tolist(), strict=True):
+        groups.setdefault(u, []).append(row)
+    return {u: np.asarray(rows, dtype=np.int64) for u, rows in groups.items()}
+
+
+# --- leave-one-out -------------------------------------------------------------------
+@dataclass(frozen=True)
+class LooSplit:
+    train: Interactions
+    users: list[str]  # ascending id order
+    held_out: list[str]  # held-out item per user
+    negatives: list[list[str]]  # 99 sampled items per user
+
+
+def loo_split(inter: Interactions, n_negatives: int = 99, seed: int = 42) -> LooSplit:
+    """Hold out each user's latest interaction (ties: the larger item id counts as later)
+    and draw ``n_negatives`` never-interacted items per user with one
+    ``default_rng(seed)``, users in ascending id order, candidates in ascending id order.
+    Users with a single interaction are not evaluated (nothing left to train on).
+    """
+    groups = _user_groups(inter)
+    all_items = sorted_ids(inter.items)
+    rng = np.random.default_rng(seed)
+    test_rows, users, held, negs = [], [], [], []
+    for u in sorted_ids(list(groups)):
+        rows = groups[u]
+        if len(rows) < 2:
+            continue
+        test_rows.append(rows[-1])
+        touched = set(inter.items[rows].tolist())
+        candidates = [i for i in all_items if i not in touched]
+        users.append(u)
+        held.append(str(inter.items[rows[-1]]))
+        negs.append([str(x) for x in rng.choice(candidates, n_negatives, replace=False)])
+    mask = np.ones(len(inter), dtype=bool)
+    mask[np.asarray(test_rows, dtype=np.int64)] = False
+    return LooSplit(inter.take(mask), users, held, negs)
+
+
+def evaluate_loo(model: Recommender, split: LooSplit, k: int = K) -> dict[str, float]:
+    """HR@k and NDCG@k of a model trained on ``split.train``."""
+    n_cand = 1 + len(split.negatives[0]) if split.negatives else 0
+    users = [u for u in split.users for _ in range(n_cand)]
+    items = [x for pos, negs in zip(split.held_out, split.negatives, strict=True)
+             for x in [pos, *negs]]
+    scores = model.score(users, items).reshape(len(split.users), n_cand)
+    hr = nd = 0.0
+    for row in scores:
+        h, n = hit_and_ndcg(rank_of_positive(float(row[0]), row[1:]), k)
+        hr += h
+        nd += n
+    n_users = max(len(split.users), 1)
+    return {f"hr@{k}": hr / n_users, f"ndcg@{k}": nd / n_users}
+
+
+# --- full ranking --------------------------------------------------------------------
+@dataclass(frozen=True)
+class FullSplit:
+    train: Interactions
+    test: dict[str, set[str]]  # user -> held-out items (non-empty only)
+
+
+def full_split(inter: Interactions, train_fraction: float = 0.75, seed: int = 42) -> FullSplit:
+    """Per user (ascending id order, one ``default_rng(seed)``): permute the user's
+    interactions (taken in (timestamp, item id) order) and put the first
+    ``max(1, floor(train_fraction · n))`` in training, the rest in test."""
+    groups = _user_groups(inter)
+    rng = np.random.default_rng(seed)
+    train_rows: list[np.ndarray] = []
+    test: dict[str, set[str]] = {}
+    for u in sorted_ids(list(groups)):
+        rows = groups[u][rng.permutation(len(groups[u]))]
+        n_train = max(1, math.floor(train_fraction * len(rows)))
+        train_rows.append(rows[:n_train])
+        if len(rows) > n_train:
+            test[u] = set(inter.items[rows[n_train:]].tolist())
+    train = inter.take(np.sort(np.concatenate(train_rows)))
+    return FullSplit(train, test)
+
+
+def evaluate_full(model: Recommender, split: FullSplit, k: int = K) -> dict[str, float]:
+    """precision/recall/NDCG/MAP@k over users with test items; items in the user's
+    training set are excluded (the model's seen items are exactly its training set)."""
+    users = sorted_ids(list(split.test))
+    ids, _ = model.recommend(users, k, exclude_seen=True)
+    sums = {"precision": 0.0, "recall": 0.0, "ndcg": 0.0, "map": 0.0}
+    for u, recs in zip(users, ids, strict=True):
+        for name, v in topk_metrics(recs.tolist(), split.test[u], k).items():
+            sums[name] += v
+    n = max(len(users), 1)
+    return {f"{name}@{k}": v / n for name, v in sums.items()}
+
+
+# --- prequential ---------------------------------------------------------------------
+def prequential(model: Recommender, inter: Interactions, bootstrap: Callable[
+                [Recommender, EventBatch], object], bootstrap_fraction: float = 0.2,
+                k: int = K, limit: int | None = None) -> dict[str, float]:
+    """Test-then-learn over the log in time order, strictly one event at a time.
+
+    The first ``bootstrap_fraction`` of events (time order) is handed to
+    ``bootstrap(model, events)``; then for every later event whose user the model
+    already knows, the top-``k`` (seen items excluded) is computed *before* the model
+    learns that event; a hit is the event's item in that list. ``limit`` caps the
+    number of streamed events (smoke tests). Learning throughput is timed over the
+    ``learn_many`` calls only.
+    """
+    events = EventBatch.from_interactions(inter.sorted_by_time())
+    n_boot = int(len(events) * bootstrap_fraction)
+    bootstrap(model, events.take(slice(0, n_boot)))
+    stream = events.take(slice(n_boot, None if limit is None else n_boot + limit))
+    hits = evaluated = 0
+    learn_s = 0.0
+    for j in range(len(stream)):
+        user = str(stream.users[j])
+        if model.knows_user(user):
+            ids, _ = model.recommend([user], k, exclude_seen=True)
+            hits += int(str(stream.items[j]) in set(ids[0].tolist()))
+            evaluated += 1
+        event = stream.take(slice(j, j + 1))
+        t0 = time.perf_counter()
+        model.learn_many(event)
+        learn_s += time.perf_counter() - t0
+    return {f"recall@{k}": hits / max(evaluated, 1),
+            "learn_events_per_s": len(stream) / max(learn_s, 1e-9),
+            "evaluated": float(evaluated)}
+
+
+def mean_metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Average of metric dicts with the same keys."""
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} if rows else {}

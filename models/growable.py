@@ -1,0 +1,127 @@
+"""Embedding tables that grow for unseen ids, with row-wise optimiser state.
+
+Streams keep introducing users and items, so tables are over-allocated and grown in
+amortised steps (capacity × ``growth``): the trained rows and their optimiser state are
+copied once per step, never per new id. Updates are sparse: a batch touches only its
+own rows, so learning cost does not depend on table size.
+
+The optimiser is row-wise Adagrad (one accumulator per row, as FBGEMM's rowwise
+Adagrad): half the memory of per-coordinate state and one fused update per row. With
+``decay < 1`` the accumulator is an exponential average (RMSprop-like), so the step size
+never decays to zero — a fixed schedule that suits a never-ending stream.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class GrowableTable:
+    """A ``(rows, dim)`` float32 parameter plus its per-row accumulator.
+
+    Only ``weight[:n_rows]`` is meaningful; rows beyond are spare capacity.
+
+    >>> t = GrowableTable(dim=4, init_std=0.1, capacity=2, seed=0)
+    >>> t.resize(3); (t.n_rows, t.capacity >= 3)
+    (3, True)
+    """
+
+    def __init__(self, dim: int, init_std: float, capacity: int = 1024,
+                 growth: float = 1.5, seed: int = 0, init_value: float | None = None) -> None:
+        if growth <= 1.0:
+            raise ValueError(f"growth must be > 1, got {growth}")
+        self.dim = dim
+        self.init_std = init_std
+        self.init_value = init_value
+        self.growth = growth
+        self.n_rows = 0
+        self.weight = torch.zeros(max(1, capacity), dim)
+        self.accum = torch.zeros(max(1, capacity))
+        self._gen = torch.Generator().manual_seed(seed)
+        self.grow_count = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.weight.shape[0]
+
+    def resize(self, n_rows: int) -> None:
+        """Make rows ``0..n_rows-1`` exist; new rows get their initial values.
+
+        Capacity grows to ``max(n_rows, capacity × growth)`` when exceeded, so adding
+        ids one at a time costs amortised O(dim) per id.
+        """
+        if n_rows <= self.n_rows:
+            return
+        if n_rows > self.capacity:
+            new_cap = max(n_rows, int(self.capacity * self.growth) + 1)
+            weight = torch.empty(new_cap, self.dim)
+            weight[: self.n_rows] = self.weight[: self.n_rows]
+            accum = torch.zeros(new_cap)
+            accum[: self.n_rows] = self.accum[: self.n_rows]
+            self.weight, self.accum = weight, accum
+            self.grow_count += 1
+        fresh = self.weight[self.n_rows: n_rows]
+        if self.init_value is not None:
+            fresh.fill_(self.init_value)
+        else:
+            fresh.normal_(0.0, self.init_std, generator=self._gen)
+        self.accum[self.n_rows: n_rows] = 0.0
+        self.n_rows = n_rows
+
+    def rows(self) -> torch.Tensor:
+        """The meaningful rows (a view, no copy)."""
+        return self.weight[: self.n_rows]
+
+    def step(self, rows: torch.Tensor, grads: torch.Tensor, lr: float,
+             decay: float = 1.0, eps: float = 1e-8) -> None:
+        """Row-wise Adagrad/RMSprop step on ``rows`` (may repeat; gradients are summed).
+
+        ``grads[j]`` is the gradient contribution of occurrence ``j`` of ``rows[j]``.
+        """
+        uniq, inverse = torch.unique(rows, return_inverse=True)
+        if len(uniq) == len(rows):
+            order = torch.argsort(inverse)
+            g = grads[order]
+        else:
+            g = torch.zeros(len(uniq), grads.shape[1], dtype=grads.dtype)
+            g.index_add_(0, inverse, grads)
+        self.apply(uniq, g, lr, decay, eps)
+
+    def apply(self, uniq: torch.Tensor, g: torch.Tensor, lr: float,
+              decay: float = 1.0, eps: float = 1e-8) -> None:
+        """Update distinct ``uniq`` rows with their aggregated gradients ``g``."""
+        acc = self.accum.index_select(0, uniq)
+        if decay != 1.0:
+            acc.mul_(decay)
+        acc.add_(g.square().mean(dim=1))
+        self.accum.index_copy_(0, uniq, acc)
+        g.mul_(acc.sqrt_().add_(eps).reciprocal_().mul_(-lr).unsqueeze(1))
+        self.weight.index_add_(0, uniq, g)
+
+    def dense_step(self, g: torch.Tensor, lr: float, decay: float = 1.0,
+                   eps: float = 1e-8) -> None:
+        """Step on every row at once (small shared parameters, no index juggling)."""
+        n = self.n_rows
+        acc = self.accum[:n]
+        if decay != 1.0:
+            acc.mul_(decay)
+        acc.add_(g.square().mean(dim=1))
+        self.weight[:n].addcdiv_(g, acc.sqrt().add_(eps).unsqueeze(1), value=-lr)
+
+    # --- persistence (plain tensors; no pickle) -----------------------------------
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": self.weight[: self.n_rows].clone(),
+                f"{prefix}.accum": self.accum[: self.n_rows].clone()}
+
+    def load_state(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        weight, accum = tensors[f"{prefix}.weight"], tensors[f"{prefix}.accum"]
+        if weight.ndim != 2 or weight.shape[1] != self.dim or accum.shape != weight.shape[:1]:
+            raise ValueError(f"{prefix}: saved shape {tuple(weight.shape)} does not fit "
+                             f"dim {self.dim}")
+        n = weight.shape[0]
+        cap = max(n, self.capacity)
+        self.weight = torch.zeros(cap, self.dim)
+        self.accum = torch.zeros(cap)
+        self.weight[:n] = weight.float()
+        self.accum[:n] = accum.float()
+        self.n_rows = n

@@ -1,0 +1,110 @@
+"""Bounded recent history per user, and the full set of items each user has seen.
+
+The two-tower user tower reads the recent history; every model uses the seen sets to
+exclude already-consumed items from recommendations. The ring buffer is one int32
+array, so a million users cost ``4 × size`` MB and an append is vectorised per batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class RecentHistory:
+    """Last ``size`` item rows per user, in a growable ``(users, size)`` ring buffer.
+
+    >>> h = RecentHistory(size=2)
+    >>> h.append(np.array([0, 0, 0]), np.array([5, 6, 7]))
+    >>> h.of(0).tolist()
+    [6, 7]
+    """
+
+    def __init__(self, size: int, capacity: int = 1024, growth: float = 1.5) -> None:
+        self.size = size
+        self.growth = growth
+        self.buf = np.full((max(1, capacity), size), -1, dtype=np.int32)
+        self.count = np.zeros(max(1, capacity), dtype=np.int64)
+        self.n_rows = 0
+
+    def resize(self, n_rows: int) -> None:
+        """Make rows for users ``0..n_rows-1`` exist (amortised growth)."""
+        if n_rows <= self.n_rows:
+            return
+        cap = self.buf.shape[0]
+        if n_rows > cap:
+            new_cap = max(n_rows, int(cap * self.growth) + 1)
+            buf = np.full((new_cap, self.size), -1, dtype=np.int32)
+            buf[: self.n_rows] = self.buf[: self.n_rows]
+            count = np.zeros(new_cap, dtype=np.int64)
+            count[: self.n_rows] = self.count[: self.n_rows]
+            self.buf, self.count = buf, count
+        self.n_rows = n_rows
+
+    def append(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Record events in order; several events of one user in a batch keep their order."""
+        if len(users) == 0 or self.size == 0:
+            return
+        if len(users) == 1:
+            u = users[0]
+            self.buf[u, self.count[u] % self.size] = items[0]
+            self.count[u] += 1
+            return
+        order = np.argsort(users, kind="stable")
+        su = users[order]
+        first = np.empty(len(su), dtype=bool)
+        first[0] = True
+        np.not_equal(su[1:], su[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        sizes = np.diff(np.append(starts, len(su)))
+        group = np.repeat(starts, sizes)
+        rank = np.arange(len(su)) - group  # occurrence number within the batch
+        keep = rank >= np.repeat(sizes, sizes) - self.size
+        pos = (self.count[su] + rank) % self.size
+        self.buf[su[keep], pos[keep]] = items[order][keep]
+        self.count[su[starts]] += sizes
+
+    def of(self, user: int) -> np.ndarray:
+        """Item rows of ``user``, oldest first."""
+        n = int(min(self.count[user], self.size))
+        start = int(self.count[user]) % self.size if self.count[user] > self.size else 0
+        row = self.buf[user]
+        return np.concatenate([row[start:], row[:start]]) if n == self.size else row[:n].copy()
+
+    def matrix(self, users: np.ndarray) -> np.ndarray:
+        """``(len(users), size)`` item rows, ``-1`` where a user has fewer events."""
+        return self.buf[users]
+
+    def clear(self) -> None:
+        self.buf[: self.n_rows] = -1
+        self.count[: self.n_rows] = 0
+
+
+class SeenItems:
+    """Every item row each user has interacted with (for ``exclude_seen``)."""
+
+    def __init__(self) -> None:
+        self.sets: dict[int, set[int]] = {}
+
+    def add(self, users: np.ndarray, items: np.ndarray) -> None:
+        sets = self.sets
+        for u, i in zip(users.tolist(), items.tolist(), strict=True):
+            s = sets.get(u)
+            if s is None:
+                sets[u] = {i}
+            else:
+                s.add(i)
+
+    def of(self, user: int) -> set[int]:
+        return self.sets.get(user, set())
+
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user rows, item rows) pairs, for saving without pickle."""
+        users = np.fromiter((u for u, s in self.sets.items() for _ in s), dtype=np.int64)
+        items = np.fromiter((i for s in self.sets.values() for i in s), dtype=np.int64)
+        return users, items
+
+    @classmethod
+    def from_arrays(cls, users: np.ndarray, items: np.ndarray) -> SeenItems:
+        seen = cls()
+        seen.add(users, items)
+        return seen

@@ -1,0 +1,60 @@
+"""Epochs over a history with the same ``learn_many`` the stream uses online.
+
+Bootstrap and online learning share one code path on purpose: whatever the offline
+evaluation measures is what the streaming worker runs. Epochs visit events in a
+seeded random order (SGD needs shuffling); afterwards each user's recent history is
+rebuilt in time order, since that is what the two-tower user tower should see when
+serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from models.base import Recommender
+from models.events import EventBatch
+
+#: Epochs over history per model kind, chosen on validation splits (see README of the
+#: evaluation in ``scripts/evaluate.py``).
+DEFAULT_EPOCHS: dict[str, int] = {"gmf": 25, "two_tower": 30, "popularity": 1}
+DEFAULT_BATCH_SIZE = 256
+
+
+def fit(model: Recommender, events: EventBatch, epochs: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
+        on_batch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train ``model`` for ``epochs`` shuffled passes; return the mean loss per epoch.
+
+    ``events`` should be in time order (it is used to rebuild recent histories).
+    ``on_batch(n_events, loss)`` is called after every micro-batch (progress bars).
+    """
+    epochs = DEFAULT_EPOCHS.get(model.kind, 1) if epochs is None else epochs
+    rng = np.random.default_rng(seed)
+    losses: list[float] = []
+    for _ in range(epochs):
+        order = rng.permutation(len(events))
+        total, n = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            batch = events.take(order[start: start + batch_size])
+            loss = model.learn_many(batch)
+            total += loss * len(batch)
+            n += len(batch)
+            if on_batch is not None:
+                on_batch(len(batch), loss)
+        losses.append(total / max(n, 1))
+    if epochs > 1:
+        model.reset_history(events)
+    return losses
+
+
+def create_model(kind: str, **params: object) -> Recommender:
+    """A fresh model of ``kind`` (``gmf``, ``two_tower``, ``popularity``) with defaults
+    overridden by ``params`` (``None`` values are ignored)."""
+    from models.checkpoint import model_classes
+
+    classes = model_classes()
+    if kind not in classes:
+        raise ValueError(f"unknown model {kind!r}; expected one of {sorted(classes)}")
+    return classes[kind](**{k: v for k, v in params.items() if v is not None})

@@ -1,0 +1,242 @@
+"""Two-tower model: dot product of a user tower and an item tower.
+
+* User tower: ``U[user] + mean(H[item] for item in the user's recent history)`` — the
+  history part moves a user's vector as soon as they click, before their own row has
+  been trained much (fresh and new users).
+* Item tower: ``E[item] + Σ_t w_t · C[hash(token_t)] + normalised(numeric) @ A`` —
+  categorical attributes (``"genres=Comedy"``) are hashed into a fixed bucket table,
+  numeric ones (``year``) are z-scored over the catalogue. An item that has attributes
+  but no clicks yet still gets a vector close to items sharing its attributes.
+
+Score ``σ(q · p + b)``; retrieval vectors are ``q`` and ``p`` (σ is increasing).
+Gradients are explicit, like GMF (see ``models.factor``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from models.factor import FactorModel, pair_loss_grads
+from models.growable import GrowableTable
+
+
+class TwoTower(FactorModel):
+    """Two-tower retrieval model learnt from positive events with sampled negatives.
+
+    ``n_buckets`` hashed categorical embeddings, at most ``max_tokens`` per item;
+    ``numeric_attributes`` are z-scored; ``ignore_attributes`` are free text that
+    hashing would turn into per-item noise.
+    """
+
+    kind = "two_tower"
+
+    def __init__(self, dim: int = 64, lr: float = 0.05, lr_dense: float = 0.005,
+                 l2: float = 0.2, negatives: int = 16, sampler: str = "uniform",
+                 sampler_alpha: float = 0.75, loss: str = "bpr", accum_decay: float = 1.0,
+                 init_std: float = 0.1, growth: float = 1.25, n_buckets: int = 4096,
+                 max_tokens: int = 16, numeric_attributes: Sequence[str] = ("year",),
+                 ignore_attributes: Sequence[str] = ("title",),
+                 event_weights: Mapping[str, float] | None = None,
+                 history_size: int = 20, seed: int = 0) -> None:
+        super().__init__(dim, lr, l2, negatives, sampler, sampler_alpha, loss, accum_decay,
+                         event_weights, history_size, seed)
+        self.lr_dense = lr_dense
+        self.init_std = init_std
+        self.growth = growth
+        self.n_buckets = n_buckets
+        self.max_tokens = max_tokens
+        self.numeric_attributes = list(numeric_attributes)
+        self.ignore_attributes = list(ignore_attributes)
+        self.users_t = GrowableTable(dim, init_std, growth=growth, seed=seed + 2)
+        self.items_t = GrowableTable(dim, init_std, growth=growth, seed=seed + 3)
+        self.hist_t = GrowableTable(dim, init_std, growth=growth, seed=seed + 4)
+        self.cats_t = GrowableTable(dim, init_std, capacity=n_buckets, seed=seed + 5)
+        self.cats_t.resize(n_buckets)
+        n_num = max(1, len(self.numeric_attributes))
+        self.num_t = GrowableTable(dim, init_std, capacity=n_num, seed=seed + 6)
+        self.num_t.resize(n_num)
+        self.b = GrowableTable(1, 0.0, capacity=1, init_value=0.0)
+        self.b.resize(1)
+        self.history.growth = growth
+        # per-item attribute features (rows follow item rows)
+        self.tok = torch.zeros(0, max_tokens, dtype=torch.int64)
+        self.tokw = torch.zeros(0, max_tokens)
+        self.num_raw = torch.zeros(0, n_num, dtype=torch.float64)
+        self.num_has = torch.zeros(0, n_num, dtype=torch.bool)
+        self._num_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # --- tables ---------------------------------------------------------------------
+    def _resize_tables(self, n_users: int, n_items: int) -> None:
+        super()._resize_tables(n_users, n_items)
+        self.users_t.resize(n_users)
+        self.items_t.resize(n_items)
+        self.hist_t.resize(n_items)
+        if n_items > len(self.tok):
+            cap = max(n_items, int(len(self.tok) * self.growth) + 1)
+            self.tok = _grow(self.tok, cap)
+            self.tokw = _grow(self.tokw, cap)
+            self.num_raw = _grow(self.num_raw, cap)
+            self.num_has = _grow(self.num_has, cap)
+
+    # --- attributes -----------------------------------------------------------------
+    def _tokens(self, attributes: Mapping[str, object]) -> list[tuple[int, float]]:
+        out: list[tuple[int, float]] = []
+        skip = set(self.ignore_attributes) | set(self.numeric_attributes)
+        for key in sorted(attributes):
+            if key in skip:
+                continue
+            value = attributes[key]
+            if isinstance(value, list | tuple | set):
+                values = [str(v) for v in value]
+            elif isinstance(value, str | int | float | bool):
+                values = [str(value)]
+            else:
+                continue
+            for v in values:
+                token = f"{key}={v}".encode()
+                out.append((zlib.crc32(token) % (self.n_buckets - 1) + 1, 1.0 / len(values)))
+        return out[: self.max_tokens]
+
+    def _set_attributes(self, row: int, attributes: Mapping[str, object]) -> None:
+        tokens = self._tokens(attributes)
+        self.tok[row] = 0
+        self.tokw[row] = 0.0
+        if tokens:
+            self.tok[row, : len(tokens)] = torch.tensor([t for t, _ in tokens])
+            self.tokw[row, : len(tokens)] = torch.tensor([w for _, w in tokens])
+        for j, key in enumerate(self.numeric_attributes):
+            value = attributes.get(key)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            self.num_has[row, j] = ok
+            self.num_raw[row, j] = float(value) if ok else 0.0  # type: ignore[arg-type]
+        self._num_stats = None
+
+    def _numeric(self, rows: torch.Tensor | None) -> torch.Tensor:
+        """z-scored numeric attributes (0 where missing), stats over the catalogue."""
+        n = len(self.item_ids)
+        if self._num_stats is None:
+            has, raw = self.num_has[:n], self.num_raw[:n]
+            cnt = has.sum(0).clamp(min=1)
+            mean = (raw * has).sum(0) / cnt
+            var = (((raw - mean) * has) ** 2).sum(0) / cnt
+            self._num_stats = (mean, var.sqrt().clamp(min=1e-6))
+        mean, std = self._num_stats
+        raw = self.num_raw[:n] if rows is None else self.num_raw[rows]
+        has = self.num_has[:n] if rows is None else self.num_has[rows]
+        return (((raw - mean) / std) * has).float()
+
+    # --- towers ---------------------------------------------------------------------
+    def _item_tower(self, rows: torch.Tensor | None) -> torch.Tensor:
+        n = len(self.item_ids)
+        e = self.items_t.rows() if rows is None else self.items_t.weight[rows]
+        tok = self.tok[:n] if rows is None else self.tok[rows]
+        tokw = self.tokw[:n] if rows is None else self.tokw[rows]
+        cats = self.cats_t.weight[tok.reshape(-1)].view(*tok.shape, self.dim)
+        return (e + (cats * tokw.unsqueeze(2)).sum(1)
+                + self._numeric(rows) @ self.num_t.weight[: self.num_t.n_rows])
+
+    def _history_mask(self, users: np.ndarray, exclude: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        hist = torch.from_numpy(self.history.matrix(users).astype(np.int64))
+        mask = hist >= 0
+        if exclude is not None:
+            mask &= hist != exclude.unsqueeze(1)
+        return hist.clamp(min=0), mask
+
+    def _user_tower(self, users: np.ndarray, exclude: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = torch.from_numpy(np.asarray(users, dtype=np.int64))
+        hist, mask = self._history_mask(users, exclude)
+        inv_n = 1.0 / mask.sum(1).clamp(min=1).float()
+        h = self.hist_t.weight[hist.reshape(-1)].view(*hist.shape, self.dim)
+        q = self.users_t.weight[rows] + (h * (mask.float() * inv_n.unsqueeze(1))
+                                         .unsqueeze(2)).sum(1)
+        return q, hist, mask, inv_n
+
+    def _query(self, users: np.ndarray) -> torch.Tensor:
+        return self._user_tower(np.asarray(users))[0]
+
+    def _item_matrix(self, items: np.ndarray | None = None) -> torch.Tensor:
+        rows = None if items is None else torch.from_numpy(np.asarray(items, dtype=np.int64))
+        return self._item_tower(rows)
+
+    def _link(self, inner: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(inner + float(self.b.weight[0, 0]))
+
+    # --- learning -------------------------------------------------------------------
+    def _learn(self, users: np.ndarray, items: np.ndarray, weights: torch.Tensor) -> float:
+        n, k, d, l2 = len(users), self.negatives, self.dim, self.l2
+        u_rows = torch.from_numpy(users)
+        i_rows = torch.from_numpy(items)
+        neg_rows = self._sampler.sample(n * k)
+        all_rows = torch.cat([i_rows, neg_rows])
+        q, hist, mask, inv_n = self._user_tower(users, exclude=i_rows)
+        p = self._item_tower(all_rows)
+        pp, pn = p[:n], p[n:].view(n, k, d)
+        b = self.b.weight[0, 0]
+        pos = (q * pp).sum(1) + b
+        neg = torch.bmm(pn, q.unsqueeze(2)).squeeze(2) + b
+        loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
+        g_q = g_pos.unsqueeze(1) * pp + torch.bmm(g_neg.unsqueeze(1), pn).squeeze(1)
+        g_p = torch.cat([g_pos.unsqueeze(1) * q,
+                         (g_neg.unsqueeze(2) * q.unsqueeze(1)).reshape(n * k, d)])
+        lr, decay = self.lr, self.accum_decay
+        # user tower
+        self.users_t.step(u_rows, g_q + l2 * self.users_t.weight[u_rows], lr, decay)
+        b_idx, h_idx = mask.nonzero(as_tuple=True)
+        if len(b_idx):
+            h_rows = hist[b_idx, h_idx]
+            g_h = g_q[b_idx] * inv_n[b_idx].unsqueeze(1) + l2 * self.hist_t.weight[h_rows]
+            self.hist_t.step(h_rows, g_h, lr, decay)
+        # item tower
+        self.items_t.step(all_rows, g_p + l2 * self.items_t.weight[all_rows], lr, decay)
+        tok, tokw = self.tok[all_rows], self.tokw[all_rows]
+        r_idx, t_idx = (tokw > 0).nonzero(as_tuple=True)
+        if len(r_idx):
+            c_rows = tok[r_idx, t_idx]
+            g_c = (g_p[r_idx] * tokw[r_idx, t_idx].unsqueeze(1)
+                   + l2 * self.cats_t.weight[c_rows])
+            self.cats_t.step(c_rows, g_c, lr, decay)
+        if self.numeric_attributes:
+            self.num_t.dense_step(self._numeric(all_rows).T @ g_p, self.lr_dense, decay)
+        if self.loss == "bce":
+            self.b.dense_step((g_pos.sum() + g_neg.sum()).reshape(1, 1), self.lr_dense, decay)
+        return loss
+
+    # --- state ----------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.users_t.state("users"), **self.items_t.state("items"),
+                **self.hist_t.state("hist"), **self.cats_t.state("cats"),
+                **self.num_t.state("num"), **self.b.state("b")}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, table in (("users", self.users_t), ("items", self.items_t),
+                            ("hist", self.hist_t), ("cats", self.cats_t),
+                            ("num", self.num_t), ("b", self.b)):
+            table.load_state(name, tensors)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        n = len(self.item_ids)
+        return {**super().state_arrays(), "tok": self.tok[:n].numpy().copy(),
+                "tokw": self.tokw[:n].numpy().copy(),
+                "num_raw": self.num_raw[:n].numpy().copy(),
+                "num_has": self.num_has[:n].numpy().copy()}
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        super().load_state_arrays(arrays)
+        n = len(arrays["tok"])
+        self.tok[:n] = torch.from_numpy(arrays["tok"])
+        self.tokw[:n] = torch.from_numpy(arrays["tokw"])
+        self.num_raw[:n] = torch.from_numpy(arrays["num_raw"])
+        self.num_has[:n] = torch.from_numpy(arrays["num_has"])
+        self._num_stats = None
+
+
+def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:
+    out = torch.zeros(rows, *t.shape[1:], dtype=t.dtype)
+    out[: len(t)] = t
+    return out

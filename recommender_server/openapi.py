@@ -1,0 +1,87 @@
+"""OpenAPI 3.0 document of the recommender API, built in code from the live limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recommender_server.config import ApiConfig
+
+REASONS = ["unknown_user", "no_vector", "mongo_unavailable", "faiss_unavailable",
+           "index_not_ready", "bad_query", "no_candidates"]
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def openapi_document(config: ApiConfig) -> dict[str, Any]:
+    k = {"name": "k", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": config.max_k, "default": 10}}
+    bad = _json("Error", "Invalid parameter")
+    nullable_str = {"type": "string", "nullable": True}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Recommender API", "version": "1.0.0",
+                 "description": "Personalised, similar and popular items. Never a 5xx for an "
+                                "unknown user or a down dependency: the answer falls back to "
+                                "popular items and says why."},
+        "paths": {
+            "/v1/recommendations": {"get": {
+                "operationId": "recommendations",
+                "summary": "Top-k items for a user (popular items as fallback)",
+                "parameters": [{"name": "user_id", "in": "query", "required": True,
+                                "schema": {"type": "string", "minLength": 1,
+                                           "maxLength": 256}}, k],
+                "responses": {"200": _json("Recommendations", "Items"), "400": bad}}},
+            "/v1/items/{item_id}/similar": {"get": {
+                "operationId": "similarItems", "summary": "Items similar to an item",
+                "parameters": [{"name": "item_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "minLength": 1,
+                                           "maxLength": 256}}, k],
+                "responses": {"200": _json("Similar", "Items"), "400": bad,
+                              "404": _json("Error", "Unknown item")}}},
+            "/v1/popular": {"get": {
+                "operationId": "popular", "summary": "Most popular available items",
+                "parameters": [k],
+                "responses": {"200": _json("Popular", "Items"), "400": bad,
+                              "503": _json("Error", "Redis not answering")}}},
+            "/health": {"get": {"operationId": "health", "summary": "Liveness",
+                                "responses": {"200": {"description": "Alive"}}}},
+            "/ready": {"get": {"operationId": "ready",
+                               "summary": "Dependencies answering (503 with details if not)",
+                               "responses": {"200": {"description": "Ready"},
+                                             "503": {"description": "Not ready"}}}},
+            "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                      "responses": {"200": {"description": "OpenAPI 3"}}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["title"], "properties": {
+                "title": {"type": "string"}, "description": {"type": "string"}}},
+            "Item": {"type": "object", "required": ["id", "score", "source"], "properties": {
+                "id": {"type": "string"}, "score": {"type": "number"},
+                "source": {"type": "string", "enum": ["personalized", "similar", "popular"]},
+                "metadata": {"type": "object", "nullable": True}}},
+            "Recommendations": {"type": "object",
+                                "required": ["user_id", "source", "items", "fallback_reason"],
+                                "properties": {
+                "user_id": {"type": "string"}, "k": {"type": "integer"},
+                "source": {"type": "string", "enum": ["personalized", "popular"]},
+                "fallback_reason": {"type": "string", "nullable": True, "enum": REASONS},
+                "model_version": nullable_str, "index_version": nullable_str,
+                "degraded": {"type": "array", "items": {"type": "string"}},
+                "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
+            "Similar": {"type": "object", "required": ["item_id", "source", "items"],
+                        "properties": {
+                "item_id": {"type": "string"}, "k": {"type": "integer"},
+                "source": {"type": "string", "enum": ["similar", "popular"]},
+                "fallback_reason": {"type": "string", "nullable": True, "enum": REASONS},
+                "index_version": nullable_str,
+                "degraded": {"type": "array", "items": {"type": "string"}},
+                "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
+            "Popular": {"type": "object", "required": ["source", "items"], "properties": {
+                "k": {"type": "integer"}, "source": {"type": "string"},
+                "degraded": {"type": "array", "items": {"type": "string"}},
+                "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
+        }},
+    }

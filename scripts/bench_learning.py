@@ -1,0 +1,87 @@
+"""In-process learning throughput of GMF on one core, and the cost of one growth step.
+
+    python -m scripts.bench_learning [--users 1000000 --items 200000 --seconds 4]
+
+Registers 1M users × 200k items (tables sized exactly to that, as after a bulk load),
+then times ``learn_many`` on synthetic micro-batches of 1, 64 and 256 events with the
+model's configured negatives, each for about ``--seconds`` of wall time; finally times
+one growth step that adds 10% more users (1M → 1.1M) and reports the process's peak
+RSS. Prints readable figures, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+import torch
+
+from datasets.synthetic import SyntheticConfig, SyntheticGenerator
+from models.events import EventBatch
+from models.gmf import GMF
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def throughput(model: GMF, events: EventBatch, batch_size: int, seconds: float) -> float:
+    """Events/s of ``learn_many`` over consecutive batches for about ``seconds``."""
+    model.learn_many(events.take(slice(0, batch_size)))  # warm-up
+    done, start, pos = 0, time.perf_counter(), batch_size
+    while time.perf_counter() - start < seconds:
+        if pos + batch_size > len(events):
+            pos = 0
+        model.learn_many(events.take(slice(pos, pos + batch_size)))
+        pos += batch_size
+        done += batch_size
+    return done / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--items", type=int, default=200_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--seconds", type=float, default=4.0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    t0 = time.perf_counter()
+    gen = SyntheticGenerator(SyntheticConfig(n_users=args.users, n_items=args.items, seed=0))
+    events = EventBatch.from_interactions(gen.interactions(args.events))
+    model = GMF(dim=args.dim)
+    model.register(users=[f"u{j}" for j in range(args.users)],
+                   items=[f"i{j}" for j in range(args.items)])
+    print(f"setup: {args.users:,} users x {args.items:,} items, dim {args.dim}, "
+          f"negatives {model.negatives} ({model.sampler}), {time.perf_counter() - t0:.1f}s")
+
+    result: dict[str, float] = {}
+    for bs in (1, 64, 256):
+        eps = throughput(model, events, bs, args.seconds / (2 if bs == 1 else 1))
+        result[f"events_per_s_batch{bs}"] = round(eps, 1)
+        print(f"learn_many batch {bs:>3}: {eps:>12,.0f} events/s")
+
+    n_new = args.users // 10
+    new_users = np.char.add("new", np.arange(n_new).astype(str)).tolist()
+    cap_before = model.users_t.capacity
+    t1 = time.perf_counter()
+    model.register(users=new_users)  # ids, embedding rows, optimiser state, histories
+    growth_s = time.perf_counter() - t1
+    print(f"growth {len(model.user_ids) - n_new:,} -> {len(model.user_ids):,} users "
+          f"(capacity {cap_before:,} -> {model.users_t.capacity:,}): {growth_s:.2f}s")
+    t2 = time.perf_counter()
+    model.learn_many(EventBatch.of(new_users[:256], events.items[:256].tolist()))
+    print(f"first batch of the new users learnt in {time.perf_counter() - t2:.4f}s")
+    result["growth_s"] = round(growth_s, 3)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(f"peak RSS {result['peak_rss_mb']:,.0f} MB")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Serving benchmarks; prints one JSON line per figure set.
+
+    python -m scripts.bench_serving            # full: API + ANN at 1M items (≈ 10 min)
+    python -m scripts.bench_serving --quick    # smaller sizes (≈ 2 min)
+    python -m scripts.bench_serving --only api|ann
+
+(a) ``api``: the local stack (``StackManager(Settings.from_env()).up()``), synthetic users in
+MongoDB and items in Redis under a ``bench`` namespace, the FAISS service and the API
+started as real processes, then ``wrk`` (closed loop, fixed connections, bounded time)
+on ``/v1/recommendations`` with skewed user ids. Keys: ``api_rps``, ``api_p50_ms``,
+``api_p99_ms``, ``errors``, plus the user-cache hit ratio and the share of personalised
+answers. Also run with the user cache off, to show the trade-off.
+
+(b) ``ann``: the FAISS service with ``n`` clustered synthetic unit vectors of dim 64,
+loaded over HTTP as a version; ``ann_recall@10`` against exact search on a sample of
+queries and ``ann_p99_ms`` per HTTP request (one client, sequential). Then the same on
+item vectors exported from a MovieLens checkpoint if ``{model_dir}/item_vectors.npz``
+exists (arrays ``ids``, ``vectors``), else a line saying it was skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.settings import Settings
+from scripts.serve import ServiceProcess, free_port
+
+WRK_LUA = """
+math.randomseed(%(seed)d)
+request = function()
+  -- skewed users: a few are hot, most are rare (u^2 puts ~30%% of traffic on 10%% of users)
+  local u = math.floor(%(n_users)d * math.random() ^ 2)
+  return wrk.format("GET", "/v1/recommendations?user_id=user" .. u .. "&k=10")
+end
+"""
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def clustered(n: int, dim: int, n_clusters: int, seed: int) -> np.ndarray:
+    """Unit vectors around ``n_clusters`` random centres (built in chunks, float32)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim)).astype(np.float32)
+    out = np.empty((n, dim), np.float32)
+    for s in range(0, n, 200_000):
+        e = min(n, s + 200_000)
+        x = centres[rng.integers(0, n_clusters, e - s)]
+        x += 0.35 * rng.normal(size=(e - s, dim)).astype(np.float32)
+        out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def exact_top(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(x)
+    return flat.search(q, k)[1]
+
+
+def percentile_ms(samples: list[float], p: float) -> float:
+    return round(float(np.percentile(np.asarray(samples) * 1000, p)), 3)
+
+
+# --- (a) recommendations API ----------------------------------------------------------------
+def parse_wrk(text: str) -> dict[str, Any]:
+    def ms(v: str) -> float:
+        num, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()  # type: ignore[union-attr]
+        return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", text, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    total = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+    return {"api_rps": round(rps, 1), "api_p50_ms": round(ms(lat["50"]), 3),
+            "api_p99_ms": round(ms(lat["99"]), 3), "errors": errors, "requests": total}
+
+
+def bench_api(args: argparse.Namespace, tmp: Path) -> None:
+    import requests
+
+    from common.clients import mongo_client, redis_client
+    from common.stores import ItemCache, UserDoc, UserStore
+    from faiss_server.client import FaissClient
+    from scripts.stack import StackManager
+
+    if shutil.which("wrk") is None:
+        emit({"bench": "api", "skipped": "wrk not installed (apt-get install -y wrk)"})
+        return
+    base = Settings.from_env()
+    StackManager(base).up()
+    fport, aport = free_port(), free_port()
+    s = Settings.from_env(mongo_db="recsys_bench", redis_prefix="recsys-bench:",
+                          statsd_prefix="recsys-bench", faiss_port=fport,
+                          faiss_url=f"http://127.0.0.1:{fport}", api_port=aport)
+    n_items, n_users, dim = (20_000, 2_000, 64) if args.quick else (100_000, 10_000, 64)
+    rng = np.random.default_rng(1)
+    item_ids = [f"item{i}" for i in range(n_items)]
+    vectors = clustered(n_items, dim, 200, seed=1)
+    r = redis_client(s, timeout_s=5)
+    cache = ItemCache(r, s.redis_prefix)
+    for start in range(0, n_items, 10_000):
+        cache.put_items({i: {"title": f"Item {i}", "genre": int(i[4:]) % 20}
+                         for i in item_ids[start:start + 10_000]})
+    cache.mark_unavailable(item_ids[::500])
+    cache.set_popular({i: float(n_items - n) for n, i in enumerate(item_ids[:1000])})
+    mc = mongo_client(s, timeout_ms=10_000)
+    mc.drop_database(s.mongo_db)
+    store = UserStore(mc[s.mongo_db])
+    t0 = time.perf_counter()
+    for start in range(0, n_users, 1000):
+        store.upsert_many([UserDoc(f"user{u}", vectors[rng.integers(n_items)].tolist(), "bench",
+                                   history=[item_ids[j] for j in rng.integers(0, n_items, 20)])
+                           for u in range(start, min(n_users, start + 1000))])
+    seed_s = time.perf_counter() - t0
+
+    faiss = ServiceProcess(["faiss", "--kind", "hnsw", "--hnsw-m", "16", "--ef-search", "64",
+                            "--dim", str(dim), "--data-dir", "none"], fport, s,
+                           log_path=tmp / "faiss-api.log").start()
+    try:
+        FaissClient(faiss.url, s.faiss_api_key).load_version((item_ids, vectors), "bench-v1")
+        lua = tmp / "users.lua"
+        lua.write_text(WRK_LUA % {"seed": 7, "n_users": n_users})
+        for ttl in ([0.5] if args.quick else [0.5, 0.0]):
+            api = ServiceProcess(["api", "--workers", str(args.api_workers),
+                                  "--user-cache-ttl", str(ttl)], aport, s,
+                                 log_path=tmp / "api.log").start()
+            try:
+                for _ in range(200):  # warm connections and caches
+                    requests.get(f"{api.url}/v1/recommendations",
+                                 params={"user_id": f"user{rng.integers(n_users)}"}, timeout=5)
+                out = subprocess.run(
+                    ["wrk", "-t", "1", "-c", str(args.connections), "-d", f"{args.duration}s",
+                     "--latency", "-s", str(lua), api.url], capture_output=True, text=True,
+                    timeout=args.duration + 60, check=True).stdout
+                result = parse_wrk(out)
+                sources: dict[str, int] = {}
+                for u in rng.integers(0, n_users, 100):
+                    src = requests.get(f"{api.url}/v1/recommendations",
+                                       params={"user_id": f"user{u}"}, timeout=5).json()
+                    sources[src["source"]] = sources.get(src["source"], 0) + 1
+                ready = requests.get(f"{api.url}/ready", timeout=5).json()["checks"]
+                uc = ready.get("user_cache", {})
+            finally:
+                api.stop()
+            hit_ratio = uc.get("hits", 0) / max(1, uc.get("hits", 0) + uc.get("misses", 0))
+            emit({"bench": "api", **result, "user_cache_ttl_s": ttl,
+                  "user_cache_hit_ratio_one_worker": round(hit_ratio, 3),
+                  "personalized_share": sources.get("personalized", 0) / 100,
+                  "workers": args.api_workers, "connections": args.connections,
+                  "duration_s": args.duration, "n_users": n_users, "n_items": n_items,
+                  "faiss_index": "hnsw M16 ef64", "seed_users_s": round(seed_s, 1)})
+    finally:
+        faiss.stop()
+        keys = list(r.scan_iter(match=f"{s.redis_prefix}*", count=1000))
+        if keys:
+            r.delete(*keys)
+        mc.drop_database(s.mongo_db)
+
+
+# --- (b) ANN through the FAISS service --------------------------------------------------------
+def bench_ann_on(name: str, ids: list[str], x: np.ndarray, queries: np.ndarray,
+                 service_args: list[str], args: argparse.Namespace, tmp: Path,
+                 settings: Settings) -> None:
+    from faiss_server.client import FaissClient
+    from faiss_server.service import write_npz
+
+    k = 10
+    t0 = time.perf_counter()
+    truth = exact_top(x, queries, k)
+    exact_s = time.perf_counter() - t0
+    export = settings.local_dir / "bench" / f"{name}.npz"
+    export.parent.mkdir(parents=True, exist_ok=True)
+    export.write_bytes(write_npz(ids, x))
+    port = free_port()
+    s = Settings.from_env(faiss_port=port, faiss_url=f"http://127.0.0.1:{port}")
+    proc = ServiceProcess([*service_args, "--dim", str(x.shape[1]), "--data-dir", "none"], port, s,
+                          log_path=tmp / f"faiss-{name}.log").start()
+    try:
+        client = FaissClient(proc.url, s.faiss_api_key, read_timeout_s=5)
+        t0 = time.perf_counter()
+        info = client.load_version(export, f"{name}-v1")
+        load_s = time.perf_counter() - t0
+        for q in queries[:50]:  # warm-up
+            client.search(q, k)
+        lat: list[float] = []
+        hits = 0
+        for qi, q in enumerate(queries):
+            t = time.perf_counter()
+            res = client.search(q, k)
+            lat.append(time.perf_counter() - t)
+            got = {int(i[len("x"):]) for i, _ in res.results[0]}
+            hits += len(got & set(truth[qi].tolist()))
+    finally:
+        proc.stop()
+        export.unlink(missing_ok=True)
+    emit({"bench": f"ann_{name}", "n_items": len(ids), "dim": int(x.shape[1]),
+          "index": info["kind"], "params": {k2: v for k2, v in info["params"].items()
+                                            if k2.startswith(info["kind"])},
+          "ann_recall@10": round(hits / (k * len(queries)), 4),
+          "ann_p50_ms": percentile_ms(lat, 50), "ann_p99_ms": percentile_ms(lat, 99),
+          "queries": len(queries), "build_and_swap_s": round(load_s, 1),
+          "index_build_ms": info["built_ms"], "exact_search_s": round(exact_s, 1)})
+
+
+def bench_ann(args: argparse.Namespace, tmp: Path) -> None:
+    settings = Settings.from_env()
+    n = 100_000 if args.quick else 1_000_000
+    nlist = 1024 if args.quick else 4096
+    x = clustered(n + args.queries, 64, 1000, seed=3)
+    queries, x = x[n:], x[:n]
+    ids = [f"x{i}" for i in range(n)]
+    kind_args = {
+        "ivf": ["faiss", "--kind", "ivf", "--nlist", str(nlist), "--nprobe", str(args.nprobe)],
+        "hnsw": ["faiss", "--kind", "hnsw", "--hnsw-m", "32", "--ef-construction", "64",
+                 "--ef-search", str(args.ef_search)],
+    }
+    for kind in args.ann_kinds.split(","):
+        bench_ann_on(f"synthetic_{kind}", ids, x, queries, kind_args[kind], args, tmp, settings)
+    del x
+    export = settings.model_dir / "item_vectors.npz"
+    if not export.exists():
+        emit({"bench": "ann_movielens", "skipped": f"no checkpoint export at {export}"})
+        return
+    from faiss_server.service import read_npz
+
+    ml_ids, ml_x = read_npz(export)
+    ml_x = ml_x.astype(np.float32)
+    rng = np.random.default_rng(0)
+    q = ml_x[rng.choice(len(ml_x), min(args.queries, len(ml_x)), replace=False)]
+    renamed = [f"x{i}" for i in range(len(ml_ids))]
+    bench_ann_on("movielens_flat", renamed, ml_x, q, ["faiss", "--kind", "flat"], args, tmp,
+                 settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scripts.bench_serving", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
+    p.add_argument("--only", choices=["api", "ann"])
+    p.add_argument("--duration", type=int, default=None, help="wrk seconds per run")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--api-workers", type=int, default=2)
+    p.add_argument("--queries", type=int, default=None, help="ANN queries")
+    p.add_argument("--ann-kinds", default="ivf,hnsw")
+    p.add_argument("--nprobe", type=int, default=48)
+    p.add_argument("--ef-search", type=int, default=96)
+    args = p.parse_args(argv)
+    args.duration = args.duration or (10 if args.quick else 20)
+    args.queries = args.queries or (500 if args.quick else 2000)
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as d:
+        tmp = Path(d)
+        if args.only in (None, "api"):
+            bench_api(args, tmp)
+        if args.only in (None, "ann"):
+            bench_ann(args, tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Benchmark the streaming worker end to end through the broker (one worker process).
+
+    python -m scripts.bench_stream            # MovieLens throughput + freshness at 2,000 ev/s
+    python -m scripts.bench_stream --quick    # smaller freshness phase
+
+Phase 1 (throughput): MovieLens 100k interactions are replayed as fast as the producer
+can go; ``events_per_s`` = events / (last event applied − first event sent), where
+"applied" means the user documents are written to MongoDB and popularity to Redis.
+Phase 2 (freshness): synthetic clicks at a fixed rate below capacity; for every batch
+the worker reports, per user, produce time → vector written to MongoDB
+(``latency.click_to_vector_ms``). The benchmark listens to the worker's real statsd
+packets, so it measures exactly what an operator's dashboard shows.
+Ends with a JSON line: ``events_per_s``, ``click_to_vector_p50_s``,
+``click_to_vector_p99_s`` (plus the rates used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from common.clients import mongo_client, redis_client
+from common.settings import Settings
+from datasets import movielens
+from datasets.synthetic import SyntheticConfig, SyntheticGenerator
+from scripts.processes import WorkerProcess, free_port, wait_for
+from scripts.replay import Replayer, interaction_chunks
+from scripts.stack import StackManager
+
+
+class StatsdListener:
+    """Collects statsd packets on a UDP port (counters summed, timings kept)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.counters: dict[str, float] = defaultdict(float)
+        self.timings: dict[str, list[float]] = defaultdict(list)
+        self.counter_times: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> StatsdListener:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            now = time.perf_counter()
+            with self._lock:
+                for line in data.decode(errors="replace").splitlines():
+                    name, _, rest = line.partition(":")
+                    value, _, kind = rest.partition("|")
+                    try:
+                        v = float(value)
+                    except ValueError:
+                        continue
+                    if kind.startswith("c"):
+                        self.counters[name] += v
+                        self.counter_times[name] = now
+                    elif kind.startswith("ms"):
+                        self.timings[name].append(v)
+
+    def counter(self, suffix: str) -> float:
+        with self._lock:
+            return sum(v for k, v in self.counters.items() if k.endswith(suffix))
+
+    def last_time(self, suffix: str) -> float:
+        with self._lock:
+            return max((t for k, t in self.counter_times.items() if k.endswith(suffix)),
+                       default=0.0)
+
+    def take_timings(self, suffix: str) -> list[float]:
+        with self._lock:
+            out: list[float] = []
+            for k in list(self.timings):
+                if k.endswith(suffix):
+                    out.extend(self.timings.pop(k))
+            return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def bench_settings(workdir: Path, statsd_port: int) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return Settings.from_env(
+        mongo_db=f"bench_{tag}", redis_prefix=f"bench-{tag}:",
+        topic_interactions=f"bench-{tag}-interactions", topic_items=f"bench-{tag}-items",
+        topic_dead_letter=f"bench-{tag}-dlq", worker_app_id=f"bench-{tag}",
+        model_dir=workdir / "models", statsd_port=statsd_port, statsd_prefix="bench",
+        faiss_url=f"http://127.0.0.1:{free_port()}", export_interval_s=3600.0)
+
+
+def throughput_phase(settings: Settings, stats: StatsdListener) -> dict[str, float]:
+    inter = movielens.load(settings.cache_dir).interactions.sorted_by_time()
+    before = stats.counter("events.interactions")
+    t0 = time.perf_counter()
+    replay = asyncio.run(Replayer(settings, progress=False).run(
+        [], interaction_chunks(inter), len(inter)))
+    wait_for(lambda: stats.counter("events.interactions") - before >= len(inter), 300,
+             "the worker to apply every MovieLens event", interval_s=0.05)
+    t_end = stats.last_time("events.interactions")
+    seconds = t_end - t0
+    return {"events": len(inter), "seconds": round(seconds, 3),
+            "events_per_s": round(len(inter) / seconds, 1),
+            "producer_events_per_s": round(replay.events_per_s, 1)}
+
+
+def freshness_phase(settings: Settings, stats: StatsdListener, rate: float,
+                    seconds: float) -> dict[str, float]:
+    n = int(rate * seconds)
+    gen = SyntheticGenerator(SyntheticConfig(n_users=20_000, n_items=5_000, seed=11,
+                                             start_ms=int(time.time() * 1000) - 86_400_000))
+    inter = gen.interactions(n)
+    stats.take_timings("latency.click_to_vector_ms")
+    before = stats.counter("events.interactions")
+    asyncio.run(Replayer(settings, rate=rate, progress=False).run(
+        [], interaction_chunks(inter, 1_000), len(inter)))
+    wait_for(lambda: stats.counter("events.interactions") - before >= n, 120,
+             "the worker to apply the freshness events", interval_s=0.05)
+    time.sleep(0.5)
+    lat = np.array(stats.take_timings("latency.click_to_vector_ms")) / 1000.0
+    if len(lat) == 0:
+        raise RuntimeError("the worker reported no click→vector latencies")
+    return {"rate": rate, "events": n, "samples": int(len(lat)),
+            "click_to_vector_p50_s": round(float(np.percentile(lat, 50)), 4),
+            "click_to_vector_p99_s": round(float(np.percentile(lat, 99)), 4),
+            "click_to_vector_max_s": round(float(lat.max()), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="End-to-end streaming benchmark.")
+    p.add_argument("--rate", type=float, default=2_000.0, help="freshness phase events/s")
+    p.add_argument("--seconds", type=float, default=20.0, help="freshness phase length")
+    p.add_argument("--quick", action="store_true", help="5-second freshness phase")
+    args = p.parse_args(argv)
+    StackManager(Settings.from_env()).up()
+    stats = StatsdListener().start()
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
+        settings = bench_settings(Path(tmp), stats.port)
+        worker = WorkerProcess(settings, Path(tmp) / "worker.log").start()
+        try:
+            print("phase 1: MovieLens 100k replayed at full speed ...", file=sys.stderr)
+            thr = throughput_phase(settings, stats)
+            print(f"  {thr}", file=sys.stderr)
+            print(f"phase 2: synthetic clicks at {args.rate:,.0f} events/s ...", file=sys.stderr)
+            fresh = freshness_phase(settings, stats, args.rate, 5.0 if args.quick else args.seconds)
+            print(f"  {fresh}", file=sys.stderr)
+        except Exception:
+            print("worker log tail:\n" + worker.log_tail(60), file=sys.stderr)
+            raise
+        finally:
+            worker.stop()
+            stats.stop()
+            client = mongo_client(settings)
+            client.drop_database(settings.mongo_db)
+            r = redis_client(settings)
+            keys = list(r.scan_iter(match=f"{settings.redis_prefix}*"))
+            if keys:
+                r.delete(*keys)
+    print(json.dumps({"events_per_s": thr["events_per_s"],
+                      "click_to_vector_p50_s": fresh["click_to_vector_p50_s"],
+                      "click_to_vector_p99_s": fresh["click_to_vector_p99_s"],
+                      "throughput_events": thr["events"], "freshness_rate": fresh["rate"],
+                      "freshness_samples": fresh["samples"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

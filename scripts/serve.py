@@ -1,0 +1,209 @@
+"""Start the FAISS service or the recommender API (also used by tests and benchmarks).
+
+    python -m scripts.serve faiss [--port 8081] [--kind flat|hnsw|ivf] [--dim 64] ...
+    python -m scripts.serve api [--port 8080] [--workers 2] [--user-cache-ttl 0.5]
+
+Both bind 127.0.0.1 and read the rest of their configuration from ``RECSYS_*`` env vars
+(:class:`common.settings.Settings`). ``faiss`` runs one uvicorn worker (the index is
+in-process state, single writer). ``api`` pre-forks ``--workers`` uvicorn processes on one
+listening socket; each builds its app (and its clients) after the fork.
+
+:class:`ServiceProcess` runs either as a child process and waits until ``/health``
+answers — the integration tests and ``scripts.bench_serving`` use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from common.settings import Settings, env_name
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``RECSYS_*`` variables that reproduce ``settings`` in a child process."""
+    return {env_name(f.name): str(getattr(settings, f.name))
+            for f in dataclasses.fields(settings)}
+
+
+class ServiceProcess:
+    """A service started as a real process; ``with`` waits for ``/health``, then stops it."""
+
+    def __init__(self, args: list[str], port: int, settings: Settings,
+                 log_path: Path | None = None, ready_timeout_s: float = 60.0,
+                 health_path: str = "/health") -> None:
+        self.args, self.port, self.settings = args, port, settings
+        self.log_path = log_path
+        self.ready_timeout_s = ready_timeout_s
+        self.health_path = health_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        env = {**os.environ, **settings_env(self.settings)}
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scripts.serve", *self.args, "--port", str(self.port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode} "
+                                   f"(log: {self.log_path})")
+            try:
+                with urllib.request.urlopen(self.url + self.health_path, timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers HTTP (e.g. 503 before an index is loaded)
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.args[0]} did not answer on {self.url} "
+                           f"within {self.ready_timeout_s} s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM the process group (the API's pre-forked workers too), then SIGKILL."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout_s)
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# --- process entry points ----------------------------------------------------------------
+def _uvicorn_config(app: Any, port: int, **kw: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(app, host=HOST, port=port, loop="uvloop", http="httptools",
+                          access_log=False, log_level="warning", lifespan="off",
+                          backlog=4096, **kw)
+
+
+def run_faiss(args: argparse.Namespace) -> None:
+    # Idle OpenMP threads must sleep, not spin: on 2 cores a spinning pool steals the CPU
+    # the API, Redis and MongoDB need (measured: 3 ms → 0.3 ms per search request).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import faiss
+    import uvicorn
+
+    from faiss_server.app import create_app
+    from faiss_server.config import FaissConfig
+
+    settings = Settings.from_env()
+    over: dict[str, Any] = {k: v for k, v in {
+        "kind": args.kind, "dim": args.dim, "hnsw_m": args.hnsw_m,
+        "hnsw_ef_search": args.ef_search, "hnsw_ef_construction": args.ef_construction,
+        "ivf_nlist": args.nlist, "ivf_nprobe": args.nprobe}.items() if v is not None}
+    if args.data_dir:
+        over["data_dir"] = None if args.data_dir == "none" else Path(args.data_dir)
+    # Searches run on the event-loop thread one query at a time: no OpenMP team for them.
+    # The setting is per thread, so version builds (in worker threads) still use every core.
+    faiss.omp_set_num_threads(args.omp_threads or 1)
+    config = FaissConfig.from_settings(settings, **over)
+    uvicorn.Server(_uvicorn_config(create_app(config), args.port)).run()
+
+
+def _api_worker(sock: socket.socket, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from recommender_server.app import create_app
+    from recommender_server.config import ApiConfig
+
+    over = {"user_cache_ttl_s": args.user_cache_ttl} if args.user_cache_ttl is not None else {}
+    config = ApiConfig.from_settings(Settings.from_env(), **over)
+    server = uvicorn.Server(_uvicorn_config(create_app(config, asgi=True), 0))
+    server.run(sockets=[sock])
+
+
+def run_api(args: argparse.Namespace) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, args.port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    ctx = multiprocessing.get_context("fork")  # children build their clients after the fork
+    workers = [ctx.Process(target=_api_worker, args=(sock, args), daemon=True)
+               for _ in range(args.workers)]
+    for w in workers:
+        w.start()
+
+    def stop(signum: int, frame: Any) -> None:
+        for w in workers:
+            if w.pid:
+                os.kill(w.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for w in workers:
+        w.join()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scripts.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="service", required=True)
+    f = sub.add_parser("faiss", help="the FAISS service (one process)")
+    f.add_argument("--port", type=int, default=None)
+    f.add_argument("--kind", choices=["flat", "hnsw", "ivf"])
+    f.add_argument("--dim", type=int)
+    f.add_argument("--hnsw-m", type=int)
+    f.add_argument("--ef-search", type=int)
+    f.add_argument("--ef-construction", type=int)
+    f.add_argument("--nlist", type=int)
+    f.add_argument("--nprobe", type=int)
+    f.add_argument("--data-dir", help="where versions are saved ('none': memory only)")
+    f.add_argument("--omp-threads", type=int,
+                   help="OpenMP threads for searches (default 1; builds use all cores)")
+    a = sub.add_parser("api", help="the recommender API (pre-forked uvicorn workers)")
+    a.add_argument("--port", type=int, default=None)
+    a.add_argument("--workers", type=int, default=2)
+    a.add_argument("--user-cache-ttl", type=float, help="seconds; 0 turns the cache off")
+    args = p.parse_args(argv)
+    settings = Settings.from_env()
+    if args.service == "faiss":
+        args.port = args.port or settings.faiss_port
+        run_faiss(args)
+    else:
+        args.port = args.port or settings.api_port
+        run_api(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Recommender API + FAISS service as real processes against the real stack (Redis,
+SecantusDB): personalised answers, fallback while the FAISS service is down and back
+after it returns, readiness, and a schema-driven fuzz run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from common.clients import mongo_client, redis_client
+from common.settings import Settings
+from common.stores import ItemCache, UserDoc, UserStore
+from faiss_server.client import FaissClient
+from scripts.serve import ServiceProcess, free_port
+from tests.test_faiss_process import fuzz_openapi
+
+pytestmark = pytest.mark.integration
+
+DIM = 16
+N_ITEMS = 300
+N_USERS = 30
+
+
+@dataclass
+class World:
+    settings: Settings
+    faiss: ServiceProcess
+    api: ServiceProcess
+    users: dict[str, UserDoc]
+    unavailable: set[str]
+
+    def get(self, path: str, **params: Any) -> requests.Response:
+        return requests.get(self.api.url + path, params=params, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def world(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp: Path = tmp_path_factory.mktemp("serving")
+    fport, aport = free_port(), free_port()
+    settings = Settings.from_env(
+        **{f: getattr(stack, f) for f in ("mongo_uri", "mongo_db", "redis_url", "redis_prefix",
+                                          "statsd_prefix", "local_dir", "model_dir")},
+        faiss_port=fport, faiss_url=f"http://127.0.0.1:{fport}", faiss_api_key="int-key",
+        api_port=aport)
+    rng = np.random.default_rng(7)
+    item_ids = [f"it{i}" for i in range(N_ITEMS)]
+    vectors = rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)
+    users = {f"user{u}": UserDoc(f"user{u}", rng.normal(size=DIM).tolist(), "model-1",
+                                 history=[f"it{j}" for j in rng.choice(N_ITEMS, 5, False)])
+             for u in range(N_USERS)}
+    unavailable = {"it1", "it2", "it3"}
+    r = redis_client(settings)
+    cache = ItemCache(r, settings.redis_prefix)
+    cache.put_items({i: {"title": f"Item {i}"} for i in item_ids})
+    cache.mark_unavailable(unavailable)
+    cache.set_popular({i: float(N_ITEMS - n) for n, i in enumerate(item_ids[:60])})
+    mc = mongo_client(settings)
+    UserStore(mc[settings.mongo_db]).upsert_many(list(users.values()))
+
+    faiss_args = ["faiss", "--dim", str(DIM), "--data-dir", str(tmp / "idx")]
+    faiss = ServiceProcess(faiss_args, fport, settings, log_path=tmp / "faiss.log").start()
+    FaissClient(faiss.url, "int-key", read_timeout_s=10).load_version((item_ids, vectors), "v1")
+    api = ServiceProcess(["api", "--workers", "1", "--user-cache-ttl", "0.2"], aport, settings,
+                         log_path=tmp / "api.log").start()
+    try:
+        yield World(settings, faiss, api, users, unavailable)
+    finally:
+        api.stop()
+        faiss.stop()
+        keys = list(r.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
+        if keys:
+            r.delete(*keys)
+        mc.drop_database(settings.mongo_db)
+
+
+def test_known_user_gets_personalised_unseen_available_items(world: World) -> None:
+    doc = world.users["user3"]
+    r = world.get("/v1/recommendations", user_id="user3", k=10)
+    assert r.status_code == 200
+    out = r.json()
+    assert out["source"] == "personalized" and out["fallback_reason"] is None
+    assert (out["model_version"], out["index_version"]) == ("model-1", "v1")
+    ids = [i["id"] for i in out["items"]]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert not set(ids) & (set(doc.history) | world.unavailable)
+    assert out["items"][0]["metadata"] == {"title": f"Item {ids[0]}"}
+    scores = [i["score"] for i in out["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_unknown_user_gets_popular_with_a_reason(world: World) -> None:
+    out = world.get("/v1/recommendations", user_id="nobody", k=5).json()
+    assert out["source"] == "popular" and out["fallback_reason"] == "unknown_user"
+    assert [i["id"] for i in out["items"]] == ["it0", "it4", "it5", "it6", "it7"]
+
+
+def test_similar_popular_health_ready(world: World) -> None:
+    sim = world.get("/v1/items/it10/similar", k=5).json()
+    assert sim["source"] == "similar" and len(sim["items"]) == 5
+    assert "it10" not in {i["id"] for i in sim["items"]}
+    assert world.get("/v1/items/nope/similar").status_code == 404
+    pop = world.get("/v1/popular", k=3).json()
+    assert [i["id"] for i in pop["items"]] == ["it0", "it4", "it5"]
+    assert world.get("/health").status_code == 200
+    ready = world.get("/ready")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["faiss"]["version"] == "v1"
+
+
+def test_schema_fuzz_of_the_api_finds_no_server_error(world: World) -> None:
+    failures, statuses = fuzz_openapi(world.api.url)
+    assert failures == []
+    assert statuses[200] and statuses[400]
+
+
+def test_faiss_down_gives_popular_200s_and_recovers_when_it_returns(world: World) -> None:
+    world.faiss.stop()
+    outs = [world.get("/v1/recommendations", user_id=f"user{u}", k=5) for u in range(10)]
+    assert all(r.status_code == 200 for r in outs)
+    assert {r.json()["source"] for r in outs} == {"popular"}
+    assert {r.json()["fallback_reason"] for r in outs} == {"faiss_unavailable"}
+    ready = world.get("/ready")
+    assert ready.status_code == 503 and ready.json()["checks"]["faiss"]["ok"] is False
+
+    world.faiss.start()  # same data dir: reloads the saved version "v1"
+    source = None
+    for _ in range(50):  # the breaker lets a probe through after its cooldown (0.5 s)
+        out = world.get("/v1/recommendations", user_id="user1", k=5).json()
+        source = out["source"]
+        if source == "personalized":
+            break
+        time.sleep(0.1)
+    assert source == "personalized" and out["index_version"] == "v1"
+    assert world.get("/ready").status_code == 200
