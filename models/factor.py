@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from models.base import Recommender
 from models.sampler import NegativeSampler
 
-LOSSES = ("bce", "bpr")
+LOSSES = ("bce", "bpr", "softmax")
 
 
 def pair_loss_grads(pos: torch.Tensor, neg: torch.Tensor, weights: torch.Tensor,
@@ -27,15 +27,28 @@ def pair_loss_grads(pos: torch.Tensor, neg: torch.Tensor, weights: torch.Tensor,
 
     ``bce``: ``-w·[log σ(pos) + Σ log(1 − σ(neg))]`` (pointwise, GMF's sigmoid output is a
     click probability). ``bpr``: ``-w·Σ log σ(pos − neg)`` (pairwise, only the order
-    matters). Gradients are per event (summed, not averaged) so that each row's update
-    does not depend on how many other events share its batch.
+    matters). ``softmax``: sampled softmax ``-w·log(e^pos / (e^pos + Σ e^neg))`` — the
+    positive competes with all ``K`` negatives at once, which approximates the full
+    softmax over the catalogue and is what full-ranking metrics reward; a negative
+    logit of ``-inf`` (an accidental hit masked out by the caller) simply drops out.
+    Gradients are per event (summed, not averaged) so that each row's update does not
+    depend on how many other events share its batch.
     """
-    if loss == "bce":
+    if loss == "softmax":
+        logits = torch.cat([pos.unsqueeze(1), neg], 1)
+        lse = torch.logsumexp(logits, 1)
+        probs = (logits - lse.unsqueeze(1)).exp_().mul_(weights.unsqueeze(1))
+        g_pos = probs[:, 0] - weights
+        g_neg = probs[:, 1:]
+        value = weights * (lse - pos)
+    elif loss == "bce":
         g_pos = weights * (torch.sigmoid(pos) - 1.0)
         g_neg = weights.unsqueeze(1) * torch.sigmoid(neg)
         value = weights * (F.softplus(-pos) + F.softplus(neg).sum(1))
     elif loss == "bpr":
         diff = pos.unsqueeze(1) - neg
+        if not torch.isfinite(neg).all():  # masked negatives contribute nothing
+            diff = torch.where(torch.isfinite(neg), diff, torch.full_like(diff, 50.0))
         g_diff = -weights.unsqueeze(1) * torch.sigmoid(-diff)
         g_pos = g_diff.sum(1)
         g_neg = -g_diff

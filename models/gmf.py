@@ -72,14 +72,18 @@ class GMF(FactorModel):
             # n·k gathers (each event still sees k negatives)
             neg_rows = self._sampler.sample(k)
             Vn = self.items_t.weight.index_select(0, neg_rows)  # (k, d)
-            neg = uw @ Vn.T + b  # (n, k)
+            neg = torch.addmm(self._sampler.logit_offset(neg_rows, self.loss), uw, Vn.T)
+            neg.masked_fill_(neg_rows.unsqueeze(0) == i_rows.unsqueeze(1), -torch.inf)
+            neg.add_(b)
             loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
-            m = g_pos.unsqueeze(1) * Vp + g_neg @ Vn
-            g_vn = g_neg.T @ uw + l2 * n * Vn  # every event of the batch used each row
+            m = torch.addmm(g_pos.unsqueeze(1) * Vp, g_neg, Vn)
+            # a shared negative row is regularised once per batch, not once per event
+            g_vn = torch.addmm(Vn, g_neg.T, uw, beta=l2)
         else:
             neg_rows = self._sampler.sample(n * k)
             Vn3 = self.items_t.weight.index_select(0, neg_rows).view(n, k, self.dim)
             neg = (Vn3 * uw.unsqueeze(1)).sum(2) + b
+            neg = neg + self._sampler.logit_offset(neg_rows, self.loss).view(n, k)
             loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
             m = g_pos.unsqueeze(1) * Vp + (g_neg.unsqueeze(2) * Vn3).sum(1)
             g_vn = (g_neg.unsqueeze(2) * uw.unsqueeze(1) + l2 * Vn3).reshape(n * k, self.dim)

@@ -26,6 +26,7 @@ class NegativeSampler:
         self.counts = np.zeros(1024, dtype=np.float64)
         self.n_items = 0
         self._cdf: torch.Tensor | None = None
+        self._log_q = torch.zeros(0)
         self._since_refresh = 0
 
     def resize(self, n_items: int) -> None:
@@ -51,10 +52,25 @@ class NegativeSampler:
             w = (self.counts[: self.n_items] + 1.0) ** self.alpha
             cdf = np.cumsum(w)
             self._cdf = torch.from_numpy(cdf / cdf[-1])
+            self._log_q = torch.from_numpy(np.log(w / cdf[-1])).float()
             self._since_refresh = 0
         cdf = self._cdf
         draws = torch.rand(n, generator=self.gen, dtype=torch.float64)
         return torch.searchsorted(cdf, draws).clamp_(max=len(cdf) - 1)
+
+    def logit_offset(self, rows: torch.Tensor, loss: str) -> torch.Tensor:
+        """What to add to the logits of sampled negatives ``rows`` (float32).
+
+        For ``softmax`` this is the logQ correction ``-log(k·q(row))`` (``k`` =
+        ``len(rows)``) that makes the sampled softmax an estimate of the full softmax
+        over the catalogue; pairwise/pointwise losses take the logits as they are (0).
+        """
+        if loss != "softmax":
+            return torch.zeros(len(rows))
+        k = len(rows)
+        if self.kind == "uniform":
+            return torch.full((len(rows),), float(np.log(self.n_items / k)))
+        return self._log_q[rows].neg_().sub_(float(np.log(k)))  # built by sample()
 
     def state(self) -> np.ndarray:
         return self.counts[: self.n_items].copy()

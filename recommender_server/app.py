@@ -1,11 +1,11 @@
-"""The recommender API: Falcon resources over :class:`~recommender_server.recommend.Recommender`.
+"""The recommender API: Falcon ASGI resources over the async ``Recommender``.
 
-Resources are written once, synchronously (the clients under them — pymongo, redis-py,
-the FAISS client — are blocking). ``create_app(config, deps)`` serves them as WSGI
-(gunicorn); ``create_app(config, deps, asgi=True)`` wraps each responder in a coroutine
-for uvicorn + httptools + uvloop. Inside a uvicorn worker the blocking calls run inline,
-one request at a time per worker process, like a gunicorn sync worker but with a faster
-HTTP parser and keep-alive; dependency timeouts (≤ 250 ms) and breakers bound the stall.
+ASGI only (``falcon.asgi`` under uvicorn + httptools + uvloop): the responders are
+coroutines over async clients, so a worker process overlaps many requests instead of
+serving one at a time; run one worker per core (``python -m scripts.serve api``).
+Background work (the user change stream, cache warm-up) starts and stops with the ASGI
+lifespan (:class:`Lifespan`). Responses are encoded with ``msgspec`` (~5x faster than
+``json.dumps`` for a 10-item answer).
 
 Endpoints: ``GET /v1/recommendations?user_id=&k=``, ``GET /v1/items/{item_id}/similar?k=``,
 ``GET /v1/popular?k=``, ``GET /health``, ``GET /ready``, ``GET /openapi.json``.
@@ -14,11 +14,11 @@ Metric names: see :mod:`recommender_server.recommend` and :mod:`common.http_metr
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import falcon
 import falcon.asgi
+import msgspec
 
 from common.http_errors import add_domain_error_handlers
 from common.http_metrics import MetricsMiddleware
@@ -28,6 +28,7 @@ from recommender_server.openapi import openapi_document
 from recommender_server.recommend import Recommender
 
 MAX_ID = 256
+_encode = msgspec.json.Encoder().encode
 
 
 def _id_param(value: str | None, name: str) -> str:
@@ -35,6 +36,11 @@ def _id_param(value: str | None, name: str) -> str:
         raise falcon.HTTPBadRequest(title="Invalid request",
                                     description=f"{name} must be 1..{MAX_ID} characters")
     return value
+
+
+def _json(resp: Any, body: Any) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _encode(body)
 
 
 class _Base:
@@ -49,37 +55,37 @@ class _Base:
 class Recommendations(_Base):
     metric_name = "recommendations"
 
-    def on_get(self, req: Any, resp: Any) -> None:
+    async def on_get(self, req: Any, resp: Any) -> None:
         user_id = _id_param(req.get_param("user_id", required=True), "user_id")
-        resp.media = self.rec.recommend(user_id, self._k(req))
+        _json(resp, await self.rec.recommend(user_id, self._k(req)))
 
 
 class SimilarItems(_Base):
     metric_name = "similar"
 
-    def on_get(self, req: Any, resp: Any, item_id: str) -> None:
-        resp.media = self.rec.similar(_id_param(item_id, "item_id"), self._k(req))
+    async def on_get(self, req: Any, resp: Any, item_id: str) -> None:
+        _json(resp, await self.rec.similar(_id_param(item_id, "item_id"), self._k(req)))
 
 
 class Popular(_Base):
     metric_name = "popular"
 
-    def on_get(self, req: Any, resp: Any) -> None:
-        resp.media = self.rec.popular(self._k(req))
+    async def on_get(self, req: Any, resp: Any) -> None:
+        _json(resp, await self.rec.popular(self._k(req)))
 
 
 class Health(_Base):
     metric_name = "health"
 
-    def on_get(self, req: Any, resp: Any) -> None:
+    async def on_get(self, req: Any, resp: Any) -> None:
         resp.media = {"status": "ok"}
 
 
 class Ready(_Base):
     metric_name = "ready"
 
-    def on_get(self, req: Any, resp: Any) -> None:
-        ok, checks = self.rec.readiness()
+    async def on_get(self, req: Any, resp: Any) -> None:
+        ok, checks = await self.rec.readiness()
         resp.status = falcon.HTTP_200 if ok else falcon.HTTP_503
         resp.media = {"status": "ready" if ok else "not_ready", "checks": checks}
 
@@ -90,35 +96,29 @@ class OpenAPI:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
 
-    def on_get(self, req: Any, resp: Any) -> None:
+    async def on_get(self, req: Any, resp: Any) -> None:
         resp.media = self.document
 
 
-class _AsyncResource:
-    """Exposes a sync resource's ``on_*`` responders as coroutines for ``falcon.asgi``."""
+class Lifespan:
+    """Falcon middleware: start/stop the dependencies' background tasks with the app."""
 
-    def __init__(self, inner: Any) -> None:
-        self.metric_name = inner.metric_name
-        for name in dir(inner):
-            if name.startswith("on_"):
-                setattr(self, name, self._wrap(getattr(inner, name)))
+    def __init__(self, deps: Dependencies, rec: Recommender) -> None:
+        self.deps, self.rec = deps, rec
 
-    @staticmethod
-    def _wrap(fn: Any) -> Any:
-        @functools.wraps(fn)
-        async def responder(req: Any, resp: Any, **params: Any) -> None:
-            fn(req, resp, **params)
+    async def process_startup(self, scope: Any, event: Any) -> None:
+        await self.deps.start()
 
-        return responder
+    async def process_shutdown(self, scope: Any, event: Any) -> None:
+        self.rec.flush_metrics(force=True)
+        await self.deps.stop()
 
 
-def create_app(config: ApiConfig, deps: Dependencies | None = None,
-               asgi: bool = False) -> falcon.App:
+def create_app(config: ApiConfig, deps: Dependencies | None = None) -> falcon.asgi.App:
     """The API app; ``deps`` defaults to real clients from ``config.settings``."""
     deps = deps or Dependencies.build(config)
     rec = Recommender(config, deps)
-    app: falcon.App = (falcon.asgi.App if asgi else falcon.App)(
-        middleware=[MetricsMiddleware(deps.statsd)])
+    app = falcon.asgi.App(middleware=[Lifespan(deps, rec), MetricsMiddleware(deps.statsd)])
     add_domain_error_handlers(app)
     routes = {
         "/v1/recommendations": Recommendations(rec),
@@ -129,5 +129,5 @@ def create_app(config: ApiConfig, deps: Dependencies | None = None,
         "/openapi.json": OpenAPI(openapi_document(config)),
     }
     for path, resource in routes.items():
-        app.add_route(path, _AsyncResource(resource) if asgi else resource)
+        app.add_route(path, resource)
     return app

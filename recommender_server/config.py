@@ -1,7 +1,8 @@
 """Configuration of the recommender API: service URLs from :class:`Settings`, tuning here.
 
 Defaults are class attributes; ``ApiConfig.from_settings(settings, **overrides)`` takes
-keyword overrides (``python -m scripts.serve api --user-cache-ttl 0`` passes them).
+keyword overrides (``python -m scripts.serve api --user-cache ttl --user-cache-ttl 0.5``
+passes them).
 """
 
 from __future__ import annotations
@@ -11,20 +12,32 @@ from typing import Any
 
 from common.settings import Settings
 
+USER_CACHE_MODES = ("stream", "ttl", "off")
+
 
 @dataclass(frozen=True)
 class ApiConfig:
     settings: Settings
     max_k: int = 100
-    #: Seconds a user document is served from the in-process cache. A click is visible
-    #: at most this long after the worker wrote it (the SLO is 1 s end to end); ``0``
-    #: turns the cache off. SecantusDB answers ~2,000 finds/s, so at ≥ 1,000 req/s
-    #: repeated users must come from here.
+    #: How user documents are cached in each worker (see :mod:`recommender_server.caches`):
+    #: ``stream`` — kept fresh by a MongoDB change stream (a write shows in ~10-40 ms),
+    #: read-through on a miss; ``ttl`` — read-through, trusted ``user_cache_ttl_s``;
+    #: ``off`` — every request reads MongoDB (SecantusDB: ~2,000 finds/s at most).
+    user_cache: str = "stream"
+    #: Seconds an entry is trusted when no change stream vouches for it (``ttl`` mode,
+    #: or ``stream`` mode while the stream is down). The freshness SLO is 1 s end to end.
     user_cache_ttl_s: float = 0.5
+    #: Safety net in ``stream`` mode: entries are re-read at least this often anyway.
+    user_cache_max_age_s: float = 60.0
     user_cache_max: int = 200_000
-    #: The popular list is rebuilt by the worker every few seconds; re-read it at most
-    #: this often.
-    popular_ttl_s: float = 1.0
+    #: ``stream`` mode: once the stream is live, warm the cache with up to this many
+    #: users in the background (0: no warm-up, every user's first request reads MongoDB).
+    user_cache_preload: int = 100_000
+    #: Popular list and unavailable set are re-read from Redis at most this often (a
+    #: deleted item stops being recommended within this delay).
+    catalog_refresh_s: float = 0.5
+    #: Item metadata is cached per item this long.
+    item_meta_ttl_s: float = 10.0
     #: Extra candidates asked of FAISS to make up for unavailable items filtered here.
     candidate_slack: int = 10
     #: At most this many of the newest history items are sent as FAISS exclusions.
@@ -36,7 +49,15 @@ class ApiConfig:
     #: After a dependency error, skip that dependency (answer from the fallback at once)
     #: for this long, then let one request probe it again.
     breaker_cooldown_s: float = 0.5
+    #: Counters (fallback reasons, sources, cache hits) are sent to statsd at most this
+    #: often, aggregated, instead of one UDP packet per event.
+    metrics_flush_s: float = 1.0
     metrics_suffix: str = "api"
+
+    def __post_init__(self) -> None:
+        if self.user_cache not in USER_CACHE_MODES:
+            raise ValueError(f"user_cache must be one of {USER_CACHE_MODES}, "
+                             f"got {self.user_cache!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ApiConfig:

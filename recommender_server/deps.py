@@ -1,19 +1,25 @@
 """The API's dependencies, built once per worker process and passed to ``create_app``.
 
-Also the two small pieces of resilience the handlers share: a TTL cache of user
-documents and a circuit breaker per dependency.
+Everything here is asyncio: one worker process overlaps many requests on one event
+loop (``redis.asyncio``, pymongo's ``AsyncMongoClient``, the pooled
+:class:`~faiss_server.aclient.AsyncFaissClient`), so 2 workers use 2 cores. Clients are
+created lazily and connect on first use, inside the worker's event loop; background
+tasks (the user change stream, the cache warm-up) start with the ASGI lifespan.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from common.stores import ItemCache, UserDoc, UserStore
-from faiss_server.client import FaissClient
+from faiss_server.aclient import AsyncFaissClient
+from recommender_server.caches import Catalog, UserCache
+
+log = logging.getLogger(__name__)
 
 
 class Breaker:
@@ -35,96 +41,105 @@ class Breaker:
         self.open_until = 0.0
 
 
-class CachedUsers:
-    """``UserStore.get`` behind a per-process cache of ``ttl_s`` seconds (misses cached too).
-
-    Staleness is bounded by ``ttl_s``: a click written by the worker shows at most that
-    late. The cache is cleared when it reaches ``max_entries`` (cheap, no LRU bookkeeping).
-    """
-
-    def __init__(self, store: Any, ttl_s: float, max_entries: int = 200_000,
-                 clock: Callable[[], float] = time.monotonic, statsd: Any = None) -> None:
-        self.store = store
-        self.statsd = statsd
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self.clock = clock
-        self._entries: dict[str, tuple[float, UserDoc | None]] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, user_id: str) -> UserDoc | None:
-        now = self.clock()
-        entry = self._entries.get(user_id)
-        if entry is not None and entry[0] > now:
-            self.hits += 1
-            if self.statsd is not None:
-                self.statsd.incr("user_cache.hit")
-            return entry[1]
-        self.misses += 1
-        if self.statsd is not None:
-            self.statsd.incr("user_cache.miss")
-        doc = self.store.get(user_id)
-        if self.ttl_s > 0:
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-            self._entries[user_id] = (now + self.ttl_s, doc)
-        return doc
+_keep: set[asyncio.Task[Any]] = set()  # strong refs to fire-and-forget tasks
 
 
-class TTLValue:
-    """One value recomputed at most every ``ttl_s`` seconds (the popular list)."""
-
-    def __init__(self, load: Callable[[], Any], ttl_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.load, self.ttl_s, self.clock = load, ttl_s, clock
-        self._value: Any = None
-        self._expires = 0.0
-        self._lock = threading.Lock()
-
-    def get(self) -> Any:
-        if self.clock() < self._expires:
-            return self._value
-        with self._lock:
-            if self.clock() >= self._expires:
-                self._value = self.load()
-                self._expires = self.clock() + self.ttl_s
-        return self._value
+async def _nothing() -> Any:
+    return None
 
 
 @dataclass
 class Dependencies:
-    """What the handlers talk to. Tests pass fakes or real clients; ``build`` makes real ones."""
+    """What the handlers talk to. Tests pass fakes; :meth:`build` makes real ones.
 
-    users: Any  # .get(user_id) -> UserDoc | None  (CachedUsers over UserStore)
-    items: ItemCache
-    faiss: FaissClient
+    ``users.get(id)``, ``catalog.fresh()/.popular/.unavailable/.metadata(ids)`` and
+    ``faiss.search/similar/health`` are coroutines (see :mod:`recommender_server.caches`).
+    ``background`` are coroutine factories run for the life of the app (lifespan).
+    """
+
+    users: Any
+    catalog: Any
+    faiss: Any
     statsd: Any = None
-    ping_mongo: Callable[[], Any] = lambda: None
-    ping_redis: Callable[[], Any] = lambda: None
+    ping_mongo: Callable[[], Awaitable[Any]] = _nothing
+    ping_redis: Callable[[], Awaitable[Any]] = _nothing
+    background: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(fn()) for fn in self.background]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for close in self.closers:
+            try:
+                await close()
+            except Exception as exc:  # closing a dead client: nothing left to do
+                log.debug("close: %s", exc)
 
     @classmethod
     def build(cls, config: Any) -> Dependencies:
         """Real clients from ``config.settings`` (lazy: sockets open on first use)."""
-        import pymongo
+        import redis.asyncio
+        from pymongo import AsyncMongoClient
 
-        from common.clients import redis_client, statsd_client
+        from common.clients import statsd_client
 
         s = config.settings
         t = config.mongo_timeout_ms
-        mongo = pymongo.MongoClient(s.mongo_uri, serverSelectionTimeoutMS=t,
-                                    connectTimeoutMS=t, socketTimeoutMS=t, connect=False)
-        db = mongo[s.mongo_db]
-        r = redis_client(s, timeout_s=config.redis_timeout_s)
-        faiss = FaissClient.from_settings(s, connect_timeout_s=config.faiss_connect_timeout_s,
-                                          read_timeout_s=config.faiss_read_timeout_s)
-        statsd = statsd_client(s, config.metrics_suffix)
+        mongo: AsyncMongoClient[Any] = AsyncMongoClient(
+            s.mongo_uri, serverSelectionTimeoutMS=t, connectTimeoutMS=t, socketTimeoutMS=t,
+            connect=False)
+        # The change stream's getMore waits up to 200 ms server-side: its own client, so
+        # the hot path's short socket timeout does not apply to it.
+        stream_mongo: AsyncMongoClient[Any] = AsyncMongoClient(
+            s.mongo_uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
+            socketTimeoutMS=5000, connect=False)
+        r = redis.asyncio.Redis.from_url(
+            s.redis_url, decode_responses=True, socket_timeout=config.redis_timeout_s,
+            socket_connect_timeout=config.redis_timeout_s)
+        faiss = AsyncFaissClient(s.faiss_url, connect_timeout_s=config.faiss_connect_timeout_s,
+                                 read_timeout_s=config.faiss_read_timeout_s)
+        mode = config.user_cache
+        users = UserCache(mongo[s.mongo_db]["users"],
+                          ttl_s=config.user_cache_ttl_s if mode != "off" else 0.0,
+                          max_age_s=config.user_cache_max_age_s,
+                          max_entries=config.user_cache_max,
+                          stream_collection=stream_mongo[s.mongo_db]["users"])
+        background: list[Callable[[], Awaitable[Any]]] = []
+        if mode == "stream":
+            async def warm() -> None:
+                # In its own task: the stream keeps applying events during the warm-up.
+                async def run() -> None:
+                    try:
+                        n = await users.preload(config.user_cache_preload)
+                        log.info("user cache warmed with %d users", n)
+                    except Exception as exc:  # warm-up is an optimisation only
+                        log.warning("user cache warm-up failed: %s", exc)
+                warm_task = asyncio.get_running_loop().create_task(run())
+                _keep.add(warm_task)
+                warm_task.add_done_callback(_keep.discard)
+
+            background.append(lambda: users.follow(on_live=warm))
+
+        async def ping_mongo() -> Any:
+            return await mongo.admin.command("ping")
+
+        async def close_mongo() -> None:
+            await mongo.close()
+            await stream_mongo.close()
+
         return cls(
-            users=CachedUsers(UserStore(db), config.user_cache_ttl_s, config.user_cache_max,
-                              statsd=statsd),
-            items=ItemCache(r, s.redis_prefix),
+            users=users,
+            catalog=Catalog(r, s.redis_prefix, refresh_s=config.catalog_refresh_s,
+                            meta_ttl_s=config.item_meta_ttl_s),
             faiss=faiss,
-            statsd=statsd,
-            ping_mongo=lambda: mongo.admin.command("ping"),
+            statsd=statsd_client(s, config.metrics_suffix),
+            ping_mongo=ping_mongo,
             ping_redis=r.ping,
+            background=background,
+            closers=[faiss.close, r.aclose, close_mongo],
         )

@@ -1,5 +1,10 @@
 """What the API answers, independent of HTTP: personalised, similar and popular items.
 
+Everything is a coroutine: one worker's event loop overlaps many requests. In steady
+state a recommendation costs no MongoDB and no Redis round trip (user documents,
+popular list, unavailable set and item metadata come from the in-process caches of
+:mod:`recommender_server.caches`) and one FAISS round trip.
+
 A request never fails because a dependency is missing or down. Each lookup that can fail
 is guarded by a :class:`~recommender_server.deps.Breaker`; the answer then comes from the
 popular list and says so (``source: "popular"``, ``fallback_reason``). Reasons:
@@ -12,19 +17,22 @@ popular list and says so (``source: "popular"``, ``fallback_reason``). Reasons:
 - ``bad_query`` — FAISS rejected the user vector (e.g. dimension differs from the index)
 - ``no_candidates`` — every candidate was seen or unavailable
 
-Redis errors while filtering or fetching metadata degrade the answer (``degraded`` lists
-them) instead of failing it.
+Redis errors degrade the answer (``degraded`` lists them) instead of failing it: the last
+popular list / unavailable set read stays in use, metadata is left out.
 
-statsd names (prefix ``{statsd_prefix}.api``): ``fallback.<reason>``,
+statsd names (prefix ``{statsd_prefix}.api``), counters aggregated in process and sent
+at most every ``metrics_flush_s``: ``fallback.<reason>``,
 ``dependency_errors.<mongo|redis|faiss>``, ``source.<personalized|popular>``,
-``user_cache.hit|miss`` (from :class:`~recommender_server.deps.CachedUsers`), plus the
-per-request ``requests.<resource>.<method>.<status>`` / ``latency.<resource>.<method>``
-from :mod:`common.http_metrics`.
+``user_cache.hit|miss``, plus the per-request ``requests.<resource>.<method>.<status>`` /
+``latency.<resource>.<method>`` from :mod:`common.http_metrics`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,92 +42,99 @@ import redis
 from common.errors import IndexNotReady, ServiceUnavailable
 from faiss_server.client import FaissRequestError
 from recommender_server.config import ApiConfig
-from recommender_server.deps import Breaker, Dependencies, TTLValue
+from recommender_server.deps import Breaker, Dependencies
 
 log = logging.getLogger(__name__)
 
 MONGO_ERRORS = (pymongo.errors.PyMongoError,)
-REDIS_ERRORS = (redis.RedisError, OSError)
-#: How many popular items are kept in process (enough to fill k after exclusions).
-POPULAR_DEPTH = 1000
+REDIS_ERRORS = (redis.RedisError, OSError, TimeoutError)
 
 
 class Recommender:
-    """The API's logic over :class:`Dependencies`; thread-safe."""
+    """The API's logic over :class:`Dependencies`; runs on one event loop."""
 
     def __init__(self, config: ApiConfig, deps: Dependencies) -> None:
         self.config = config
         self.deps = deps
         self.breakers = {name: Breaker(config.breaker_cooldown_s)
                          for name in ("mongo", "redis", "faiss")}
-        self._popular = TTLValue(lambda: deps.items.popular(POPULAR_DEPTH), config.popular_ttl_s)
+        self._counts: Counter[str] = Counter()
+        self._flush_at = 0.0
+        self._hits_sent = self._misses_sent = 0
 
     # --- metrics ----------------------------------------------------------------------
     def _incr(self, name: str) -> None:
-        if self.deps.statsd is not None:
-            self.deps.statsd.incr(name)
+        self._counts[name] += 1
+
+    def flush_metrics(self, force: bool = False) -> None:
+        """Send the aggregated counters (one UDP packet) if ``metrics_flush_s`` passed."""
+        now = time.monotonic()
+        if self.deps.statsd is None or (not force and now < self._flush_at):
+            return
+        self._flush_at = now + self.config.metrics_flush_s
+        users = self.deps.users
+        hits, misses = getattr(users, "hits", 0), getattr(users, "misses", 0)
+        self._counts["user_cache.hit"] += hits - self._hits_sent
+        self._counts["user_cache.miss"] += misses - self._misses_sent
+        self._hits_sent, self._misses_sent = hits, misses
+        pipe = self.deps.statsd.pipeline()
+        for name, n in self._counts.items():
+            if n:
+                pipe.incr(name, n)
+        pipe.send()
+        self._counts.clear()
 
     def _dep_error(self, dep: str, exc: BaseException) -> None:
         self.breakers[dep].failed()
         self._incr(f"dependency_errors.{dep}")
-        log.warning("%s error: %s", dep, exc)
+        log.warning("%s error: %s", dep, f"{type(exc).__name__}: {exc}"[:300])
 
-    # --- guarded Redis reads ------------------------------------------------------------
-    def _unavailable(self, ids: list[str], degraded: list[str]) -> set[str]:
-        if not ids or not self.breakers["redis"].allow():
-            if ids:
-                degraded.append("redis")
-            return set()
-        try:
-            return self.deps.items.unavailable_among(ids)
-        except REDIS_ERRORS as exc:
-            self._dep_error("redis", exc)
-            degraded.append("redis")
-            return set()
-
-    def _metadata(self, ids: list[str], degraded: list[str]) -> dict[str, Any]:
-        if not ids or not self.breakers["redis"].allow():
-            return {}
-        try:
-            return self.deps.items.get_items(ids)
-        except REDIS_ERRORS as exc:
-            self._dep_error("redis", exc)
-            degraded.append("redis")
-            return {}
-
-    def _popular_list(self, degraded: list[str]) -> list[tuple[str, float]]:
+    # --- guarded catalog reads ----------------------------------------------------------
+    async def _catalog(self, degraded: list[str]) -> Any:
+        """The catalog, refreshed if due; on a Redis error its last copy (``degraded``)."""
+        cat = self.deps.catalog
         if not self.breakers["redis"].allow():
             degraded.append("redis")
-            return []
+            return cat
         try:
-            return self._popular.get()
+            await cat.fresh()
         except REDIS_ERRORS as exc:
             self._dep_error("redis", exc)
             degraded.append("redis")
-            return []
+        return cat
 
-    def _popular_fill(self, n: int, skip: set[str], degraded: list[str]) -> list[tuple[str, float]]:
+    async def _metadata(self, ids: list[str], degraded: list[str]) -> dict[str, Any]:
+        if not ids or not self.breakers["redis"].allow():
+            return {}
+        try:
+            return await self.deps.catalog.metadata(ids)
+        except REDIS_ERRORS as exc:
+            self._dep_error("redis", exc)
+            degraded.append("redis")
+            return {}
+
+    @staticmethod
+    def _popular_fill(cat: Any, n: int, skip: set[str]) -> list[tuple[str, float]]:
         if n <= 0:
             return []
-        ranked = [(i, s) for i, s in self._popular_list(degraded) if i not in skip]
+        gone = cat.unavailable
         out: list[tuple[str, float]] = []
-        # Filter unavailable items in slices: usually the first slice is enough.
-        for start in range(0, len(ranked), max(2 * n, 20)):
-            chunk = ranked[start:start + max(2 * n, 20)]
-            gone = self._unavailable([i for i, _ in chunk], degraded)
-            out += [(i, s) for i, s in chunk if i not in gone]
-            if len(out) >= n:
-                break
-        return out[:n]
+        for i, s in cat.popular:
+            if i not in skip and i not in gone:
+                out.append((i, s))
+                if len(out) == n:
+                    break
+        return out
 
-    def _render(self, picked: Iterable[tuple[str, float, str]], degraded: list[str]) -> list:
+    async def _render(self, picked: Iterable[tuple[str, float, str]],
+                      degraded: list[str]) -> list[dict[str, Any]]:
         picked = list(picked)
-        meta = self._metadata([i for i, _, _ in picked], degraded)
+        meta = await self._metadata([i for i, _, _ in picked], degraded)
         return [{"id": i, "score": round(s, 6), "source": src, "metadata": meta.get(i)}
                 for i, s, src in picked]
 
     # --- endpoints ----------------------------------------------------------------------
-    def recommend(self, user_id: str, k: int) -> dict[str, Any]:
+    async def recommend(self, user_id: str, k: int) -> dict[str, Any]:
         reason: str | None = None
         degraded: list[str] = []
         doc = None
@@ -129,7 +144,7 @@ class Recommender:
             reason = "mongo_unavailable"
         else:
             try:
-                doc = self.deps.users.get(user_id)
+                doc = await self.deps.users.get(user_id)
                 self.breakers["mongo"].succeeded()
             except MONGO_ERRORS as exc:
                 self._dep_error("mongo", exc)
@@ -143,34 +158,41 @@ class Recommender:
         seen = set(doc.history) if doc is not None else set()
         if reason is None:
             assert doc is not None
-            reason, index_version, candidates = self._search(doc.vector, doc.history, k)
-        gone = self._unavailable([i for i, _ in candidates], degraded)
+            # The catalog refresh (rare) overlaps the FAISS call.
+            (reason, index_version, candidates), cat = await asyncio.gather(
+                self._search(doc.vector, doc.history, k), self._catalog(degraded))
+        else:
+            cat = await self._catalog(degraded)
+        gone = cat.unavailable
         personal = [(i, s) for i, s in candidates if i not in gone and i not in seen][:k]
         if reason is None and not personal:
             reason = "no_candidates"
         skip = seen | {i for i, _ in personal}
-        fill = self._popular_fill(k - len(personal), skip, degraded)
+        fill = self._popular_fill(cat, k - len(personal), skip)
         source = "personalized" if personal else "popular"
         self._incr(f"source.{source}")
         if reason is not None:
             self._incr(f"fallback.{reason}")
         picked = [(i, s, "personalized") for i, s in personal] + \
                  [(i, s, "popular") for i, s in fill]
+        items = await self._render(picked, degraded)
+        self.flush_metrics()
         return {
             "user_id": user_id, "k": k, "source": source, "fallback_reason": reason,
             "model_version": model_version, "index_version": index_version,
-            "items": self._render(picked, degraded),
+            "items": items,
             **({"degraded": sorted(set(degraded))} if degraded else {}),
         }
 
-    def _search(self, vector: list[float], history: list[str],
-                k: int) -> tuple[str | None, str | None, list[tuple[str, float]]]:
+    async def _search(self, vector: list[float], history: list[str],
+                      k: int) -> tuple[str | None, str | None, list[tuple[str, float]]]:
         """``(fallback reason or None, index version, candidates)``."""
         if not self.breakers["faiss"].allow():
             return "faiss_unavailable", None, []
         exclude = history[-self.config.max_history_exclude:]
         try:
-            res = self.deps.faiss.search([vector], k + self.config.candidate_slack, exclude)
+            res = await self.deps.faiss.search(vector, k + self.config.candidate_slack,
+                                               exclude)
         except IndexNotReady:
             return "index_not_ready", None, []
         except ServiceUnavailable as exc:
@@ -182,7 +204,7 @@ class Recommender:
         self.breakers["faiss"].succeeded()
         return None, res.version, res.results[0]
 
-    def similar(self, item_id: str, k: int) -> dict[str, Any]:
+    async def similar(self, item_id: str, k: int) -> dict[str, Any]:
         """Items like ``item_id``; ``UnknownItem`` (404) if the index lacks it."""
         degraded: list[str] = []
         reason: str | None = None
@@ -192,7 +214,7 @@ class Recommender:
             reason = "faiss_unavailable"
         else:
             try:
-                res = self.deps.faiss.similar(item_id, k + self.config.candidate_slack)
+                res = await self.deps.faiss.similar(item_id, k + self.config.candidate_slack)
                 self.breakers["faiss"].succeeded()
                 index_version, hits = res.version, res.hits
             except IndexNotReady:
@@ -200,42 +222,49 @@ class Recommender:
             except ServiceUnavailable as exc:
                 self._dep_error("faiss", exc)
                 reason = "faiss_unavailable"
-        gone = self._unavailable([i for i, _ in hits], degraded)
-        similar = [(i, s) for i, s in hits if i not in gone][:k]
+        cat = await self._catalog(degraded)
+        similar = [(i, s) for i, s in hits if i not in cat.unavailable][:k]
         if reason is None and not similar:
             reason = "no_candidates"
-        fill = [] if similar else self._popular_fill(k, {item_id}, degraded)
+        fill = [] if similar else self._popular_fill(cat, k, {item_id})
         source = "similar" if similar else "popular"
         if reason is not None:
             self._incr(f"fallback.{reason}")
         picked = [(i, s, "similar") for i, s in similar] + [(i, s, "popular") for i, s in fill]
+        items = await self._render(picked, degraded)
+        self.flush_metrics()
         return {"item_id": item_id, "k": k, "source": source, "fallback_reason": reason,
-                "index_version": index_version, "items": self._render(picked, degraded),
+                "index_version": index_version, "items": items,
                 **({"degraded": sorted(set(degraded))} if degraded else {})}
 
-    def popular(self, k: int) -> dict[str, Any]:
-        """The popular list; ``ServiceUnavailable`` (503) if Redis cannot be read."""
+    async def popular(self, k: int) -> dict[str, Any]:
+        """The popular list (the last copy read if Redis fails now, marked ``degraded``);
+        ``ServiceUnavailable`` (503) if Redis has never answered."""
         degraded: list[str] = []
-        fill = self._popular_fill(k, set(), degraded)
-        if not fill and degraded:
+        cat = await self._catalog(degraded)
+        if not cat.loaded:
             raise ServiceUnavailable("Redis (popular items) is not answering")
+        fill = self._popular_fill(cat, k, set())
         return {"k": k, "source": "popular",
-                "items": self._render([(i, s, "popular") for i, s in fill], degraded),
+                "items": await self._render([(i, s, "popular") for i, s in fill], degraded),
                 **({"degraded": sorted(set(degraded))} if degraded else {})}
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ask every dependency once (ignoring breakers); ``(all ok, details)``."""
-        checks: dict[str, Any] = {}
-        for name, probe in (("mongo", self.deps.ping_mongo), ("redis", self.deps.ping_redis),
-                            ("faiss", self.deps.faiss.health)):
+        async def probe(name: str, fn: Any) -> tuple[str, dict[str, Any]]:
             try:
-                out = probe()
-                checks[name] = {"ok": True}
-                if name == "faiss" and isinstance(out, dict):
-                    checks[name].update(version=out.get("version"), size=out.get("size"))
+                out = await asyncio.wait_for(fn(), timeout=2.0)
             except Exception as exc:  # any failure is reported as not ready (503)
-                checks[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        users = self.deps.users
-        if hasattr(users, "hits"):
-            checks["user_cache"] = {"hits": users.hits, "misses": users.misses}
+                return name, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            check: dict[str, Any] = {"ok": True}
+            if name == "faiss" and isinstance(out, dict):
+                check.update(version=out.get("version"), size=out.get("size"))
+            return name, check
+
+        checks: dict[str, Any] = dict(await asyncio.gather(
+            probe("mongo", self.deps.ping_mongo), probe("redis", self.deps.ping_redis),
+            probe("faiss", self.deps.faiss.health)))
+        for name, part in (("user_cache", self.deps.users), ("catalog", self.deps.catalog)):
+            if hasattr(part, "stats"):
+                checks[name] = part.stats()
         return all(c.get("ok", True) for c in checks.values()), checks

@@ -8,8 +8,12 @@
 MongoDB and items in Redis under a ``bench`` namespace, the FAISS service and the API
 started as real processes, then ``wrk`` (closed loop, fixed connections, bounded time)
 on ``/v1/recommendations`` with skewed user ids. Keys: ``api_rps``, ``api_p50_ms``,
-``api_p99_ms``, ``errors``, plus the user-cache hit ratio and the share of personalised
-answers. Also run with the user cache off, to show the trade-off.
+``api_p99_ms``, ``errors``, plus the user-cache hit ratio, the share of personalised
+answers, the machine's load (``cpu_busy`` = share of both cores busy during the wrk run,
+everything included: API, FAISS, MongoDB, Redis, wrk and other users' jobs;
+``loadavg_1m`` after it) and the freshness delay (``fresh_*_ms``: a user's document
+rewritten in MongoDB → the API answers with it, polled every 2 ms, while idle).
+The full run also measures the ``ttl`` user cache (no change stream) for comparison.
 
 (b) ``ann``: the FAISS service with ``n`` clustered synthetic unit vectors of dim 64,
 loaded over HTTP as a version; ``ann_recall@10`` against exact search on a sample of
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -91,6 +96,41 @@ def parse_wrk(text: str) -> dict[str, Any]:
             "api_p99_ms": round(ms(lat["99"]), 3), "errors": errors, "requests": total}
 
 
+def cpu_times() -> tuple[float, float]:
+    """``(busy, total)`` jiffies of the whole machine, from ``/proc/stat``."""
+    with open("/proc/stat") as f:
+        parts = [float(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + parts[4]
+    return sum(parts) - idle, sum(parts)
+
+
+def freshness(api_url: str, store: Any, docs: list[Any], trials: int) -> dict[str, Any]:
+    """Rewrite a user's document (new vector, new model_version) and poll the API until
+    the answer carries it; delays in ms, from the write's acknowledgement."""
+    import requests
+
+    delays: list[float] = []
+    with requests.Session() as http:
+        for n, doc in enumerate(docs[:trials]):
+            doc.model_version = f"fresh-{n}-{time.time_ns()}"
+            doc.vector = list(reversed(doc.vector))
+            store.upsert_many([doc])
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 5:
+                out = http.get(f"{api_url}/v1/recommendations",
+                               params={"user_id": doc.user_id}, timeout=5).json()
+                if out["model_version"] == doc.model_version:
+                    delays.append(time.perf_counter() - t0)
+                    break
+                time.sleep(0.002)
+            else:
+                delays.append(float("inf"))
+    finite = [d for d in delays if d != float("inf")]
+    return {"fresh_trials": len(delays), "fresh_timeouts": len(delays) - len(finite),
+            "fresh_p50_ms": percentile_ms(finite, 50) if finite else None,
+            "fresh_max_ms": round(max(finite) * 1000, 1) if finite else None}
+
+
 def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     import requests
 
@@ -136,19 +176,27 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
         FaissClient(faiss.url, s.faiss_api_key).load_version((item_ids, vectors), "bench-v1")
         lua = tmp / "users.lua"
         lua.write_text(WRK_LUA % {"seed": 7, "n_users": n_users})
-        for ttl in ([0.5] if args.quick else [0.5, 0.0]):
+        for mode in (["stream"] if args.quick else ["stream", "ttl"]):
             api = ServiceProcess(["api", "--workers", str(args.api_workers),
-                                  "--user-cache-ttl", str(ttl)], aport, s,
+                                  "--user-cache", mode, "--user-cache-ttl", "0.5"], aport, s,
                                  log_path=tmp / "api.log").start()
             try:
-                for _ in range(200):  # warm connections and caches
-                    requests.get(f"{api.url}/v1/recommendations",
+                with requests.Session() as http:
+                    for _ in range(200):  # warm connections and caches
+                        http.get(f"{api.url}/v1/recommendations",
                                  params={"user_id": f"user{rng.integers(n_users)}"}, timeout=5)
+                time.sleep(1.0)  # let the stream-mode warm-up finish
+                cpu0 = cpu_times()
                 out = subprocess.run(
                     ["wrk", "-t", "1", "-c", str(args.connections), "-d", f"{args.duration}s",
                      "--latency", "-s", str(lua), api.url], capture_output=True, text=True,
                     timeout=args.duration + 60, check=True).stdout
+                cpu1 = cpu_times()
                 result = parse_wrk(out)
+                result["cpu_busy"] = round((cpu1[0] - cpu0[0]) / max(1.0, cpu1[1] - cpu0[1]), 3)
+                result["loadavg_1m"] = round(os.getloadavg()[0], 2)
+                fresh_docs = store.get_many([f"user{u}" for u in range(n_users - 20, n_users)])
+                result.update(freshness(api.url, store, list(fresh_docs.values()), 20))
                 sources: dict[str, int] = {}
                 for u in rng.integers(0, n_users, 100):
                     src = requests.get(f"{api.url}/v1/recommendations",
@@ -159,7 +207,7 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
             finally:
                 api.stop()
             hit_ratio = uc.get("hits", 0) / max(1, uc.get("hits", 0) + uc.get("misses", 0))
-            emit({"bench": "api", **result, "user_cache_ttl_s": ttl,
+            emit({"bench": "api", **result, "user_cache": mode, "user_cache_ttl_s": 0.5,
                   "user_cache_hit_ratio_one_worker": round(hit_ratio, 3),
                   "personalized_share": sources.get("personalized", 0) / 100,
                   "workers": args.api_workers, "connections": args.connections,

@@ -1,12 +1,15 @@
 """Start the FAISS service or the recommender API (also used by tests and benchmarks).
 
     python -m scripts.serve faiss [--port 8081] [--kind flat|hnsw|ivf] [--dim 64] ...
-    python -m scripts.serve api [--port 8080] [--workers 2] [--user-cache-ttl 0.5]
+    python -m scripts.serve api [--port 8080] [--workers 2] [--user-cache stream|ttl|off]
+                                [--user-cache-ttl 0.5] [--user-cache-preload 100000]
 
 Both bind 127.0.0.1 and read the rest of their configuration from ``RECSYS_*`` env vars
 (:class:`common.settings.Settings`). ``faiss`` runs one uvicorn worker (the index is
-in-process state, single writer). ``api`` pre-forks ``--workers`` uvicorn processes on one
-listening socket; each builds its app (and its clients) after the fork.
+in-process state, single writer). ``api`` pre-forks ``--workers`` uvicorn processes (one
+per core: each is an asyncio event loop overlapping many requests) on one listening
+socket; each builds its app (and its clients) after the fork and runs the ASGI lifespan
+(which starts its MongoDB change stream on ``users``).
 
 :class:`ServiceProcess` runs either as a child process and waits until ``/health``
 answers — the integration tests and ``scripts.bench_serving`` use it.
@@ -107,11 +110,11 @@ class ServiceProcess:
 
 
 # --- process entry points ----------------------------------------------------------------
-def _uvicorn_config(app: Any, port: int, **kw: Any) -> Any:
+def _uvicorn_config(app: Any, port: int, lifespan: str = "off", **kw: Any) -> Any:
     import uvicorn
 
     return uvicorn.Config(app, host=HOST, port=port, loop="uvloop", http="httptools",
-                          access_log=False, log_level="warning", lifespan="off",
+                          access_log=False, log_level="warning", lifespan=lifespan,
                           backlog=4096, **kw)
 
 
@@ -145,9 +148,11 @@ def _api_worker(sock: socket.socket, args: argparse.Namespace) -> None:
     from recommender_server.app import create_app
     from recommender_server.config import ApiConfig
 
-    over = {"user_cache_ttl_s": args.user_cache_ttl} if args.user_cache_ttl is not None else {}
+    over: dict[str, Any] = {k: v for k, v in {
+        "user_cache": args.user_cache, "user_cache_ttl_s": args.user_cache_ttl,
+        "user_cache_preload": args.user_cache_preload}.items() if v is not None}
     config = ApiConfig.from_settings(Settings.from_env(), **over)
-    server = uvicorn.Server(_uvicorn_config(create_app(config, asgi=True), 0))
+    server = uvicorn.Server(_uvicorn_config(create_app(config), 0, lifespan="on"))
     server.run(sockets=[sock])
 
 
@@ -193,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("api", help="the recommender API (pre-forked uvicorn workers)")
     a.add_argument("--port", type=int, default=None)
     a.add_argument("--workers", type=int, default=2)
-    a.add_argument("--user-cache-ttl", type=float, help="seconds; 0 turns the cache off")
+    a.add_argument("--user-cache", choices=["stream", "ttl", "off"],
+                   help="user documents: change-stream cache (default), TTL cache, none")
+    a.add_argument("--user-cache-ttl", type=float,
+                   help="seconds an entry is trusted without the change stream")
+    a.add_argument("--user-cache-preload", type=int,
+                   help="users loaded into the cache at start (stream mode)")
     args = p.parse_args(argv)
     settings = Settings.from_env()
     if args.service == "faiss":

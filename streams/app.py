@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import torch
 from faust.types import EventT
 
 from common.clients import mongo_db, redis_client, statsd_client
@@ -28,12 +29,14 @@ from common.stores import ItemCache, UserStore
 from faiss_server.client import FaissClient
 from models.base import Recommender
 from models.checkpoint import CheckpointError, latest_version, load_checkpoint, save_checkpoint
+from streams.batching import consume_in_batches
 from streams.pipeline import (
     DeadLetter,
     InteractionPipeline,
     ItemPipeline,
     ModelHolder,
     RawMessage,
+    process_reliably,
 )
 
 log = logging.getLogger("streams")
@@ -147,6 +150,7 @@ def create_app(settings: Settings) -> faust.App:
     async def start_runtime() -> None:
         await ensure_topics(settings, [settings.topic_interactions, settings.topic_items,
                                        settings.topic_dead_letter])
+        torch.set_num_threads(1)  # small batches: threads only fight the event loop
         box["rt"] = await asyncio.to_thread(Runtime, settings)
         ready.set()
         log.info("worker runtime ready (model %s)", box["rt"].holder.version)
@@ -172,17 +176,23 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(interactions)
     async def on_interactions(stream: faust.StreamT) -> None:
         rt = await runtime()
-        async for events in stream.take_events(settings.worker_batch_size,
-                                               within=settings.worker_batch_within_s):
-            result = await rt.interactions.process(raw(list(events)))
+
+        async def handle(events: list[EventT]) -> None:
+            result = await process_reliably(rt.interactions, raw(events))
             await send_dead_letters(result.dead_letters)
+
+        await consume_in_batches(stream, settings.worker_batch_size,
+                                 settings.worker_batch_within_s, handle)
 
     @app.agent(items)
     async def on_items(stream: faust.StreamT) -> None:
         rt = await runtime()
-        async for events in stream.take_events(500, within=0.05):
-            result = await rt.items.process(raw(list(events)))
+
+        async def handle(events: list[EventT]) -> None:
+            result = await process_reliably(rt.items, raw(events))
             await send_dead_letters(result.dead_letters)
+
+        await consume_in_batches(stream, 500, 0.05, handle)
 
     @app.timer(interval=settings.export_interval_s, on_leader=False)
     async def export_index() -> None:

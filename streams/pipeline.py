@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pymongo.errors
+import redis.exceptions
 import statsd
 
 from common.errors import BadEvent, RecsysError, ServiceUnavailable
@@ -176,8 +178,9 @@ class InteractionPipeline:
         else:
             docs = []
         t0 = time.perf_counter()
-        increments = self.popularity.increments(pop_events)
+        # Move the decay reference first, so new increments never overflow a double.
         factor = self.popularity.rescale_factor(max((ts for _, _, ts in pop_events), default=0))
+        increments = self.popularity.increments(pop_events)
         await asyncio.to_thread(self._write, docs, increments, pop_offsets, factor)
         self.popularity.offsets.update(pop_offsets)
         result.write_s = time.perf_counter() - t0
@@ -188,6 +191,15 @@ class InteractionPipeline:
             newest_per_user[ev.user_id] = max(newest_per_user.get(ev.user_id, 0.0),
                                               msg.timestamp_s)
         result.click_to_vector_s = [now - ts for ts in newest_per_user.values() if ts > 0]
+
+    def forget(self, messages: Sequence[RawMessage]) -> None:
+        """Drop cached state after a failed batch: a retry reloads it from MongoDB.
+
+        Per-user state is applied in memory before the write; if the write fails those
+        changes must not look applied, or the retry would skip the events.
+        """
+        self.states.clear()
+        self._popularity_loaded = False
 
     async def _load_states(self, user_ids: set[str]) -> None:
         missing = [u for u in user_ids if u not in self.states]
@@ -205,7 +217,6 @@ class InteractionPipeline:
             self.users.upsert_many(docs)
         if factor is not None:
             self.items.rescale_popularity(factor, self.popularity.meta())
-            increments = {i: v * factor for i, v in increments.items()}
         if increments or offsets:
             self.items.add_popularity(increments, offsets, self.popularity.meta())
 
@@ -228,6 +239,63 @@ class InteractionPipeline:
         for lat in r.click_to_vector_s:
             pipe.timing("latency.click_to_vector_ms", lat * 1000)
         pipe.send()
+
+
+#: Errors of an unavailable dependency: retry the same batch until it goes through.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    pymongo.errors.ConnectionFailure, pymongo.errors.NetworkTimeout,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+    ServiceUnavailable, OSError,
+)
+
+
+async def process_reliably(pipeline: InteractionPipeline | ItemPipeline,
+                           messages: Sequence[RawMessage],
+                           max_backoff_s: float = 5.0) -> BatchResult:
+    """Process a batch so that nothing is lost, whatever fails.
+
+    Faust acknowledges a ``take_events`` batch when the agent's loop body returns, even
+    if it raised, so this function must not return before every event is either applied
+    durably or in the dead-letter list. A dependency outage (MongoDB, Redis) is retried
+    with backoff for as long as it lasts (the worker stays up; lag grows and shows on the
+    dashboard). Any other error is a poison event: the batch is retried one event at a
+    time and only the events that fail on their own go to the dead-letter topic.
+    """
+    try:
+        return await _retry_transient(pipeline, messages, max_backoff_s)
+    except Exception as exc:  # noqa: BLE001 - isolate the poison event below
+        log.exception("batch of %d failed (%s); retrying event by event", len(messages), exc)
+    combined = BatchResult()
+    for msg in messages:
+        try:
+            one = await _retry_transient(pipeline, [msg], max_backoff_s)
+        except Exception as exc:  # noqa: BLE001 - this event is the poison
+            reason = f"processing failed: {type(exc).__name__}: {exc}"
+            combined.dead_letters.append(DeadLetter(msg, reason, pipeline.topic))
+            continue
+        combined.applied += one.applied
+        combined.skipped_duplicates += one.skipped_duplicates
+        combined.dead_letters.extend(one.dead_letters)
+    return combined
+
+
+async def _retry_transient(pipeline: InteractionPipeline | ItemPipeline,
+                           messages: Sequence[RawMessage], max_backoff_s: float) -> BatchResult:
+    """``pipeline.process`` retried while dependencies are down; other errors propagate."""
+    delay = 0.1
+    while True:
+        try:
+            return await pipeline.process(messages)
+        except TRANSIENT_ERRORS as exc:
+            pipeline.forget(messages)
+            pipeline.metrics.incr("retries")
+            log.warning("dependency unavailable, retrying %d event(s) in %.1fs: %s",
+                        len(messages), delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+        except Exception:
+            pipeline.forget(messages)
+            raise
 
 
 def _learn_and_export(model: Recommender, batch: EventBatch,
@@ -280,6 +348,9 @@ class ItemPipeline:
             pipe.incr("dead_letters", len(result.dead_letters))
         pipe.send()
         return result
+
+    def forget(self, messages: Sequence[RawMessage]) -> None:
+        """Nothing cached per batch: item effects are plain overwrites."""
 
     def _push_vectors(self, vectors: dict[str, np.ndarray]) -> None:
         for n, (item_id, vec) in enumerate(vectors.items()):

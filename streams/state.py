@@ -109,8 +109,12 @@ class DecayedPopularity:
         return out
 
     def rescale_factor(self, latest_ms: int) -> float | None:
-        """If the reference is too old, move it to ``latest_ms``; return the score factor."""
-        if self.ref_ms is None:
+        """If the reference is too old, move it to ``latest_ms``; return the score factor.
+
+        The factor may underflow to 0.0 after a very long gap: scores that old have
+        decayed to nothing anyway.
+        """
+        if self.ref_ms is None or latest_ms <= 0:
             return None
         exponent = (latest_ms - self.ref_ms) / 1000.0 / self.half_life_s
         if exponent < self.MAX_EXPONENT:

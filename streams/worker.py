@@ -1,4 +1,4 @@
-"""``python -m streams.worker`` — start the Faust worker (same as ``faust -A streams.app worker``)."""
+"""`python -m streams.worker`: start the Faust worker (as `faust -A streams.app worker`)."""
 
 from __future__ import annotations
 

@@ -117,3 +117,64 @@ def test_popularity_offsets_gate_counting() -> None:
     assert not pop.counts_event(0, 100) and pop.counts_event(0, 101) and pop.counts_event(1, 0)
     with pytest.raises(ValueError):
         DecayedPopularity(half_life_s=0)
+
+
+class _FlakyPipeline:
+    """Stands in for a pipeline: fails while a dependency is 'down', or on a poison event."""
+
+    topic = "interactions"
+
+    def __init__(self, outages: int = 0, poison: bytes | None = None) -> None:
+        import statsd
+
+        self.outages = outages
+        self.poison = poison
+        self.calls: list[int] = []
+        self.forgotten = 0
+        self.metrics = statsd.StatsClient("127.0.0.1", 9)  # discard port
+
+    async def process(self, messages):
+        import pymongo.errors
+
+        from streams.pipeline import BatchResult
+
+        self.calls.append(len(messages))
+        if self.outages:
+            self.outages -= 1
+            raise pymongo.errors.ServerSelectionTimeoutError("mongo down")
+        if any(m.value == self.poison for m in messages):
+            raise ZeroDivisionError("bug triggered by this event")
+        return BatchResult(applied=len(messages))
+
+    def forget(self, messages) -> None:
+        self.forgotten += 1
+
+
+def _msgs(n: int):
+    from streams.pipeline import RawMessage
+
+    return [RawMessage(f"v{j}".encode(), b"k", 0, j, 0.0) for j in range(n)]
+
+
+def test_outages_are_retried_until_the_batch_goes_through() -> None:
+    import asyncio
+
+    from streams.pipeline import process_reliably
+
+    pipe = _FlakyPipeline(outages=3)
+    result = asyncio.run(process_reliably(pipe, _msgs(5), max_backoff_s=0.01))
+    assert result.applied == 5 and not result.dead_letters
+    assert pipe.calls == [5, 5, 5, 5] and pipe.forgotten == 3
+
+
+def test_a_poison_event_alone_goes_to_dead_letters() -> None:
+    import asyncio
+
+    from streams.pipeline import process_reliably
+
+    pipe = _FlakyPipeline(poison=b"v2")
+    result = asyncio.run(process_reliably(pipe, _msgs(4), max_backoff_s=0.01))
+    assert result.applied == 3
+    assert [d.message.value for d in result.dead_letters] == [b"v2"]
+    assert "ZeroDivisionError" in result.dead_letters[0].reason
+    assert pipe.calls == [4, 1, 1, 1, 1]
