@@ -21,6 +21,29 @@ log = logging.getLogger(__name__)
 CONSUMER_GROUP_OPTIONS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
+async def delete_topics(settings: Settings, names: Iterable[str]) -> list[str]:
+    """Delete the topics that exist; return their names."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+                                request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [n for n in dict.fromkeys(names) if n in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+        return doomed
+    finally:
+        await admin.close()
+
+
+async def recreate_topics(settings: Settings, names: Iterable[str],
+                          partitions: int | None = None) -> None:
+    """Delete the topics (when present) and create them empty: a clean slate for demos."""
+    names = list(names)
+    await delete_topics(settings, names)
+    await ensure_topics(settings, names, partitions)
+
+
 async def ensure_topics(settings: Settings, names: Iterable[str],
                         partitions: int | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""

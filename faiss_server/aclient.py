@@ -155,7 +155,12 @@ class AsyncFaissClient:
     async def search(self, vector: Sequence[float], k: int = 10,
                      exclude: Sequence[str] = ()) -> SearchResult:
         """Top-``k`` for one query vector (``results`` has one row)."""
-        body = _enc.encode({"vectors": [vector], "k": int(k), "exclude": exclude})
+        return await self.search_many([vector], k, exclude)
+
+    async def search_many(self, vectors: Sequence[Sequence[float]], k: int = 10,
+                          exclude: Sequence[str] = ()) -> SearchResult:
+        """Top-``k`` per query vector, one HTTP request (``exclude`` applies to all)."""
+        body = _enc.encode({"vectors": vectors, "k": int(k), "exclude": exclude})
         status, data = await self._request("POST", "/v1/search", body)
         if status >= 400:
             self._check(status, data)

@@ -67,7 +67,9 @@ class FaissClient:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
-        self.load_timeout = urllib3.Timeout(connect=connect_timeout_s, read=load_timeout_s)
+        # urllib3 applies the *connect* timeout while sending the body too: a version
+        # upload (hundreds of MB) gets the long timeout for both phases.
+        self.load_timeout = urllib3.Timeout(connect=load_timeout_s, read=load_timeout_s)
         self._pool = urllib3.connection_from_url(
             self.base_url, maxsize=pool_size, block=False, retries=False, timeout=self.timeout)
 

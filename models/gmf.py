@@ -77,8 +77,10 @@ class GMF(FactorModel):
             neg.add_(b)
             loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
             m = torch.addmm(g_pos.unsqueeze(1) * Vp, g_neg, Vn)
-            # a shared negative row is regularised once per batch, not once per event
-            g_vn = torch.addmm(Vn, g_neg.T, uw, beta=l2)
+            # L2 on a shared negative scaled by n/k: each item gets the same expected pull
+            # per event whatever the batch size (online batches of 1 must not shrink the
+            # k sampled rows on every event)
+            g_vn = torch.addmm(Vn, g_neg.T, uw, beta=l2 * n / k)
         else:
             neg_rows = self._sampler.sample(n * k)
             Vn3 = self.items_t.weight.index_select(0, neg_rows).view(n, k, self.dim)

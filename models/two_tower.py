@@ -37,7 +37,8 @@ class TwoTower(FactorModel):
     def __init__(self, dim: int = 64, lr: float = 0.05, lr_dense: float = 0.005,
                  l2: float = 0.2, negatives: int = 16, sampler: str = "uniform",
                  sampler_alpha: float = 0.75, loss: str = "bpr", accum_decay: float = 1.0,
-                 init_std: float = 0.1, growth: float = 1.25, n_buckets: int = 4096,
+                 init_std: float = 0.1, growth: float = 1.25, share_negatives: bool = True,
+                 n_buckets: int = 4096,
                  max_tokens: int = 16, numeric_attributes: Sequence[str] = ("year",),
                  ignore_attributes: Sequence[str] = ("title",),
                  event_weights: Mapping[str, float] | None = None,
@@ -47,6 +48,7 @@ class TwoTower(FactorModel):
         self.lr_dense = lr_dense
         self.init_std = init_std
         self.growth = growth
+        self.share_negatives = share_negatives
         self.n_buckets = n_buckets
         self.max_tokens = max_tokens
         self.numeric_attributes = list(numeric_attributes)
@@ -172,18 +174,35 @@ class TwoTower(FactorModel):
         n, k, d, l2 = len(users), self.negatives, self.dim, self.l2
         u_rows = torch.from_numpy(users)
         i_rows = torch.from_numpy(items)
-        neg_rows = self._sampler.sample(n * k)
+        n_neg = k if self.share_negatives else n * k
+        neg_rows = self._sampler.sample(n_neg)
+        offset = self._sampler.logit_offset(neg_rows, self.loss)
         all_rows = torch.cat([i_rows, neg_rows])
         q, hist, mask, inv_n = self._user_tower(users, exclude=i_rows)
         p = self._item_tower(all_rows)
-        pp, pn = p[:n], p[n:].view(n, k, d)
+        pp = p[:n]
         b = self.b.weight[0, 0]
         pos = (q * pp).sum(1) + b
-        neg = torch.bmm(pn, q.unsqueeze(2)).squeeze(2) + b
-        loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
-        g_q = g_pos.unsqueeze(1) * pp + torch.bmm(g_neg.unsqueeze(1), pn).squeeze(1)
-        g_p = torch.cat([g_pos.unsqueeze(1) * q,
-                         (g_neg.unsqueeze(2) * q.unsqueeze(1)).reshape(n * k, d)])
+        if self.share_negatives:
+            # one set of k negatives for the batch: GEMMs, and the item tower runs on
+            # n + k rows instead of n·(k + 1)
+            pn = p[n:]
+            neg = torch.addmm(offset, q, pn.T)
+            neg.masked_fill_(neg_rows.unsqueeze(0) == i_rows.unsqueeze(1), -torch.inf)
+            neg.add_(b)
+            loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
+            g_q = torch.addmm(g_pos.unsqueeze(1) * pp, g_neg, pn)
+            g_p = torch.cat([g_pos.unsqueeze(1) * q, g_neg.T @ q])
+            # L2 per occurrence; a shared negative counts n/k times (see GMF)
+            reg = torch.cat([torch.ones(n), torch.full((k,), n / k)]).unsqueeze(1)
+        else:
+            pn3 = p[n:].view(n, k, d)
+            neg = torch.bmm(pn3, q.unsqueeze(2)).squeeze(2) + offset.view(n, k) + b
+            loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
+            g_q = g_pos.unsqueeze(1) * pp + torch.bmm(g_neg.unsqueeze(1), pn3).squeeze(1)
+            g_p = torch.cat([g_pos.unsqueeze(1) * q,
+                             (g_neg.unsqueeze(2) * q.unsqueeze(1)).reshape(n * k, d)])
+            reg = torch.ones(len(all_rows), 1)
         lr, decay = self.lr, self.accum_decay
         # user tower
         self.users_t.step(u_rows, g_q + l2 * self.users_t.weight[u_rows], lr, decay)
@@ -193,13 +212,14 @@ class TwoTower(FactorModel):
             g_h = g_q[b_idx] * inv_n[b_idx].unsqueeze(1) + l2 * self.hist_t.weight[h_rows]
             self.hist_t.step(h_rows, g_h, lr, decay)
         # item tower
-        self.items_t.step(all_rows, g_p + l2 * self.items_t.weight[all_rows], lr, decay)
+        l2_rows = reg * l2
+        self.items_t.step(all_rows, g_p + l2_rows * self.items_t.weight[all_rows], lr, decay)
         tok, tokw = self.tok[all_rows], self.tokw[all_rows]
         r_idx, t_idx = (tokw > 0).nonzero(as_tuple=True)
         if len(r_idx):
             c_rows = tok[r_idx, t_idx]
             g_c = (g_p[r_idx] * tokw[r_idx, t_idx].unsqueeze(1)
-                   + l2 * self.cats_t.weight[c_rows])
+                   + l2_rows[r_idx] * self.cats_t.weight[c_rows])
             self.cats_t.step(c_rows, g_c, lr, decay)
         if self.numeric_attributes:
             self.num_t.dense_step(self._numeric(all_rows).T @ g_p, self.lr_dense, decay)

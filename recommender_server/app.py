@@ -9,7 +9,7 @@ lifespan (:class:`Lifespan`). Responses are encoded with ``msgspec`` (~5x faster
 
 Endpoints: ``GET /v1/recommendations?user_id=&k=``, ``GET /v1/items/{item_id}/similar?k=``,
 ``GET /v1/popular?k=``, ``GET /health``, ``GET /ready``, ``GET /openapi.json``.
-Metric names: see :mod:`recommender_server.recommend` and :mod:`common.http_metrics`.
+Metric names: see :mod:`recommender_server.recommend` and :mod:`recommender_server.metrics`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import falcon.asgi
 import msgspec
 
 from common.http_errors import add_domain_error_handlers
-from common.http_metrics import MetricsMiddleware
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Dependencies
+from recommender_server.metrics import BatchedMetricsMiddleware
 from recommender_server.openapi import openapi_document
 from recommender_server.recommend import Recommender
 
@@ -103,14 +103,16 @@ class OpenAPI:
 class Lifespan:
     """Falcon middleware: start/stop the dependencies' background tasks with the app."""
 
-    def __init__(self, deps: Dependencies, rec: Recommender) -> None:
-        self.deps, self.rec = deps, rec
+    def __init__(self, deps: Dependencies, rec: Recommender,
+                 metrics: BatchedMetricsMiddleware) -> None:
+        self.deps, self.rec, self.metrics = deps, rec, metrics
 
     async def process_startup(self, scope: Any, event: Any) -> None:
         await self.deps.start()
 
     async def process_shutdown(self, scope: Any, event: Any) -> None:
         self.rec.flush_metrics(force=True)
+        self.metrics.flush()
         await self.deps.stop()
 
 
@@ -118,7 +120,9 @@ def create_app(config: ApiConfig, deps: Dependencies | None = None) -> falcon.as
     """The API app; ``deps`` defaults to real clients from ``config.settings``."""
     deps = deps or Dependencies.build(config)
     rec = Recommender(config, deps)
-    app = falcon.asgi.App(middleware=[Lifespan(deps, rec), MetricsMiddleware(deps.statsd)])
+    metrics = BatchedMetricsMiddleware(deps.statsd, config.metrics_flush_s,
+                                       config.metrics_timing_rate)
+    app = falcon.asgi.App(middleware=[Lifespan(deps, rec, metrics), metrics])
     add_domain_error_handlers(app)
     routes = {
         "/v1/recommendations": Recommendations(rec),

@@ -142,9 +142,14 @@ class UserCache:
             if exp > until:
                 self._entries[key] = (until, doc)
 
-    async def follow(self, retry_s: float = 0.5,
+    async def follow(self, retry_s: float = 0.5, idle_s: float = 0.05,
                      on_live: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Follow the change stream until cancelled, reconnecting after errors."""
+        """Follow the change stream until cancelled, reconnecting after errors.
+
+        After an empty ``getMore`` wait ``idle_s`` before the next (SecantusDB answers an
+        empty one after ~30 ms instead of ``maxAwaitTimeMS``): ≤ 20 polls/s per worker,
+        at most ``idle_s`` added to the freshness delay.
+        """
         while True:
             try:
                 async with await self.stream_col.watch(
@@ -162,6 +167,8 @@ class UserCache:
                         self.resume_token = stream.resume_token
                         if not stream.alive:
                             break
+                        if event is None:
+                            await asyncio.sleep(idle_s)
             except asyncio.CancelledError:
                 self.live = False
                 raise
@@ -201,8 +208,8 @@ class Catalog:
     (the previous copy stays in use).
     """
 
-    def __init__(self, redis: Any, prefix: str = "recsys:", refresh_s: float = 0.5,
-                 meta_ttl_s: float = 10.0, meta_max: int = 500_000,
+    def __init__(self, redis: Any, prefix: str = "recsys:", refresh_s: float = 1.0,
+                 meta_ttl_s: float = 30.0, meta_max: int = 500_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.r, self.prefix = redis, prefix
         self.refresh_s, self.meta_ttl_s, self.meta_max = refresh_s, meta_ttl_s, meta_max

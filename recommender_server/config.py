@@ -35,13 +35,22 @@ class ApiConfig:
     user_cache_preload: int = 100_000
     #: Popular list and unavailable set are re-read from Redis at most this often (a
     #: deleted item stops being recommended within this delay).
-    catalog_refresh_s: float = 0.5
-    #: Item metadata is cached per item this long.
-    item_meta_ttl_s: float = 10.0
+    catalog_refresh_s: float = 1.0
+    #: Item metadata (display attributes) is cached per item this long: a new item's
+    #: metadata is read at once (a miss), a changed one shows within this delay.
+    item_meta_ttl_s: float = 30.0
     #: Extra candidates asked of FAISS to make up for unavailable items filtered here.
     candidate_slack: int = 10
     #: At most this many of the newest history items are sent as FAISS exclusions.
     max_history_exclude: int = 500
+    #: Concurrent searches of a worker are sent to FAISS in batches of at most this many
+    #: (see :mod:`recommender_server.batching`); ``faiss_batch_inflight`` batches at
+    #: once. ``faiss_batch_inflight = 0`` sends every search alone, with exclusions.
+    faiss_batch_max: int = 64
+    faiss_batch_inflight: int = 2
+    #: Users with a longer history are searched alone with exclusions (a batched query
+    #: asks for ``k + len(history)`` candidates instead).
+    faiss_batch_max_history: int = 100
     faiss_connect_timeout_s: float = 0.05
     faiss_read_timeout_s: float = 0.2
     mongo_timeout_ms: int = 250
@@ -52,6 +61,8 @@ class ApiConfig:
     #: Counters (fallback reasons, sources, cache hits) are sent to statsd at most this
     #: often, aggregated, instead of one UDP packet per event.
     metrics_flush_s: float = 1.0
+    #: Share of requests whose latency is sent as a statsd timer (sampled, rate-tagged).
+    metrics_timing_rate: float = 0.1
     metrics_suffix: str = "api"
 
     def __post_init__(self) -> None:

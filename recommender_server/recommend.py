@@ -41,6 +41,7 @@ import redis
 
 from common.errors import IndexNotReady, ServiceUnavailable
 from faiss_server.client import FaissRequestError
+from recommender_server.batching import SearchBatcher
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Breaker, Dependencies
 
@@ -58,6 +59,11 @@ class Recommender:
         self.deps = deps
         self.breakers = {name: Breaker(config.breaker_cooldown_s)
                          for name in ("mongo", "redis", "faiss")}
+        self.searcher: Any = deps.faiss
+        if config.faiss_batch_inflight > 0:
+            self.searcher = SearchBatcher(deps.faiss, config.faiss_batch_max,
+                                          config.faiss_batch_inflight,
+                                          max_history=config.faiss_batch_max_history)
         self._counts: Counter[str] = Counter()
         self._flush_at = 0.0
         self._hits_sent = self._misses_sent = 0
@@ -191,8 +197,8 @@ class Recommender:
             return "faiss_unavailable", None, []
         exclude = history[-self.config.max_history_exclude:]
         try:
-            res = await self.deps.faiss.search(vector, k + self.config.candidate_slack,
-                                               exclude)
+            res = await self.searcher.search(vector, k + self.config.candidate_slack,
+                                             exclude)
         except IndexNotReady:
             return "index_not_ready", None, []
         except ServiceUnavailable as exc:
@@ -264,7 +270,8 @@ class Recommender:
         checks: dict[str, Any] = dict(await asyncio.gather(
             probe("mongo", self.deps.ping_mongo), probe("redis", self.deps.ping_redis),
             probe("faiss", self.deps.faiss.health)))
-        for name, part in (("user_cache", self.deps.users), ("catalog", self.deps.catalog)):
+        for name, part in (("user_cache", self.deps.users), ("catalog", self.deps.catalog),
+                           ("faiss_batches", self.searcher)):
             if hasattr(part, "stats"):
                 checks[name] = part.stats()
         return all(c.get("ok", True) for c in checks.values()), checks

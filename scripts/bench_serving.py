@@ -104,6 +104,22 @@ def cpu_times() -> tuple[float, float]:
     return sum(parts) - idle, sum(parts)
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) of every live process in process group ``pgid``."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[2] = pgrp (after state, ppid)
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def freshness(api_url: str, store: Any, docs: list[Any], trials: int) -> dict[str, Any]:
     """Rewrite a user's document (new vector, new model_version) and poll the API until
     the answer carries it; delays in ms, from the write's acknowledgement."""
@@ -173,7 +189,8 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
                             "--dim", str(dim), "--data-dir", "none"], fport, s,
                            log_path=tmp / "faiss-api.log").start()
     try:
-        FaissClient(faiss.url, s.faiss_api_key).load_version((item_ids, vectors), "bench-v1")
+        FaissClient(faiss.url, s.faiss_api_key, read_timeout_s=60).load_version(
+            (item_ids, vectors), "bench-v1")
         lua = tmp / "users.lua"
         lua.write_text(WRK_LUA % {"seed": 7, "n_users": n_users})
         for mode in (["stream"] if args.quick else ["stream", "ttl"]):
@@ -187,12 +204,17 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
                                  params={"user_id": f"user{rng.integers(n_users)}"}, timeout=5)
                 time.sleep(1.0)  # let the stream-mode warm-up finish
                 cpu0 = cpu_times()
+                own0 = [group_cpu_s(p.proc.pid) for p in (api, faiss)]  # type: ignore[union-attr]
                 out = subprocess.run(
                     ["wrk", "-t", "1", "-c", str(args.connections), "-d", f"{args.duration}s",
                      "--latency", "-s", str(lua), api.url], capture_output=True, text=True,
                     timeout=args.duration + 60, check=True).stdout
                 cpu1 = cpu_times()
+                own1 = [group_cpu_s(p.proc.pid) for p in (api, faiss)]  # type: ignore[union-attr]
                 result = parse_wrk(out)
+                n_req = max(1, result["requests"])
+                result["cpu_us_per_req_api"] = round((own1[0] - own0[0]) * 1e6 / n_req)
+                result["cpu_us_per_req_faiss"] = round((own1[1] - own0[1]) * 1e6 / n_req)
                 result["cpu_busy"] = round((cpu1[0] - cpu0[0]) / max(1.0, cpu1[1] - cpu0[1]), 3)
                 result["loadavg_1m"] = round(os.getloadavg()[0], 2)
                 fresh_docs = store.get_many([f"user{u}" for u in range(n_users - 20, n_users)])

@@ -19,13 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -37,70 +34,7 @@ from datasets.synthetic import SyntheticConfig, SyntheticGenerator
 from scripts.processes import WorkerProcess, free_port, wait_for
 from scripts.replay import Replayer, interaction_chunks
 from scripts.stack import StackManager
-
-
-class StatsdListener:
-    """Collects statsd packets on a UDP port (counters summed, timings kept)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.counters: dict[str, float] = defaultdict(float)
-        self.timings: dict[str, list[float]] = defaultdict(list)
-        self.counter_times: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._lock = threading.Lock()
-
-    def start(self) -> StatsdListener:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            now = time.perf_counter()
-            with self._lock:
-                for line in data.decode(errors="replace").splitlines():
-                    name, _, rest = line.partition(":")
-                    value, _, kind = rest.partition("|")
-                    try:
-                        v = float(value)
-                    except ValueError:
-                        continue
-                    if kind.startswith("c"):
-                        self.counters[name] += v
-                        self.counter_times[name] = now
-                    elif kind.startswith("ms"):
-                        self.timings[name].append(v)
-
-    def counter(self, suffix: str) -> float:
-        with self._lock:
-            return sum(v for k, v in self.counters.items() if k.endswith(suffix))
-
-    def last_time(self, suffix: str) -> float:
-        with self._lock:
-            return max((t for k, t in self.counter_times.items() if k.endswith(suffix)),
-                       default=0.0)
-
-    def take_timings(self, suffix: str) -> list[float]:
-        with self._lock:
-            out: list[float] = []
-            for k in list(self.timings):
-                if k.endswith(suffix):
-                    out.extend(self.timings.pop(k))
-            return out
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
+from scripts.statsd_listener import StatsdListener
 
 
 def bench_settings(workdir: Path, statsd_port: int) -> Settings:

@@ -28,7 +28,13 @@ from common.settings import Settings
 from common.stores import ItemCache, UserStore
 from faiss_server.client import FaissClient
 from models.base import Recommender
-from models.checkpoint import CheckpointError, latest_version, load_checkpoint, save_checkpoint
+from models.checkpoint import (
+    CheckpointError,
+    latest_version,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 from streams.batching import consume_in_batches
 from streams.pipeline import (
     DeadLetter,
@@ -47,7 +53,8 @@ def worker_checkpoint_dir(settings: Settings) -> Path:
 
 
 def bootstrap_checkpoint_dir(settings: Settings) -> Path:
-    return Path(settings.model_dir) / "bootstrap"
+    """Where ``python -m scripts.bootstrap`` writes its checkpoints by default."""
+    return Path(settings.model_dir) / "checkpoints"
 
 
 def load_model(settings: Settings) -> Recommender:
@@ -65,6 +72,22 @@ def load_model(settings: Settings) -> Recommender:
     cls = model_classes()[settings.worker_model]
     log.info("no checkpoint found: starting a fresh %s model", settings.worker_model)
     return cls(history_size=settings.worker_history_size)
+
+
+def model_dim(settings: Settings) -> int:
+    """Retrieval-vector dimension the worker will export (the FAISS index must match)."""
+    for folder in (worker_checkpoint_dir(settings), bootstrap_checkpoint_dir(settings)):
+        try:
+            meta = read_meta(folder)
+        except (CheckpointError, FileNotFoundError):
+            continue
+        dim = meta.get("dim") or meta.get("params", {}).get("dim")
+        if dim:
+            return int(dim)
+        return load_checkpoint(folder).dim
+    from models.checkpoint import model_classes
+
+    return model_classes()[settings.worker_model]().dim
 
 
 class Runtime:
@@ -154,6 +177,10 @@ def create_app(settings: Settings) -> faust.App:
         box["rt"] = await asyncio.to_thread(Runtime, settings)
         ready.set()
         log.info("worker runtime ready (model %s)", box["rt"].holder.version)
+        try:  # serve the restored model's item vectors at once, not after the first timer
+            await box["rt"].export()
+        except RecsysError as exc:
+            log.warning("initial export to FAISS failed (the timer will retry): %s", exc)
 
     async def send_dead_letters(letters: list[DeadLetter]) -> None:
         for letter in letters:

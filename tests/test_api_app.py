@@ -1,7 +1,9 @@
-"""Recommender API over HTTP through ``falcon.testing``, dependencies passed in as fakes."""
+"""Recommender API over HTTP through ``falcon.testing`` (ASGI), dependencies passed in as
+fakes; plus the caches and the search batcher on their own."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pymongo.errors
@@ -14,8 +16,10 @@ from common.settings import Settings
 from common.stores import UserDoc
 from faiss_server.client import FaissRequestError, SearchResult, SimilarResult
 from recommender_server.app import create_app
+from recommender_server.batching import SearchBatcher
+from recommender_server.caches import Catalog, UserCache
 from recommender_server.config import ApiConfig
-from recommender_server.deps import Breaker, CachedUsers, Dependencies
+from recommender_server.deps import Breaker, Dependencies
 
 POPULAR = [(f"p{i}", 100.0 - i) for i in range(30)]
 
@@ -26,73 +30,98 @@ class FakeUsers:
         self.fail: Exception | None = None
         self.calls = 0
 
-    def get(self, user_id: str) -> UserDoc | None:
+    async def get(self, user_id: str) -> UserDoc | None:
         self.calls += 1
         if self.fail:
             raise self.fail
         return self.docs.get(user_id)
 
 
-class FakeItems:
+class FakeRedis:
+    """The few ``redis.asyncio`` calls :class:`Catalog` makes."""
+
     def __init__(self) -> None:
         self.unavail = {"gone", "p1"}
         self.fail = False
+        self.mgets = 0
 
     def _check(self) -> None:
         if self.fail:
             raise redis.ConnectionError("down")
 
-    def get_items(self, ids: list[str]) -> dict[str, Any]:
-        self._check()
-        return {i: {"title": i.upper()} for i in ids}
+    def pipeline(self, transaction: bool = False) -> Any:
+        outer = self
 
-    def unavailable_among(self, ids: list[str]) -> set[str]:
-        self._check()
-        return {i for i in ids if i in self.unavail}
+        class Pipe:
+            def zrevrange(self, *a: Any, **kw: Any) -> None:
+                pass
 
-    def popular(self, k: int) -> list[tuple[str, float]]:
+            def smembers(self, *a: Any) -> None:
+                pass
+
+            async def execute(self) -> list[Any]:
+                outer._check()
+                return [[(i, str(s)) for i, s in POPULAR], set(outer.unavail)]
+
+        return Pipe()
+
+    async def mget(self, keys: list[str]) -> list[str | None]:
         self._check()
-        return POPULAR[:k]
+        self.mgets += 1
+        ids = [k.rsplit(":", 1)[1] for k in keys]
+        return [None if i.startswith("nometa") else f'{{"title": "{i.upper()}"}}' for i in ids]
 
 
 class FakeFaiss:
     def __init__(self) -> None:
         self.fail: Exception | None = None
-        self.searches: list[tuple[int, list[str]]] = []
+        self.searches: list[tuple[int, int, list[str]]] = []
 
-    def search(self, vectors: Any, k: int, exclude: Any = ()) -> SearchResult:
-        if self.fail:
-            raise self.fail
-        self.searches.append((k, list(exclude)))
+    def _hits(self, k: int) -> list[tuple[str, float]]:
         hits = [(f"c{i}", 1.0 - i / 100) for i in range(k)]
         hits[1] = ("gone", 0.98)
-        return SearchResult("idx-3", [hits])
+        if k > 3:
+            hits[3] = ("seen", 0.96)
+        return hits
 
-    def similar(self, item_id: str, k: int, exclude: Any = ()) -> SimilarResult:
+    async def search(self, vector: Any, k: int, exclude: Any = ()) -> SearchResult:
+        return await self.search_many([vector], k, exclude)
+
+    async def search_many(self, vectors: Any, k: int, exclude: Any = ()) -> SearchResult:
+        await asyncio.sleep(0)
+        if self.fail:
+            raise self.fail
+        self.searches.append((len(vectors), k, list(exclude)))
+        return SearchResult("idx-3", [self._hits(k) for _ in vectors])
+
+    async def similar(self, item_id: str, k: int, exclude: Any = ()) -> SimilarResult:
         if self.fail:
             raise self.fail
         if item_id == "unknown":
             raise UnknownItem(item_id)
         return SimilarResult("idx-3", [(f"s{i}", 0.5) for i in range(k)])
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         if self.fail:
             raise self.fail
         return {"version": "idx-3", "size": 9}
 
 
 @pytest.fixture
-def fakes() -> tuple[FakeUsers, FakeItems, FakeFaiss]:
-    return FakeUsers(), FakeItems(), FakeFaiss()
+def fakes() -> tuple[FakeUsers, FakeRedis, FakeFaiss]:
+    return FakeUsers(), FakeRedis(), FakeFaiss()
 
 
-@pytest.fixture
-def client(fakes) -> testing.TestClient:
-    users, items, faiss = fakes
-    deps = Dependencies(users=users, items=items, faiss=faiss)  # type: ignore[arg-type]
-    config = ApiConfig.from_settings(Settings.from_env(), breaker_cooldown_s=0.0,
-                                     popular_ttl_s=0.0)
+def make_client(fakes: Any, **over: Any) -> testing.TestClient:
+    users, r, faiss = fakes
+    deps = Dependencies(users=users, catalog=Catalog(r, "t:", refresh_s=0.0), faiss=faiss)
+    config = ApiConfig.from_settings(Settings.from_env(), **{"breaker_cooldown_s": 0.0, **over})
     return testing.TestClient(create_app(config, deps))
+
+
+@pytest.fixture(params=["batched", "unbatched"])
+def client(fakes, request) -> testing.TestClient:
+    return make_client(fakes, faiss_batch_inflight=2 if request.param == "batched" else 0)
 
 
 def rec(client: testing.TestClient, user: str = "u1", k: int = 5) -> dict[str, Any]:
@@ -106,16 +135,17 @@ def test_personalised_items_skip_seen_and_unavailable_with_metadata(client, fake
     assert out["source"] == "personalized" and out["fallback_reason"] is None
     assert (out["model_version"], out["index_version"]) == ("m7", "idx-3")
     ids = [i["id"] for i in out["items"]]
-    assert len(ids) == 5 and "gone" not in ids
+    assert ids == ["c0", "c2", "c4", "c5", "c6"]  # "gone" unavailable, "seen" in history
     assert out["items"][0] == {"id": "c0", "score": 1.0, "source": "personalized",
                                "metadata": {"title": "C0"}}
-    k, exclude = fakes[2].searches[-1]
-    assert k == 5 + 10 and exclude == ["a", "seen"]  # history goes to FAISS as exclusions
+    _, k, exclude = fakes[2].searches[-1]
+    # Alone, the history goes to FAISS as exclusions; batched, FAISS returns more instead.
+    assert (k, exclude) in [(5 + 10, ["a", "seen"]), (5 + 10 + 2, [])]
 
 
 @pytest.mark.parametrize("setup, reason", [
-    (lambda u, i, f: None, "unknown_user"),
-    (lambda u, i, f: setattr(u, "fail", pymongo.errors.ServerSelectionTimeoutError("x")),
+    (lambda u, r, f: None, "unknown_user"),
+    (lambda u, r, f: setattr(u, "fail", pymongo.errors.ServerSelectionTimeoutError("x")),
      "mongo_unavailable"),
 ])
 def test_unknown_user_or_mongo_down_gives_popular(client, fakes, setup, reason) -> None:
@@ -139,21 +169,31 @@ def test_faiss_failures_give_popular_and_a_reason(client, fakes, error, reason) 
 
 
 def test_short_candidate_lists_are_filled_with_popular(client, fakes) -> None:
-    fakes[1].unavail |= {f"c{i}" for i in range(2, 30)}
+    fakes[1].unavail |= {f"c{i}" for i in range(2, 40)}
     out = rec(client, k=4)
     assert [i["source"] for i in out["items"]] == ["personalized", "popular", "popular",
                                                    "popular"]
     assert out["source"] == "personalized"
 
 
-def test_redis_down_still_answers_200_and_says_degraded(client, fakes) -> None:
+def test_redis_down_keeps_the_last_lists_and_says_degraded(fakes) -> None:
+    client = make_client(fakes)
+    assert rec(client)["items"][1]["id"] == "c2"  # the catalog is loaded once
     fakes[1].fail = True
     out = rec(client)
     assert out["source"] == "personalized" and out["degraded"] == ["redis"]
-    assert all(i["metadata"] is None for i in out["items"])
+    assert "gone" not in {i["id"] for i in out["items"]}  # last unavailable set still used
     fakes[2].fail = ServiceUnavailable("x")
     out = rec(client)
-    assert out["items"] == [] and out["fallback_reason"] == "faiss_unavailable"
+    assert out["fallback_reason"] == "faiss_unavailable" and out["source"] == "popular"
+    assert [i["id"] for i in out["items"]][:2] == ["p0", "p2"]  # last popular list
+
+
+def test_redis_down_from_the_start_still_answers_200(fakes) -> None:
+    fakes[1].fail = True
+    out = rec(make_client(fakes))
+    assert out["source"] == "personalized" and out["degraded"] == ["redis"]
+    assert all(i["metadata"] is None for i in out["items"])
 
 
 def test_breaker_skips_a_failed_dependency_until_cooldown() -> None:
@@ -164,20 +204,6 @@ def test_breaker_skips_a_failed_dependency_until_cooldown() -> None:
     assert not b.allow()
     now[0] = 0.6
     assert b.allow()
-
-
-def test_user_cache_serves_repeats_within_ttl_only() -> None:
-    now = [0.0]
-    store = FakeUsers()
-    cache = CachedUsers(store, ttl_s=0.5, clock=lambda: now[0])
-    cache.get("u1"), cache.get("u1"), cache.get("nobody"), cache.get("nobody")
-    assert store.calls == 2 and cache.hits == 2
-    now[0] = 0.51
-    cache.get("u1")
-    assert store.calls == 3
-    off = CachedUsers(store, ttl_s=0)
-    off.get("u1"), off.get("u1")
-    assert store.calls == 5
 
 
 def test_similar_items_and_fallback(client, fakes) -> None:
@@ -191,12 +217,17 @@ def test_similar_items_and_fallback(client, fakes) -> None:
     assert r.status_code == 200 and r.json["fallback_reason"] == "faiss_unavailable"
 
 
-def test_popular_and_its_redis_failure(client, fakes) -> None:
+def test_popular_and_its_redis_failure(fakes) -> None:
+    fakes[1].fail = True
+    client = make_client(fakes)
+    r = client.simulate_get("/v1/popular", params={"k": 3})
+    assert r.status_code == 503 and r.json["title"] == "Service unavailable"  # never loaded
+    fakes[1].fail = False
     r = client.simulate_get("/v1/popular", params={"k": 3})
     assert [i["id"] for i in r.json["items"]] == ["p0", "p2", "p3"]
     fakes[1].fail = True
     r = client.simulate_get("/v1/popular", params={"k": 3})
-    assert r.status_code == 503 and r.json["title"] == "Service unavailable"
+    assert r.status_code == 200 and r.json["degraded"] == ["redis"]
 
 
 @pytest.mark.parametrize("params", [{}, {"user_id": ""}, {"user_id": "u1", "k": 0},
@@ -219,12 +250,168 @@ def test_health_ready_and_openapi(client, fakes) -> None:
                      "/health", "/ready", "/openapi.json"}
 
 
-def test_asgi_build_answers_the_same(fakes) -> None:
-    users, items, faiss = fakes
-    deps = Dependencies(users=users, items=items, faiss=faiss)  # type: ignore[arg-type]
-    app = create_app(ApiConfig.from_settings(Settings.from_env()), deps, asgi=True)
-    c = testing.TestClient(app)
-    r = c.simulate_get("/v1/recommendations", params={"user_id": "u1", "k": 3})
-    assert r.status_code == 200 and r.json["source"] == "personalized"
-    assert c.simulate_get("/v1/recommendations").status_code == 400
-    assert c.simulate_get("/v1/items/unknown/similar").status_code == 404
+# --- caches --------------------------------------------------------------------------------
+class FakeCollection:
+    """``find_one`` of an async collection; ``gate`` holds reads until released."""
+
+    def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
+        self.docs = docs
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+        self.fail: Exception | None = None
+
+    async def find_one(self, query: dict[str, Any], projection: Any = None) -> Any:
+        self.reads += 1
+        snapshot = self.docs.get(query["_id"])
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise self.fail
+        return None if snapshot is None else {"_id": query["_id"], **snapshot}
+
+
+def event(op: str, user: str, vector: list[float] | None = None) -> dict[str, Any]:
+    ev: dict[str, Any] = {"operationType": op, "documentKey": {"_id": user}}
+    if vector is not None:
+        ev["fullDocument"] = {"_id": user, "vector": vector, "model_version": "m"}
+    return ev
+
+
+def test_user_cache_ttl_mode_serves_repeats_within_ttl_only() -> None:
+    now = [0.0]
+    col = FakeCollection({"u1": {"vector": [1.0]}})
+    cache = UserCache(col, ttl_s=0.5, clock=lambda: now[0])
+
+    async def run() -> None:
+        await cache.get("u1"), await cache.get("u1"), await cache.get("x"), await cache.get("x")
+        assert col.reads == 2 and cache.hits == 2
+        now[0] = 0.51
+        await cache.get("u1")
+        assert col.reads == 3
+        off = UserCache(col, ttl_s=0)
+        await off.get("u1"), await off.get("u1")
+        assert col.reads == 5
+
+    asyncio.run(run())
+
+
+def test_user_cache_stream_events_replace_entries_at_once() -> None:
+    now = [0.0]
+    col = FakeCollection({"u1": {"vector": [1.0]}})
+    cache = UserCache(col, ttl_s=0.5, max_age_s=60, clock=lambda: now[0])
+    cache.live = True
+
+    async def run() -> None:
+        assert (await cache.get("u1")).vector == [1.0]
+        assert await cache.get("new") is None
+        now[0] = 30.0  # far beyond the TTL: a live stream vouches for the entries
+        cache.apply_event(event("replace", "u1", [2.0]))
+        cache.apply_event(event("insert", "new", [3.0]))
+        assert (await cache.get("u1")).vector == [2.0]
+        assert (await cache.get("new")).vector == [3.0]
+        assert col.reads == 2
+        cache.apply_event(event("delete", "u1"))
+        assert await cache.get("u1") is None and col.reads == 2
+        cache._distrust()  # the stream broke: entries are trusted ttl_s more at most
+        now[0] = 30.6
+        await cache.get("new")
+        assert col.reads == 3
+
+    asyncio.run(run())
+
+
+def test_user_cache_event_during_a_read_wins_and_misses_coalesce() -> None:
+    col = FakeCollection({"u1": {"vector": [1.0]}})
+    cache = UserCache(col, ttl_s=0.5)
+    cache.live = True
+
+    async def run() -> None:
+        col.gate = asyncio.Event()
+        readers = [asyncio.create_task(cache.get("u1")) for _ in range(3)]
+        await asyncio.sleep(0)
+        cache.apply_event(event("replace", "u1", [9.0]))  # newer than the read in flight
+        col.gate.set()
+        docs = await asyncio.gather(*readers)
+        assert col.reads == 1
+        assert (await cache.get("u1")).vector == [9.0]
+        assert docs[0] is not None
+
+    asyncio.run(run())
+
+
+def test_user_cache_read_errors_reach_every_waiter() -> None:
+    col = FakeCollection({})
+    col.fail = pymongo.errors.ServerSelectionTimeoutError("down")
+    cache = UserCache(col)
+
+    async def run() -> None:
+        col.gate = asyncio.Event()
+        readers = [asyncio.create_task(cache.get("u1")) for _ in range(2)]
+        await asyncio.sleep(0)
+        col.gate.set()
+        out = await asyncio.gather(*readers, return_exceptions=True)
+        assert all(isinstance(o, pymongo.errors.ServerSelectionTimeoutError) for o in out)
+
+    asyncio.run(run())
+
+
+def test_catalog_refreshes_at_most_every_interval_and_caches_metadata() -> None:
+    now = [0.0]
+    r = FakeRedis()
+    cat = Catalog(r, "t:", refresh_s=1.0, meta_ttl_s=10.0, clock=lambda: now[0])
+
+    async def run() -> None:
+        await cat.fresh()
+        assert "gone" in cat.unavailable and cat.popular[0] == ("p0", 100.0)
+        r.unavail.add("p0")
+        now[0] = 0.5
+        await cat.fresh()
+        assert "p0" not in cat.unavailable
+        now[0] = 1.1
+        await cat.fresh()
+        assert "p0" in cat.unavailable
+        meta = await cat.metadata(["a", "nometa1"])
+        assert meta == {"a": {"title": "A"}, "nometa1": None}
+        await cat.metadata(["a", "nometa1"])
+        assert r.mgets == 1
+        now[0] = 20.0
+        await cat.metadata(["a"])
+        assert r.mgets == 2
+
+    asyncio.run(run())
+
+
+# --- batching ------------------------------------------------------------------------------
+def test_batcher_coalesces_concurrent_searches_and_drops_seen_items() -> None:
+    faiss = FakeFaiss()
+    batcher = SearchBatcher(faiss, max_batch=64, max_inflight=1)
+
+    async def run() -> None:
+        outs = await asyncio.gather(*[batcher.search([1.0], 3, ["c0"] if n == 0 else [])
+                                      for n in range(5)])
+        # the first goes alone, the four queued meanwhile go together
+        assert [n for n, _, _ in faiss.searches] == [1, 4]
+        assert all(exclude == [] for _, _, exclude in faiss.searches)
+        assert [i for i, _ in outs[0].results[0]] == ["gone", "c2", "seen"]
+        assert [i for i, _ in outs[1].results[0]] == ["c0", "gone", "c2"]
+        assert batcher.stats()["queries"] == 5
+
+    asyncio.run(run())
+
+
+def test_batcher_separates_dimensions_and_propagates_errors() -> None:
+    faiss = FakeFaiss()
+    batcher = SearchBatcher(faiss, max_inflight=1, max_history=1)
+
+    async def run() -> None:
+        await asyncio.gather(batcher.search([1.0], 2), batcher.search([1.0], 2),
+                             batcher.search([1.0, 2.0], 2))
+        assert [n for n, _, _ in faiss.searches] == [1, 1, 1]
+        await batcher.search([1.0], 2, ["a", "b"])  # long history: alone, with exclusions
+        assert faiss.searches[-1] == (1, 2, ["a", "b"])
+        faiss.fail = ServiceUnavailable("down")
+        out = await asyncio.gather(batcher.search([1.0], 2), batcher.search([1.0], 2),
+                                   return_exceptions=True)
+        assert all(isinstance(o, ServiceUnavailable) for o in out)
+
+    asyncio.run(run())

@@ -1,6 +1,7 @@
 """Recommender API + FAISS service as real processes against the real stack (Redis,
-SecantusDB): personalised answers, fallback while the FAISS service is down and back
-after it returns, readiness, and a schema-driven fuzz run."""
+SecantusDB): personalised answers, freshness of user vectors through the change-stream
+cache, fallback while MongoDB is stopped or the FAISS service is down (and back after it
+returns), readiness, and a schema-driven fuzz run."""
 
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ def world(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     faiss_args = ["faiss", "--dim", str(DIM), "--data-dir", str(tmp / "idx")]
     faiss = ServiceProcess(faiss_args, fport, settings, log_path=tmp / "faiss.log").start()
     FaissClient(faiss.url, "int-key", read_timeout_s=10).load_version((item_ids, vectors), "v1")
-    api = ServiceProcess(["api", "--workers", "1", "--user-cache-ttl", "0.2"], aport, settings,
+    # A TTL far beyond the waits below: fresh answers can only come from the change stream.
+    api = ServiceProcess(["api", "--workers", "1", "--user-cache", "stream",
+                          "--user-cache-ttl", "60"], aport, settings,
                          log_path=tmp / "api.log").start()
     try:
         yield World(settings, faiss, api, users, unavailable)
@@ -118,6 +121,77 @@ def test_schema_fuzz_of_the_api_finds_no_server_error(world: World) -> None:
     failures, statuses = fuzz_openapi(world.api.url)
     assert failures == []
     assert statuses[200] and statuses[400]
+
+
+def poll(world: World, user_id: str, done: Any, tries: int = 100) -> dict[str, Any]:
+    """Ask until ``done(answer)`` or ``tries`` × 50 ms (a bound, not a timed assertion)."""
+    out: dict[str, Any] = {}
+    for _ in range(tries):
+        out = world.get("/v1/recommendations", user_id=user_id, k=10).json()
+        if done(out):
+            break
+        time.sleep(0.05)
+    return out
+
+
+def test_new_user_vector_written_to_mongo_shows_up_in_recommendations(world: World) -> None:
+    store = UserStore(mongo_client(world.settings)[world.settings.mongo_db])
+    doc = world.users["user7"]
+    before = world.get("/v1/recommendations", user_id="user7", k=10).json()
+    assert before["model_version"] == "model-1"  # now cached in the API worker
+    new = UserDoc("user7", [-x for x in doc.vector], "model-2", history=doc.history + ["it0"])
+    store.upsert_many([new])
+    out = poll(world, "user7", lambda o: o["model_version"] == "model-2")
+    assert out["model_version"] == "model-2" and out["source"] == "personalized"
+    ids = [i["id"] for i in out["items"]]
+    assert ids != [i["id"] for i in before["items"]] and "it0" not in ids
+    ready = world.get("/ready").json()["checks"]["user_cache"]
+    assert ready["stream_live"] is True and ready["events"] >= 1
+
+
+def test_unknown_user_becomes_personalised_once_the_worker_writes_it(world: World) -> None:
+    first = world.get("/v1/recommendations", user_id="newcomer", k=5).json()
+    assert first["fallback_reason"] == "unknown_user"  # cached as unknown
+    store = UserStore(mongo_client(world.settings)[world.settings.mongo_db])
+    store.upsert_many([UserDoc("newcomer", list(world.users["user1"].vector), "model-1")])
+    out = poll(world, "newcomer", lambda o: o["source"] == "personalized")
+    assert out["source"] == "personalized" and out["fallback_reason"] is None
+
+
+def test_mongo_stopped_gives_popular_200s_and_ready_says_so(
+        world: World, tmp_path: Path) -> None:
+    from secantus import SecantusDBServer
+
+    server = SecantusDBServer(port=0, storage_path=":memory:")
+    server.start()
+    aport = free_port()
+    settings = Settings.from_env(**{**{f: getattr(world.settings, f) for f in (
+        "redis_url", "redis_prefix", "statsd_prefix", "local_dir", "faiss_url",
+        "faiss_api_key")}, "mongo_uri": server.uri, "mongo_db": "private", "api_port": aport})
+    mc = mongo_client(settings)
+    UserStore(mc[settings.mongo_db]).upsert_many([world.users["user1"], world.users["user2"]])
+    mc.close()
+    api = ServiceProcess(["api", "--workers", "1", "--user-cache-preload", "0"], aport,
+                         settings, log_path=tmp_path / "api.log").start()
+    try:
+        def get(user: str) -> requests.Response:
+            return requests.get(api.url + "/v1/recommendations",
+                                params={"user_id": user, "k": 5}, timeout=10)
+
+        assert get("user1").json()["source"] == "personalized"
+        server.stop()
+        outs = [get("user2") for _ in range(3)] + [get("nobody")]
+        assert all(r.status_code == 200 for r in outs)
+        assert {r.json()["source"] for r in outs} == {"popular"}
+        assert {r.json()["fallback_reason"] for r in outs} == {"mongo_unavailable"}
+        assert [i["id"] for i in outs[0].json()["items"]] == ["it0", "it4", "it5", "it6", "it7"]
+        # user1 was cached before the stop: still answered from memory
+        assert get("user1").status_code == 200
+        ready = requests.get(api.url + "/ready", timeout=10)
+        assert ready.status_code == 503 and ready.json()["checks"]["mongo"]["ok"] is False
+    finally:
+        api.stop()
+        server.stop()
 
 
 def test_faiss_down_gives_popular_200s_and_recovers_when_it_returns(world: World) -> None:

@@ -1,0 +1,1 @@
+"""Operators' view: metric catalogue, Graphite panels, Grafana dashboard (issue 6)."""

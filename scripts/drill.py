@@ -1,0 +1,363 @@
+"""Fault drills against the whole running system, with figures.
+
+    python -m scripts.drill                  # every drill, default sizes
+    python -m scripts.drill worker-kill faiss-restart --events 20000
+
+Each drill starts its own FAISS service, API and worker (own ports, topics, database,
+Redis prefix and log folder) on the shared local stack, so it never disturbs a demo:
+
+- ``worker-kill``: SIGKILL the worker mid-replay, restart it; every user's event count
+  must equal what was sent (nothing lost, nothing counted twice).
+- ``faiss-restart`` / ``mongodb-restart``: stop the dependency under API load and bring
+  it back; zero 5xx, fallbacks counted, time until personalised answers return.
+- ``malformed``: fuzzed malformed events interleaved with valid ones; all land in the
+  dead-letter topic, the worker stays up, every valid event is applied.
+- ``admin-keys``: FAISS write endpoints refuse a missing or wrong key.
+Prints one JSON line per drill; exits non-zero if any drill failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from common.clients import mongo_client, redis_client
+from common.events import interaction_json
+from common.kafka import delete_topics, ensure_topics
+from common.settings import Settings
+from datasets import movielens
+from datasets.types import Interactions
+from scripts.apps import AppManager
+from scripts.malformed import malformed_interactions
+from scripts.processes import free_port, wait_for
+from scripts.replay import Replayer, interaction_chunks
+from scripts.stack import StackManager
+
+
+class DrillFailed(AssertionError):
+    """A drill's expectation did not hold; the message says which and by how much."""
+
+
+@dataclass
+class DrillWorld:
+    """Namespaced settings and the apps of one drill run."""
+
+    base: Settings
+    workdir: Path
+    settings: Settings = field(init=False)
+    apps: AppManager = field(init=False)
+
+    def __post_init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        fport, aport = free_port(), free_port()
+        self.settings = Settings.from_env(
+            kafka_url=self.base.kafka_url, mongo_uri=self.base.mongo_uri,
+            redis_url=self.base.redis_url, mongo_db=f"drill_{tag}",
+            redis_prefix=f"drill-{tag}:", topic_interactions=f"drill-{tag}-interactions",
+            topic_items=f"drill-{tag}-items", topic_dead_letter=f"drill-{tag}-dlq",
+            worker_app_id=f"drill-{tag}", faiss_port=fport,
+            faiss_url=f"http://127.0.0.1:{fport}", api_port=aport,
+            local_dir=self.workdir, model_dir=self.workdir / "models",
+            export_interval_s=2.0, checkpoint_interval_s=5.0, statsd_port=free_port())
+        self.apps = AppManager(self.settings)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    def users(self) -> dict[str, dict[str, Any]]:
+        client = mongo_client(self.settings)
+        try:
+            return {d["_id"]: d for d in client[self.settings.mongo_db]["users"].find()}
+        finally:
+            client.close()
+
+    def total_events(self) -> int:
+        return sum(int(d.get("n_events", 0)) for d in self.users().values())
+
+    def replay(self, inter: Interactions, rate: float | None = None) -> None:
+        asyncio.run(Replayer(self.settings, rate=rate, progress=False).run(
+            [], interaction_chunks(inter, 1_000), len(inter)))
+
+    def cleanup(self) -> None:
+        self.apps.down()
+        client = mongo_client(self.settings)
+        client.drop_database(self.settings.mongo_db)
+        client.close()
+        r = redis_client(self.settings)
+        keys = list(r.scan_iter(match=f"{self.settings.redis_prefix}*", count=1000))
+        if keys:
+            r.delete(*keys)
+        r.close()
+        s = self.settings
+        asyncio.run(delete_topics(s, [s.topic_interactions, s.topic_items,
+                                      s.topic_dead_letter]))
+
+
+def _ml(settings: Settings) -> Interactions:
+    return movielens.load(settings.cache_dir).interactions.sorted_by_time()
+
+
+def _http_get(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except (OSError, ValueError):
+        return 0, {}
+
+
+# --- drills ---------------------------------------------------------------------------------
+def worker_kill(world: DrillWorld, events: int = 8_000) -> dict[str, Any]:
+    inter = _ml(world.settings).take(slice(0, events))
+    first = events * 3 // 8
+    world.apps.up(["worker"])
+    world.replay(inter.take(slice(0, first)))
+    wait_for(lambda: world.total_events() >= first // 3, 120, "the worker to apply events")
+    pid = world.apps.pid("worker")
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    applied_at_kill = world.total_events()
+    world.replay(inter.take(slice(first, None)))
+    world.apps.down(["worker"])  # clears the stale PID file
+    t0 = time.perf_counter()
+    world.apps.up(["worker"])
+    wait_for(lambda: world.total_events() >= events, 180, "all events after the restart")
+    recovery_s = time.perf_counter() - t0
+    time.sleep(1.0)  # anything extra would show up now
+    got = {u: d["n_events"] for u, d in world.users().items()}
+    expected = dict(Counter(inter.users.tolist()))
+    if got != expected:
+        diff = {u: (got.get(u), n) for u, n in expected.items() if got.get(u) != n}
+        raise DrillFailed(f"per-user event counts differ (got, expected): "
+                          f"{dict(list(diff.items())[:5])} ({len(diff)} users)")
+    return {"drill": "worker-kill", "events": events, "applied_at_kill": applied_at_kill,
+            "recovery_s": round(recovery_s, 2), "lost": 0, "double_counted": 0}
+
+
+class ApiLoad:
+    """Closed-loop clients recording (time, status, source) of every answer."""
+
+    def __init__(self, base: str, users: list[str], clients: int = 3) -> None:
+        self.base, self.users = base, users
+        self.records: list[tuple[float, int, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(j,), daemon=True)
+                         for j in range(clients)]
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        while not self._stop.is_set():
+            user = rng.choice(self.users)
+            status, body = _http_get(f"{self.base}/v1/recommendations?user_id={user}&k=10")
+            self.records.append((time.monotonic(), status, str(body.get("source", ""))))
+            time.sleep(0.01)
+
+    def __enter__(self) -> ApiLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+
+
+def _seed_for_serving(world: DrillWorld, events: int = 5_000) -> list[str]:
+    """Worker learns from some history; wait until the API answers personally."""
+    world.apps.up(["faiss", "api", "worker"])
+    inter = _ml(world.settings).take(slice(0, events))
+    world.replay(inter)
+    wait_for(lambda: world.total_events() >= events, 120, "seed events applied")
+    users = sorted(set(inter.users.tolist()))
+
+    def personal() -> bool:
+        return _http_get(f"{world.api}/v1/recommendations?user_id={users[0]}&k=5")[1].get(
+            "source") == "personalized"
+
+    wait_for(personal, 60, "personalised recommendations")
+    return users
+
+
+def dependency_restart(world: DrillWorld, which: str, down_s: float = 3.0) -> dict[str, Any]:
+    """Stop ``faiss`` or ``mongodb`` under API load, restart it, measure the damage."""
+    users = _seed_for_serving(world)
+    stack = StackManager(world.base)
+    mongo = next(s for s in stack.services if s.name == "mongodb")
+    if which == "mongodb" and stack._our_pid(mongo) is None:
+        return {"drill": "mongodb-restart", "skipped": "MongoDB was not started by "
+                "scripts.stack here, so the drill will not stop it"}
+    with ApiLoad(world.api, users) as load:
+        time.sleep(1.0)
+        t_down = time.monotonic()
+        if which == "faiss":
+            world.apps.down(["faiss"])
+        else:
+            stack.services = [mongo]
+            stack.down()
+        time.sleep(down_s)
+        t_up = time.monotonic()
+        if which == "faiss":
+            world.apps.up(["faiss"])
+        else:
+            stack.up()
+        t_ready = time.monotonic()
+        deadline = time.monotonic() + 60
+        recovered_at = None
+        while time.monotonic() < deadline:
+            recent = [r for r in load.records if r[0] > t_ready]
+            if any(src == "personalized" for _, _, src in recent[-5:]):
+                recovered_at = next(t for t, _, src in recent if src == "personalized")
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+    records = load.records
+    errors_5xx = sum(1 for _, st, _ in records if st >= 500 or st == 0)
+    during = [r for r in records if t_down <= r[0] <= t_up]
+    fallbacks = sum(1 for _, st, src in during if st == 200 and src == "popular")
+    result = {"drill": f"{which}-restart", "requests": len(records), "errors_5xx": errors_5xx,
+              "requests_while_down": len(during), "fallbacks_while_down": fallbacks,
+              "restart_s": round(t_ready - t_up, 2),
+              "recovery_s": None if recovered_at is None else round(recovered_at - t_ready, 2)}
+    if errors_5xx:
+        raise DrillFailed(f"{errors_5xx} requests failed (5xx or no answer): {result}")
+    if recovered_at is None:
+        raise DrillFailed(f"personalised answers did not return within 60 s: {result}")
+    if during and fallbacks == 0:
+        raise DrillFailed(f"no popular fallbacks while {which} was down: {result}")
+    return result
+
+
+def malformed(world: DrillWorld, bad: int = 1_000, good: int = 3_000) -> dict[str, Any]:
+    from scripts.readback import count_until, start_consumer
+
+    s = world.settings
+    valid = _ml(s).take(slice(0, good))
+    junk = malformed_interactions(bad, seed=7, max_bytes=s.max_event_bytes)
+    world.apps.up(["worker"])
+    stream = [(u.encode(), interaction_json(u, i, "rating", t, r))
+              for u, i, r, t in zip(valid.users.tolist(), valid.items.tolist(),
+                                    valid.ratings.tolist(), valid.ts_ms.tolist(), strict=True)]
+    rng = random.Random(3)
+    for j, raw in enumerate(junk):
+        stream.insert(rng.randrange(len(stream) + 1), (f"junk{j}".encode(), raw))
+
+    async def go() -> int:
+        await ensure_topics(s, [s.topic_interactions, s.topic_items, s.topic_dead_letter])
+        dlq = await start_consumer(s, [s.topic_dead_letter], f"drill-dlq-{uuid.uuid4().hex[:6]}")
+        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap,
+                                    max_request_size=4 * 1024 * 1024)
+        await producer.start()
+        try:
+            for key, value in stream:
+                await producer.send(s.topic_interactions, value, key=key)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        try:
+            got = await count_until(dlq, {s.topic_dead_letter: bad}, idle_timeout_s=60)
+        finally:
+            await dlq.stop()
+        return got.counts[s.topic_dead_letter]
+
+    dead = asyncio.run(go())
+    wait_for(lambda: world.total_events() >= good, 120, "valid events applied")
+    alive = world.apps.pid("worker") is not None
+    applied = world.total_events()
+    result = {"drill": "malformed", "malformed_sent": bad, "dead_letters": dead,
+              "valid_sent": good, "valid_applied": applied, "worker_alive": alive}
+    if dead != bad or applied != good or not alive:
+        raise DrillFailed(f"malformed drill: {result}")
+    return result
+
+
+def admin_keys(world: DrillWorld) -> dict[str, Any]:
+    world.apps.up(["faiss"])
+    url = f"{world.settings.faiss_url}/v1/items/drill-item"
+    body = json.dumps({"vector": [0.0] * 64}).encode()
+    statuses = {}
+    for label, key in (("missing", None), ("wrong", "not-the-key")):
+        req = urllib.request.Request(url, data=body, method="PUT",
+                                     headers={"Content-Type": "application/json"})
+        if key:
+            req.add_header("X-API-Key", key)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                statuses[label] = resp.status
+        except urllib.error.HTTPError as exc:
+            statuses[label] = exc.code
+    result = {"drill": "admin-keys", **{f"{k}_key_status": v for k, v in statuses.items()}}
+    if set(statuses.values()) != {401}:
+        raise DrillFailed(f"admin endpoints accepted a bad key: {result}")
+    return result
+
+
+DRILLS: dict[str, Callable[..., dict[str, Any]]] = {
+    "worker-kill": worker_kill,
+    "faiss-restart": lambda w, **kw: dependency_restart(w, "faiss", **kw),
+    "mongodb-restart": lambda w, **kw: dependency_restart(w, "mongodb", **kw),
+    "malformed": malformed,
+    "admin-keys": admin_keys,
+}
+
+
+def run_drill(name: str, base: Settings | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run one drill in a fresh world; always cleans up."""
+    base = base or Settings.from_env()
+    StackManager(base).up()
+    with tempfile.TemporaryDirectory(prefix=f"drill-{name}-") as tmp:
+        world = DrillWorld(base, Path(tmp))
+        try:
+            return DRILLS[name](world, **kwargs)
+        except Exception:
+            for row in world.apps.status():
+                log = Path(str(row["log"]))
+                if log.exists():
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                    print(f"--- {row['app']} log tail ---\n{tail}", file=sys.stderr)
+            raise
+        finally:
+            world.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Fault drills against the whole system.")
+    p.add_argument("drills", nargs="*", help=f"any of {', '.join(DRILLS)} (default: all)")
+    p.add_argument("--events", type=int, default=None, help="worker-kill: events to replay")
+    args = p.parse_args(argv)
+    unknown = [d for d in args.drills if d not in DRILLS]
+    if unknown:
+        p.error(f"unknown drill(s) {unknown}; choose from {list(DRILLS)}")
+    failed = 0
+    for name in args.drills or list(DRILLS):
+        kwargs = {"events": args.events} if name == "worker-kill" and args.events else {}
+        try:
+            print(json.dumps(run_drill(name, **kwargs)), flush=True)
+        except DrillFailed as exc:
+            failed += 1
+            print(json.dumps({"drill": name, "failed": str(exc)}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
