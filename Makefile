@@ -6,11 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: demo test up down status venv lint clean-local
+.PHONY: demo test bench up down status venv lint clean-local
 
 $(STAMP): requirements.txt requirements-dev.txt
-	@command -v redis-server >/dev/null || (echo "installing redis-server (Debian package)"; \
-		apt-get install -y -q redis-server >/dev/null)
+	@command -v redis-server >/dev/null && command -v wrk >/dev/null || \
+		(echo "installing redis-server and wrk (Debian packages)"; \
+		apt-get install -y -q redis-server wrk >/dev/null)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
@@ -24,10 +25,18 @@ status: venv
 	$(PY) -m scripts.stack status
 
 down:
+	@test -x $(PY) && $(PY) -m scripts.apps down || true
 	@test -x $(PY) && $(PY) -m scripts.stack down || true
 
 demo: up
 	$(PY) -m scripts.demo
+
+bench: up
+	$(PY) -m scripts.replay --quiet
+	$(PY) -m scripts.bench_learning
+	$(PY) -m scripts.bench_stream
+	$(PY) -m scripts.bench_serving
+	$(PY) -m scripts.bench_e2e
 
 test: up
 	$(PY) -m pytest -q

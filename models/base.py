@@ -93,8 +93,13 @@ class Recommender(ABC):
         self._resize()
 
     def _event_weights(self, batch: EventBatch) -> np.ndarray:
-        weights = np.empty(len(batch), dtype=np.float32)
         events = batch.events
+        first = events[0]
+        if (events == first).all():  # the usual micro-batch: one event type, no sort
+            w = self.event_weights.get(str(first))
+            if w is not None:
+                return np.full(len(batch), w, dtype=np.float32)
+        weights = np.empty(len(batch), dtype=np.float32)
         for name in np.unique(events).tolist():
             w = self.event_weights.get(name)
             if w is None:

@@ -32,9 +32,9 @@ class GMF(FactorModel):
     kind = "gmf"
 
     def __init__(self, dim: int = 64, lr: float = 0.05, lr_dense: float = 0.005,
-                 l2: float = 0.2, negatives: int = 16, sampler: str = "uniform",
-                 sampler_alpha: float = 0.75, loss: str = "bpr", accum_decay: float = 1.0,
-                 init_std: float = 0.1, growth: float = 1.25, share_negatives: bool = False,
+                 l2: float = 0.1, negatives: int = 256, sampler: str = "popularity",
+                 sampler_alpha: float = 0.75, loss: str = "softmax", accum_decay: float = 1.0,
+                 init_std: float = 0.1, growth: float = 1.25, share_negatives: bool = True,
                  event_weights: Mapping[str, float] | None = None,
                  history_size: int = 20, seed: int = 0) -> None:
         super().__init__(dim, lr, l2, negatives, sampler, sampler_alpha, loss, accum_decay,

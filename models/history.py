@@ -87,8 +87,9 @@ class SeenItems:
 
     def add(self, users: np.ndarray, items: np.ndarray) -> None:
         sets = self.sets
+        get = sets.get
         for u, i in zip(users.tolist(), items.tolist(), strict=True):
-            s = sets.get(u)
+            s = get(u)
             if s is None:
                 sets[u] = {i}
             else:

@@ -36,8 +36,7 @@ class IdMap:
     def add(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Rows of ``ids`` (int64), registering unseen ids in order of appearance."""
         keys = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
-        get = self._index.get
-        rows = [get(k) for k in keys]
+        rows = list(map(self._index.get, keys))  # C-level loop: the hot path of learning
         if None in rows:
             for j, r in enumerate(rows):
                 if r is None:
@@ -53,8 +52,10 @@ class IdMap:
     def lookup(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Rows of ``ids`` (int64); ``-1`` for ids never registered."""
         keys = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
-        get = self._index.get
-        return np.asarray([get(k, -1) for k in keys], dtype=np.int64)
+        rows = list(map(self._index.get, keys))
+        if None in rows:
+            rows = [-1 if r is None else r for r in rows]
+        return np.asarray(rows, dtype=np.int64)
 
     def ids_of(self, rows: Iterable[int]) -> list[str]:
         """External ids of ``rows``."""

@@ -18,7 +18,7 @@ from models.events import EventBatch
 
 #: Epochs over history per model kind, chosen on validation splits (see README of the
 #: evaluation in ``scripts/evaluate.py``).
-DEFAULT_EPOCHS: dict[str, int] = {"gmf": 25, "two_tower": 30, "popularity": 1}
+DEFAULT_EPOCHS: dict[str, int] = {"gmf": 20, "two_tower": 20, "popularity": 1}
 DEFAULT_BATCH_SIZE = 256
 
 

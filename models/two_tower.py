@@ -35,8 +35,8 @@ class TwoTower(FactorModel):
     kind = "two_tower"
 
     def __init__(self, dim: int = 64, lr: float = 0.05, lr_dense: float = 0.005,
-                 l2: float = 0.2, negatives: int = 16, sampler: str = "uniform",
-                 sampler_alpha: float = 0.75, loss: str = "bpr", accum_decay: float = 1.0,
+                 l2: float = 0.1, negatives: int = 256, sampler: str = "popularity",
+                 sampler_alpha: float = 0.75, loss: str = "softmax", accum_decay: float = 1.0,
                  init_std: float = 0.1, growth: float = 1.25, share_negatives: bool = True,
                  n_buckets: int = 4096,
                  max_tokens: int = 16, numeric_attributes: Sequence[str] = ("year",),

@@ -226,7 +226,7 @@ def unsent(found: Iterable[Found], metrics: Iterable[Metric] = METRICS) -> list[
 
 
 # --- Graphite paths --------------------------------------------------------------------
-_PATH = re.compile(r"stats\.(?:counters|timers|gauges)\.[\w.$*{},\-\[\]<>]+")
+_PATH = re.compile(r"stats\.(?:counters|timers|gauges)\.(?:[\w.$*\-\[\]<>]|\{[^{}()]*\})+")
 
 
 def graphite_paths(target: str) -> list[str]:
@@ -251,12 +251,10 @@ def check_path(path: str, prefix_vars: Iterable[str] = ("$prefix", "${prefix}"),
     metrics = list(metrics)
     for var in prefix_vars:
         path = path.replace(var, "PREFIX")
-    for kind, root in GRAPHITE_ROOT.items():
-        if path.startswith(root + "."):
-            rest = path[len(root) + 1:]
-            break
-    else:
+    kind = next((k for k, root in GRAPHITE_ROOT.items() if path.startswith(root + ".")), None)
+    if kind is None:
         return f"{path}: not under stats.counters|timers|gauges"
+    rest = path[len(GRAPHITE_ROOT[kind]) + 1:]
     for alt in _expand_braces(rest):
         parts = alt.split(".")
         if len(parts) < 3:
