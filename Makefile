@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: demo test bench up down status venv lint clean-local
+.PHONY: demo test bench up down status venv lint clean-local metrics metrics-down graphs
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v redis-server >/dev/null && command -v wrk >/dev/null || \
@@ -26,9 +26,11 @@ status: venv
 
 down:
 	@test -x $(PY) && $(PY) -m scripts.apps down || true
+	@test -x $(PY) && $(PY) -m scripts.metrics_stack down || true
 	@test -x $(PY) && $(PY) -m scripts.stack down || true
 
-demo: up
+demo: venv
+	$(PY) -m scripts.stack up --metrics
 	$(PY) -m scripts.demo
 
 bench: up
@@ -40,6 +42,15 @@ bench: up
 
 test: up
 	$(PY) -m pytest -q
+
+metrics: venv
+	$(PY) -m scripts.metrics_stack up
+
+metrics-down:
+	@test -x $(PY) && $(PY) -m scripts.metrics_stack down || true
+
+graphs: venv
+	$(PY) -m scripts.graphs --out .local/graphs --from -10min
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -35,12 +35,11 @@ def pair_loss_grads(pos: torch.Tensor, neg: torch.Tensor, weights: torch.Tensor,
     depend on how many other events share its batch.
     """
     if loss == "softmax":
-        logits = torch.cat([pos.unsqueeze(1), neg], 1)
-        lse = torch.logsumexp(logits, 1)
-        probs = (logits - lse.unsqueeze(1)).exp_().mul_(weights.unsqueeze(1))
+        probs = torch.softmax(torch.cat([pos.unsqueeze(1), neg], 1), 1)
+        value = -weights * probs[:, 0].clamp(min=1e-30).log()
+        probs.mul_(weights.unsqueeze(1))
         g_pos = probs[:, 0] - weights
         g_neg = probs[:, 1:]
-        value = weights * (lse - pos)
     elif loss == "bce":
         g_pos = weights * (torch.sigmoid(pos) - 1.0)
         g_neg = weights.unsqueeze(1) * torch.sigmoid(neg)

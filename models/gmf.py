@@ -63,9 +63,11 @@ class GMF(FactorModel):
         U = self.users_t.weight.index_select(0, u_rows)
         Vp = self.items_t.weight.index_select(0, i_rows)
         w = self.w.weight[0]
-        b = self.b.weight[0, 0]
+        # the global bias only moves logits of the pointwise loss; softmax and BPR are
+        # invariant to it (it stays 0), so the hot path skips adding it
+        b = float(self.b.weight[0, 0]) if self.loss == "bce" else 0.0
         uw = U * w
-        pos = (uw * Vp).sum(1) + b
+        pos = (uw * Vp).sum(1)
         l2 = self.l2
         if self.share_negatives:
             # one set of k negatives for the whole batch: two small GEMMs instead of
@@ -74,7 +76,9 @@ class GMF(FactorModel):
             Vn = self.items_t.weight.index_select(0, neg_rows)  # (k, d)
             neg = torch.addmm(self._sampler.logit_offset(neg_rows, self.loss), uw, Vn.T)
             neg.masked_fill_(neg_rows.unsqueeze(0) == i_rows.unsqueeze(1), -torch.inf)
-            neg.add_(b)
+            if b:
+                pos.add_(b)
+                neg.add_(b)
             loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
             m = torch.addmm(g_pos.unsqueeze(1) * Vp, g_neg, Vn)
             # L2 on a shared negative scaled by n/k: each item gets the same expected pull
@@ -86,6 +90,7 @@ class GMF(FactorModel):
             Vn3 = self.items_t.weight.index_select(0, neg_rows).view(n, k, self.dim)
             neg = (Vn3 * uw.unsqueeze(1)).sum(2) + b
             neg = neg + self._sampler.logit_offset(neg_rows, self.loss).view(n, k)
+            pos = pos + b
             loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
             m = g_pos.unsqueeze(1) * Vp + (g_neg.unsqueeze(2) * Vn3).sum(1)
             g_vn = (g_neg.unsqueeze(2) * uw.unsqueeze(1) + l2 * Vn3).reshape(n * k, self.dim)

@@ -39,6 +39,7 @@ class GrowableTable:
         self.accum = torch.zeros(max(1, capacity))
         self._gen = torch.Generator().manual_seed(seed)
         self.grow_count = 0
+        self._mean: torch.Tensor | None = None
 
     @property
     def capacity(self) -> int:
@@ -93,10 +94,15 @@ class GrowableTable:
         acc = self.accum.index_select(0, uniq)
         if decay != 1.0:
             acc.mul_(decay)
-        acc.add_(g.square().mean(dim=1))
+        acc.addmv_(g.square(), self._mean_vec())  # + mean of squared gradient per row
         self.accum.index_copy_(0, uniq, acc)
         g.mul_(acc.sqrt_().add_(eps).reciprocal_().mul_(-lr).unsqueeze(1))
         self.weight.index_add_(0, uniq, g)
+
+    def _mean_vec(self) -> torch.Tensor:
+        if self._mean is None or self._mean.dtype != self.weight.dtype:
+            self._mean = torch.full((self.dim,), 1.0 / self.dim, dtype=self.weight.dtype)
+        return self._mean
 
     def dense_step(self, g: torch.Tensor, lr: float, decay: float = 1.0,
                    eps: float = 1e-8) -> None:

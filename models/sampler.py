@@ -69,7 +69,7 @@ class NegativeSampler:
             return torch.zeros(len(rows))
         k = len(rows)
         if self.kind == "uniform":
-            return torch.full((len(rows),), float(np.log(self.n_items / k)))
+            return torch.full((k,), float(np.log(self.n_items / k)))
         return self._log_q[rows].neg_().sub_(float(np.log(k)))  # built by sample()
 
     def state(self) -> np.ndarray:

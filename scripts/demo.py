@@ -40,6 +40,8 @@ from datasets import movielens
 from datasets.types import Dataset
 from models.checkpoint import read_meta
 from scripts.apps import AppManager
+from scripts.graphs import GraphiteUnavailable, save_graphs
+from scripts.metrics_stack import REPEATER_PORT
 from scripts.readback import produce_and_count
 from scripts.replay import RUN_HEADER, Replayer, interaction_chunks
 from scripts.statsd_listener import StatsdListener
@@ -171,6 +173,24 @@ def check_broker(settings: Settings, ds: Dataset) -> dict[str, Any]:
             "replay_events_per_s": round(box["stats"].events_per_s)}
 
 
+def statsd_listener(settings: Settings) -> StatsdListener:
+    """Hear the apps' metrics: directly, or via the statsd daemon's repeater if it runs."""
+    try:
+        return StatsdListener(port=settings.statsd_port).start()
+    except OSError:  # the metrics pipeline's statsd daemon holds the port
+        return StatsdListener(port=REPEATER_PORT).start()
+
+
+def save_graphs_if_possible(settings: Settings, since_s: float) -> list[Path]:
+    try:
+        return save_graphs(Path(settings.local_dir) / "graphs", prefix=settings.statsd_prefix,
+                           start=f"-{int(since_s) + 30}s")
+    except GraphiteUnavailable as exc:
+        say(f"   (no graphs: {exc}; start the metrics pipeline with "
+            "`python -m scripts.stack up --metrics`)")
+        return []
+
+
 def bootstrap(settings: Settings) -> dict[str, Any]:
     subprocess.run([sys.executable, "-m", "scripts.bootstrap", "--until-fraction",
                     str(BOOTSTRAP_FRACTION), "--out", str(settings.model_dir)], check=True)
@@ -207,6 +227,7 @@ def wait_changed(api: Api, path: str, before: list[str], timeout_s: float) -> tu
 
 def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
     settings = Settings.from_env()
+    started = time.monotonic()
     apps = AppManager(settings)
     say("== 1. data and broker ==")
     ds = movielens.load(settings.cache_dir)
@@ -220,7 +241,7 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
     bootstrap(settings)
 
     say("\n== 3. services: FAISS, API, publish the bootstrap, worker ==")
-    stats = StatsdListener(port=settings.statsd_port).start()
+    stats = statsd_listener(settings)
     apps = AppManager(settings)  # FAISS dimension from the new checkpoint
     apps.up(["faiss", "api"])
     subprocess.run([sys.executable, "-m", "scripts.publish", "--until-fraction",
@@ -302,12 +323,19 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
         f"{figures['api_p50_ms']} ms, p99 {figures['api_p99_ms']} ms, "
         f"errors {figures['api_errors']}")
 
+    say("\n== graphs (rendered by Graphite) ==")
+    time.sleep(2.5)  # let statsd flush the last second
+    for png in save_graphs_if_possible(settings, time.monotonic() - started):
+        say(f"   {png}")
+
     base = f"http://127.0.0.1:{settings.api_port}"
     say("\n== try it ==")
     say(f"   curl '{base}/v1/recommendations?user_id={user}&k=10'")
     say(f"   curl '{base}/v1/items/50/similar?k=10'")
     say(f"   curl '{base}/v1/popular?k=10'      curl {base}/ready")
     say(f"   FAISS service: {settings.faiss_url}/v1/index    logs: {Path(settings.local_dir)}/logs")
+    say("   Graphite: http://127.0.0.1:8085/render?target=stats.recsys.worker.events.interactions"
+        "&from=-15min")
     say("   stop everything: make down")
     print(json.dumps({"broker_check": check, **figures}))
     ok = (check["interactions"] == 100_000 and check["items"] == 1_682

@@ -105,13 +105,17 @@ def _port_taken(proto: str, port: int) -> bool:
         return False
 
 
+#: UDP port the statsd daemon repeats every raw packet to (nobody listening = dropped).
+REPEATER_PORT = 8127
+
+
 class MetricsStack:
     """statsd + carbon-cache + graphite-web on 127.0.0.1; safe to call repeatedly."""
 
     def __init__(self, settings: Settings, graphite_port: int = 8085,
                  carbon_port: int = 2003, carbon_pickle_port: int = 2004,
                  carbon_query_port: int = 7002, statsd_mgmt_port: int = 8126,
-                 flush_interval_ms: int = 1000) -> None:
+                 flush_interval_ms: int = 1000, repeater_port: int = REPEATER_PORT) -> None:
         self.settings = settings
         self.root = Path(settings.local_dir)
         self.home = self.root / "metrics"
@@ -128,6 +132,7 @@ class MetricsStack:
         self.statsd_port = settings.statsd_port
         self.statsd_mgmt_port = statsd_mgmt_port
         self.flush_interval_ms = flush_interval_ms
+        self.repeater_port = repeater_port
         self.graphite_url = f"http://127.0.0.1:{graphite_port}"
         if settings.statsd_host not in ("127.0.0.1", "localhost"):
             raise StackError(f"statsd_host is {settings.statsd_host!r}: the local metrics "
@@ -342,7 +347,11 @@ FUNCTION_PLUGINS = []
             "address": "127.0.0.1", "port": self.statsd_port,
             "mgmt_address": "127.0.0.1", "mgmt_port": self.statsd_mgmt_port,
             "graphiteHost": "127.0.0.1", "graphitePort": self.carbon_port,
-            "backends": ["./backends/graphite"], "flushInterval": self.flush_interval_ms,
+            "backends": ["./backends/graphite", "./backends/repeater"],
+            # Raw packets are repeated to this port too, so a benchmark or the demo can
+            # compute exact percentiles while Graphite keeps its per-flush aggregates.
+            "repeater": [{"host": "127.0.0.1", "port": self.repeater_port}],
+            "flushInterval": self.flush_interval_ms,
             "percentThreshold": [90, 99], "deleteIdleStats": True,
             "graphite": {"legacyNamespace": False, "globalPrefix": "stats"},
         }

@@ -286,16 +286,26 @@ def _tail(path: Path, lines: int = 15) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--metrics", action="store_true",
+                        help="also statsd + Graphite (scripts.metrics_stack)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manager = StackManager(Settings.from_env())
     try:
         if args.action == "up":
             manager.up()
+            if args.metrics:
+                from scripts.metrics_stack import MetricsStack
+
+                MetricsStack(manager.settings).up()
             for row in manager.status():
                 print(f"{row['service']:8} {'up' if row['answers'] else 'DOWN':5} {row['url']}")
         elif args.action == "down":
             stopped = manager.down()
+            if args.metrics:
+                from scripts.metrics_stack import MetricsStack
+
+                stopped += MetricsStack(manager.settings).down()
             print("stopped: " + (", ".join(stopped) if stopped else "nothing (none started here)"))
         else:
             rows = manager.status()
