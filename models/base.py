@@ -93,20 +93,18 @@ class Recommender(ABC):
         self._resize()
 
     def _event_weights(self, batch: EventBatch) -> np.ndarray:
-        events = batch.events
-        first = events[0]
-        if (events == first).all():  # the usual micro-batch: one event type, no sort
-            w = self.event_weights.get(str(first))
-            if w is not None:
-                return np.full(len(batch), w, dtype=np.float32)
-        weights = np.empty(len(batch), dtype=np.float32)
-        for name in np.unique(events).tolist():
-            w = self.event_weights.get(name)
-            if w is None:
-                raise BadEvent(f"unknown event type {name!r}; expected one of "
-                               f"{sorted(self.event_weights)}")
-            weights[events == name] = w
-        return weights
+        """Loss weight of each event, by type (vectorised: a binary search over the
+        few known type names instead of a sort of the batch's strings)."""
+        names = sorted(self.event_weights)
+        table = np.array(names)
+        events = np.asarray(batch.events, dtype=str)
+        idx = np.searchsorted(table, events).clip(max=len(table) - 1)
+        bad = table[idx] != events
+        if bad.any():
+            raise BadEvent(f"unknown event type {str(events[bad][0])!r}; expected one of "
+                           f"{names}")
+        values = np.array([self.event_weights[n] for n in names], dtype=np.float32)
+        return values[idx]
 
     def _register(self, batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
         users = self.user_ids.add(batch.users)

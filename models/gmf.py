@@ -21,12 +21,17 @@ class GMF(FactorModel):
 
     ``lr`` is the row-wise Adagrad step size of the embeddings, ``lr_dense`` that of the
     shared ``w`` and ``b`` (they see every event, so they need a smaller step);
-    ``l2`` is added per occurrence of a row in a batch; ``growth`` is the factor by
-    which table capacity grows when full. With ``share_negatives`` a micro-batch draws
-    one set of ``negatives`` items that every event in it is contrasted with (the
-    in-batch trick of large-scale retrieval): the same number of negatives per event,
-    but the work becomes two small matrix products, which is what makes 100k+ events/s
-    on one core possible.
+    ``l2`` is added per occurrence of a row in a batch (a shared negative counts
+    ``n/k`` times, so the pull per event does not depend on the batch size);
+    ``growth`` is the factor by which table capacity grows when full. With
+    ``share_negatives`` a micro-batch draws one set of ``negatives`` items that every
+    event in it is contrasted with (the in-batch trick of large-scale retrieval): the
+    same number of negatives per event, but the work becomes small matrix products.
+
+    Defaults (sampled softmax over 256 shared negatives drawn by popularity^0.75 with
+    logQ correction, ``l2=0.1``, 20 epochs) were chosen on the full-ranking validation
+    split; they replaced BPR with 16 uniform negatives (validation NDCG@10 0.2377 →
+    0.2539). ``b`` only moves under ``loss="bce"`` (softmax and BPR ignore a shift).
     """
 
     kind = "gmf"
@@ -94,9 +99,9 @@ class GMF(FactorModel):
             loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
             m = g_pos.unsqueeze(1) * Vp + (g_neg.unsqueeze(2) * Vn3).sum(1)
             g_vn = (g_neg.unsqueeze(2) * uw.unsqueeze(1) + l2 * Vn3).reshape(n * k, self.dim)
-        g_u = m * w + l2 * U
-        g_vp = g_pos.unsqueeze(1) * uw + l2 * Vp
         g_w = (U * m).sum(0, keepdim=True)
+        g_u = U.mul_(l2).addcmul_(m, w)  # U, Vp are gathered copies: reuse their memory
+        g_vp = Vp.mul_(l2).addcmul_(g_pos.unsqueeze(1), uw)
         lr, decay = self.lr, self.accum_decay
         self.users_t.step(u_rows, g_u, lr, decay)
         self.items_t.step(torch.cat([i_rows, neg_rows]), torch.cat([g_vp, g_vn]), lr, decay)

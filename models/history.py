@@ -7,6 +7,8 @@ array, so a million users cost ``4 × size`` MB and an append is vectorised per 
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 
 
@@ -83,17 +85,12 @@ class SeenItems:
     """Every item row each user has interacted with (for ``exclude_seen``)."""
 
     def __init__(self) -> None:
-        self.sets: dict[int, set[int]] = {}
+        self.sets: defaultdict[int, set[int]] = defaultdict(set)
 
     def add(self, users: np.ndarray, items: np.ndarray) -> None:
-        sets = self.sets
-        get = sets.get
+        sets = self.sets  # one C-level lookup per event (a miss creates the set)
         for u, i in zip(users.tolist(), items.tolist(), strict=True):
-            s = get(u)
-            if s is None:
-                sets[u] = {i}
-            else:
-                s.add(i)
+            sets[u].add(i)
 
     def of(self, user: int) -> set[int]:
         return self.sets.get(user, set())

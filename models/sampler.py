@@ -3,7 +3,8 @@
 Uniform sampling treats every item as an equally likely negative; sampling by
 popularity^0.75 (word2vec's unigram trick) shows the model more of the popular items
 it would otherwise over-rank. Counts grow with the stream; the popularity CDF is
-rebuilt every ``refresh_every`` events so sampling stays O(log items) per draw.
+rebuilt every ``max(refresh_every, n_items)`` events so sampling stays O(log items)
+per draw and the rebuild O(1) amortised per event.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class NegativeSampler:
             raise ValueError("no items to sample negatives from")
         if self.kind == "uniform":
             return torch.randint(0, self.n_items, (n,), generator=self.gen)
-        if self._cdf is None or self._since_refresh >= self.refresh_every:
+        # a refresh costs O(items); doing it at most every max(refresh_every, items)
+        # events keeps it O(1) amortised per event for any catalogue size
+        if self._cdf is None or self._since_refresh >= max(self.refresh_every, self.n_items):
             w = (self.counts[: self.n_items] + 1.0) ** self.alpha
             cdf = np.cumsum(w)
             self._cdf = torch.from_numpy(cdf / cdf[-1])

@@ -16,8 +16,9 @@ import numpy as np
 from models.base import Recommender
 from models.events import EventBatch
 
-#: Epochs over history per model kind, chosen on validation splits (see README of the
-#: evaluation in ``scripts/evaluate.py``).
+#: Epochs over history per model kind, chosen on validation splits (see
+#: ``scripts/evaluate.py``): with the sampled-softmax defaults validation NDCG@10
+#: (full) flattens by 20 epochs for both models.
 DEFAULT_EPOCHS: dict[str, int] = {"gmf": 20, "two_tower": 20, "popularity": 1}
 DEFAULT_BATCH_SIZE = 256
 

@@ -29,7 +29,10 @@ class TwoTower(FactorModel):
 
     ``n_buckets`` hashed categorical embeddings, at most ``max_tokens`` per item;
     ``numeric_attributes`` are z-scored; ``ignore_attributes`` are free text that
-    hashing would turn into per-item noise.
+    hashing would turn into per-item noise. ``share_negatives``: one set of
+    ``negatives`` items per micro-batch (see ``GMF``), so the item tower runs on
+    ``n + k`` rows instead of ``n·(k + 1)`` — what makes 256 softmax negatives
+    affordable. Defaults are GMF's (chosen the same way, on validation splits).
     """
 
     kind = "two_tower"
@@ -70,6 +73,7 @@ class TwoTower(FactorModel):
         self.num_raw = torch.zeros(0, n_num, dtype=torch.float64)
         self.num_has = torch.zeros(0, n_num, dtype=torch.bool)
         self._num_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._width: int | None = None  # see _token_width
 
     # --- tables ---------------------------------------------------------------------
     def _resize_tables(self, n_users: int, n_items: int) -> None:
@@ -116,6 +120,7 @@ class TwoTower(FactorModel):
             self.num_has[row, j] = ok
             self.num_raw[row, j] = float(value) if ok else 0.0  # type: ignore[arg-type]
         self._num_stats = None
+        self._width = None
 
     def _numeric(self, rows: torch.Tensor | None) -> torch.Tensor:
         """z-scored numeric attributes (0 where missing), stats over the catalogue."""
@@ -133,13 +138,21 @@ class TwoTower(FactorModel):
 
     # --- towers ---------------------------------------------------------------------
     def _item_tower(self, rows: torch.Tensor | None) -> torch.Tensor:
-        n = len(self.item_ids)
+        n, width = len(self.item_ids), self._token_width()
         e = self.items_t.rows() if rows is None else self.items_t.weight[rows]
-        tok = self.tok[:n] if rows is None else self.tok[rows]
-        tokw = self.tokw[:n] if rows is None else self.tokw[rows]
+        tok = self.tok[:n, :width] if rows is None else self.tok[rows, :width]
+        tokw = self.tokw[:n, :width] if rows is None else self.tokw[rows, :width]
         cats = self.cats_t.weight[tok.reshape(-1)].view(*tok.shape, self.dim)
         return (e + (cats * tokw.unsqueeze(2)).sum(1)
                 + self._numeric(rows) @ self.num_t.weight[: self.num_t.n_rows])
+
+    def _token_width(self) -> int:
+        """Token slots any item uses (tokens fill slots from 0): the item tower gathers
+        only these, not all ``max_tokens`` (MovieLens: 6 of 16)."""
+        if self._width is None:
+            used = (self.tokw[: len(self.item_ids)] > 0).sum(1)
+            self._width = max(1, int(used.max())) if len(used) else 1
+        return self._width
 
     def _history_mask(self, users: np.ndarray, exclude: torch.Tensor | None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +227,8 @@ class TwoTower(FactorModel):
         # item tower
         l2_rows = reg * l2
         self.items_t.step(all_rows, g_p + l2_rows * self.items_t.weight[all_rows], lr, decay)
-        tok, tokw = self.tok[all_rows], self.tokw[all_rows]
+        width = self._token_width()
+        tok, tokw = self.tok[all_rows, :width], self.tokw[all_rows, :width]
         r_idx, t_idx = (tokw > 0).nonzero(as_tuple=True)
         if len(r_idx):
             c_rows = tok[r_idx, t_idx]
@@ -254,6 +268,7 @@ class TwoTower(FactorModel):
         self.num_raw[:n] = torch.from_numpy(arrays["num_raw"])
         self.num_has[:n] = torch.from_numpy(arrays["num_has"])
         self._num_stats = None
+        self._width = None
 
 
 def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:

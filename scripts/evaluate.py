@@ -38,7 +38,6 @@ from models.evaluation import (
 from models.events import EventBatch
 from models.training import DEFAULT_EPOCHS, create_model, fit
 
-
 #: Per-(model, protocol) overrides of the model defaults, each chosen on that protocol's
 #: validation split (``--split validation``); see the module docstring.
 PROTOCOL_PARAMS: dict[tuple[str, str], dict[str, object]] = {

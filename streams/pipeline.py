@@ -334,9 +334,11 @@ class ItemPipeline:
                 upserts.pop(ev.item_id, None)
                 deletes.append(ev.item_id)
         if upserts:
-            vectors = await self.holder.run(_upsert_items, list(upserts.values()))
+            # Metadata first: once the model knows an item, an export may index it, and an
+            # indexed item must never lack its metadata.
             await asyncio.to_thread(self.items.put_items,
-                                    {i: dict(ev.attributes) for i, ev in upserts.items()})
+                                    {i: dict(ev.attributes or {}) for i, ev in upserts.items()})
+            vectors = await self.holder.run(_upsert_items, list(upserts.values()))
             await asyncio.to_thread(self._push_vectors, vectors)
         if deletes:
             await asyncio.to_thread(self.items.mark_unavailable, deletes)
@@ -377,4 +379,4 @@ class ItemPipeline:
 
 
 def _upsert_items(model: Recommender, events: list[ItemEvent]) -> dict[str, np.ndarray]:
-    return {ev.item_id: model.upsert_item(ev.item_id, ev.attributes) for ev in events}
+    return {ev.item_id: model.upsert_item(ev.item_id, ev.attributes or {}) for ev in events}

@@ -37,7 +37,8 @@ def wsettings(stack: Settings, tmp_path: Path) -> Settings:
         mongo_db=f"wtest_{tag}", redis_prefix=f"wtest-{tag}:",
         topic_interactions=f"wtest-{tag}-interactions", topic_items=f"wtest-{tag}-items",
         topic_dead_letter=f"wtest-{tag}-dlq", worker_app_id=f"wtest-{tag}",
-        model_dir=tmp_path / "models", faiss_url=f"http://127.0.0.1:{free_port()}",
+        model_dir=tmp_path / "models", local_dir=tmp_path,
+        faiss_url=f"http://127.0.0.1:{free_port()}",
         worker_history_size=HISTORY, checkpoint_interval_s=2.0, export_interval_s=2.0,
         statsd_port=free_port(),
     )
