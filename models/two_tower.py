@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.factor import FactorModel, pair_loss_grads
 from models.growable import GrowableTable
@@ -142,9 +143,10 @@ class TwoTower(FactorModel):
         e = self.items_t.rows() if rows is None else self.items_t.weight[rows]
         tok = self.tok[:n, :width] if rows is None else self.tok[rows, :width]
         tokw = self.tokw[:n, :width] if rows is None else self.tokw[rows, :width]
-        cats = self.cats_t.weight[tok.reshape(-1)].view(*tok.shape, self.dim)
-        return (e + (cats * tokw.unsqueeze(2)).sum(1)
-                + self._numeric(rows) @ self.num_t.weight[: self.num_t.n_rows])
+        # weighted sum of token embeddings in one fused kernel (no (n, width, dim) copy)
+        cats = F.embedding_bag(tok, self.cats_t.weight, per_sample_weights=tokw, mode="sum")
+        return torch.addmm(e + cats, self._numeric(rows),
+                           self.num_t.weight[: self.num_t.n_rows])
 
     def _token_width(self) -> int:
         """Token slots any item uses (tokens fill slots from 0): the item tower gathers
@@ -167,9 +169,10 @@ class TwoTower(FactorModel):
         rows = torch.from_numpy(np.asarray(users, dtype=np.int64))
         hist, mask = self._history_mask(users, exclude)
         inv_n = 1.0 / mask.sum(1).clamp(min=1).float()
-        h = self.hist_t.weight[hist.reshape(-1)].view(*hist.shape, self.dim)
-        q = self.users_t.weight[rows] + (h * (mask.float() * inv_n.unsqueeze(1))
-                                         .unsqueeze(2)).sum(1)
+        q = self.users_t.weight[rows]
+        if hist.shape[1]:  # history_size=0: no history part
+            q = q + F.embedding_bag(hist, self.hist_t.weight, mode="sum",
+                                    per_sample_weights=mask.float() * inv_n.unsqueeze(1))
         return q, hist, mask, inv_n
 
     def _query(self, users: np.ndarray) -> torch.Tensor:

@@ -99,6 +99,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("worker", "model.loss", GAUGE, "Training loss of the last micro-batch.", _W),
     Metric("worker", "model.users", GAUGE, "Users in the worker's model.", _W),
     Metric("worker", "model.items", GAUGE, "Items in the worker's model.", _W),
+    Metric("worker", "model.new_users", COUNTER,
+           "Users added to the model's tables (table growth).", _W),
+    Metric("worker", "model.new_items", COUNTER,
+           "Items added to the model's tables (table growth).", _W),
     Metric("worker", "latency.click_to_vector_ms", TIMER,
            "Freshness: click published on Kafka → user vector written to MongoDB "
            "(one sample per user per batch).", _W),

@@ -20,7 +20,6 @@ Prints one JSON line with those keys.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import subprocess
@@ -32,14 +31,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from aiokafka import AIOKafkaProducer
 
 from common.events import interaction_json, item_json
 from common.settings import Settings
 from datasets import movielens
 from scripts.bench_serving import parse_wrk
 from scripts.drill import DrillWorld, _http_get
-from scripts.processes import wait_for
+from scripts.processes import SyncProducer, wait_for
 from scripts.stack import StackManager
 
 WRK_LUA = """
@@ -51,34 +49,7 @@ end
 """
 
 
-class Producer:
-    """One long-lived producer on its own event loop thread (sends are timed precisely)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def make() -> AIOKafkaProducer:
-            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0)
-            await producer.start()
-            return producer
-
-        self.producer: AIOKafkaProducer = self._call(make())  # type: ignore[assignment]
-
-    def _call(self, coro: object) -> object:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)  # type: ignore[arg-type]
-
-    def send(self, topic: str, key: str, value: bytes) -> None:
-        self._call(self.producer.send_and_wait(topic, value, key=key.encode()))
-
-    def close(self) -> None:
-        self._call(self.producer.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
-def click_to_recs(world: DrillWorld, producer: Producer, users: list[str],
+def click_to_recs(world: DrillWorld, producer: SyncProducer, users: list[str],
                   timeout_s: float = 10.0) -> list[float]:
     out = []
     for user in users:
@@ -101,7 +72,7 @@ def click_to_recs(world: DrillWorld, producer: Producer, users: list[str],
     return out
 
 
-def new_items(world: DrillWorld, producer: Producer, n: int,
+def new_items(world: DrillWorld, producer: SyncProducer, n: int,
               timeout_s: float = 15.0) -> list[float]:
     rng = np.random.default_rng(5)
     genres = ["Action", "Comedy", "Drama", "Sci-Fi", "Horror", "Romance", "Thriller"]
@@ -167,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(lambda: _http_get(f"{world.api}/v1/recommendations?user_id="
                                        f"{seed.users[-1]}&k=5")[1].get("source")
                      == "personalized", 60, "personalised answers")
-            producer = Producer(world.settings)
+            producer = SyncProducer(world.settings)
             users = list(dict.fromkeys(seed.users[::-1].tolist()))[:n_clicks]
             print(f"click → recommendations changed, {len(users)} users ...", file=sys.stderr)
             clicks = click_to_recs(world, producer, users)

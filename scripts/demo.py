@@ -334,8 +334,8 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
     say(f"   curl '{base}/v1/items/50/similar?k=10'")
     say(f"   curl '{base}/v1/popular?k=10'      curl {base}/ready")
     say(f"   FAISS service: {settings.faiss_url}/v1/index    logs: {Path(settings.local_dir)}/logs")
-    say("   Graphite: http://127.0.0.1:8085/render?target=stats.recsys.worker.events.interactions"
-        "&from=-15min")
+    say("   Graphite: http://127.0.0.1:8085/render?target=stats.counters.recsys.worker"
+        ".events.interactions.rate&from=-15min    graphs: make graphs")
     say("   stop everything: make down")
     print(json.dumps({"broker_check": check, **figures}))
     ok = (check["interactions"] == 100_000 and check["items"] == 1_682

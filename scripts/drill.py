@@ -62,6 +62,7 @@ class DrillWorld:
 
     base: Settings
     workdir: Path
+    export_interval_s: float = 2.0
     settings: Settings = field(init=False)
     apps: AppManager = field(init=False)
 
@@ -76,19 +77,24 @@ class DrillWorld:
             worker_app_id=f"drill-{tag}", faiss_port=fport,
             faiss_url=f"http://127.0.0.1:{fport}", api_port=aport,
             local_dir=self.workdir, model_dir=self.workdir / "models",
-            export_interval_s=2.0, checkpoint_interval_s=5.0, statsd_port=free_port())
+            export_interval_s=self.export_interval_s, checkpoint_interval_s=5.0,
+            statsd_port=free_port())
         self.apps = AppManager(self.settings)
+        self._mongo: Any = None
+
+    @property
+    def mongo(self) -> Any:
+        """A client kept for the world's lifetime (polling loops reuse it)."""
+        if self._mongo is None:
+            self._mongo = mongo_client(self.settings)
+        return self._mongo
 
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.settings.api_port}"
 
     def users(self) -> dict[str, dict[str, Any]]:
-        client = mongo_client(self.settings)
-        try:
-            return {d["_id"]: d for d in client[self.settings.mongo_db]["users"].find()}
-        finally:
-            client.close()
+        return {d["_id"]: d for d in self.mongo[self.settings.mongo_db]["users"].find()}
 
     def total_events(self) -> int:
         return sum(int(d.get("n_events", 0)) for d in self.users().values())
@@ -99,9 +105,9 @@ class DrillWorld:
 
     def cleanup(self) -> None:
         self.apps.down()
-        client = mongo_client(self.settings)
-        client.drop_database(self.settings.mongo_db)
-        client.close()
+        self.mongo.drop_database(self.settings.mongo_db)
+        self.mongo.close()
+        self._mongo = None
         r = redis_client(self.settings)
         keys = list(r.scan_iter(match=f"{self.settings.redis_prefix}*", count=1000))
         if keys:

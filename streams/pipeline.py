@@ -100,6 +100,7 @@ class InteractionPipeline:
         self.popularity = DecayedPopularity(half_life_s)
         self._popularity_loaded = False
         self.last_offsets: dict[int, int] = {}
+        self._sizes = (len(holder.model.user_ids), len(holder.model.item_ids))
         self.totals: dict[str, float] = {"events": 0, "applied": 0, "duplicates": 0,
                                          "dead_letters": 0, "batches": 0, "learn_s": 0.0,
                                          "write_s": 0.0, "process_s": 0.0}
@@ -234,8 +235,14 @@ class InteractionPipeline:
         pipe.timing("batch.write_ms", r.write_s * 1000)
         if r.applied:
             pipe.gauge("model.loss", r.loss)
-        pipe.gauge("model.users", len(self.holder.model.user_ids))
-        pipe.gauge("model.items", len(self.holder.model.item_ids))
+        n_users, n_items = len(self.holder.model.user_ids), len(self.holder.model.item_ids)
+        if n_users > self._sizes[0]:
+            pipe.incr("model.new_users", n_users - self._sizes[0])
+        if n_items > self._sizes[1]:
+            pipe.incr("model.new_items", n_items - self._sizes[1])
+        self._sizes = (n_users, n_items)
+        pipe.gauge("model.users", n_users)
+        pipe.gauge("model.items", n_items)
         for lat in r.click_to_vector_s:
             pipe.timing("latency.click_to_vector_ms", lat * 1000)
         pipe.send()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import BadEvent
 from datasets.synthetic import SyntheticConfig, SyntheticGenerator
 from models.base import Recommender
 from models.events import EventBatch
@@ -81,10 +82,10 @@ def test_single_event_stream_keeps_what_the_batches_learnt(cls: type[Recommender
     gen = SyntheticGenerator(SyntheticConfig(n_users=200, n_items=120, n_clusters=6,
                                              taste=0.9, seed=3))
     events = EventBatch.from_interactions(gen.interactions(12_000))
-    train, stream, held = (events.take(slice(0, 8_000)), events.take(slice(8_000, 8_500)),
+    train, stream, held = (events.take(slice(0, 8_000)), events.take(slice(8_000, 8_300)),
                            events.take(slice(10_000, None)))
     model = cls(dim=16, seed=0)
-    fit(model, train, epochs=5, batch_size=128)
+    fit(model, train, epochs=3, batch_size=256)
     before = auc(model, held)
     norm_before = item_norm(model)
     for j in range(len(stream)):
@@ -93,3 +94,19 @@ def test_single_event_stream_keeps_what_the_batches_learnt(cls: type[Recommender
     assert auc(model, held) > before - 0.03
     # the item table is not shrunk toward zero by events it was only a negative of
     assert item_norm(model) > 0.8 * norm_before
+
+
+def test_event_weights_are_looked_up_per_event() -> None:
+    model = GMF(dim=4)
+    batch = EventBatch(np.array(["u"] * 3), np.array(["i"] * 3),
+                       np.array(["purchase", "view", "click"], dtype=object),
+                       np.ones(3, np.float32), np.zeros(3, np.int64))
+    assert model._event_weights(batch).tolist() == [4.0, 0.5, 1.0]
+    with pytest.raises(BadEvent, match="'add_to_cart_x'"):  # a known name's prefix is no match
+        model._event_weights(EventBatch.of(["u"], ["i"], event="add_to_cart_x"))
+
+
+def test_two_tower_without_history_still_learns_and_serves() -> None:
+    model = TwoTower(dim=8, history_size=0)
+    assert np.isfinite(model.learn_many(EventBatch.of(["a", "b"], ["x", "y"])))
+    assert model.recommend(["a"], 2)[0].tolist() == [["y", ""]]
