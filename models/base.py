@@ -48,9 +48,22 @@ class Recommender(ABC):
         self.item_ids = IdMap()
         self.history = RecentHistory(history_size)
         self.seen = SeenItems()
+        #: Runtime mode, not a hyperparameter: see :meth:`stop_tracking_seen`.
+        self.track_seen = True
         self.version = "unsaved"
         self.events_seen = 0
         self.ts_range: list[int] | None = None  # [min, max] epoch ms of learned events
+
+    def stop_tracking_seen(self) -> None:
+        """Streaming mode: drop the per-user sets of every item ever seen.
+
+        Those sets grow with every event for ever; a never-ending stream must not keep
+        them (the serving path filters by the bounded recent history in MongoDB). After
+        this, ``recommend(exclude_seen=True)`` excludes the recent history only. Offline
+        evaluation keeps tracking (its protocols exclude all seen items).
+        """
+        self.track_seen = False
+        self.seen = SeenItems()
 
     # --- hyperparameters -------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -120,7 +133,8 @@ class Recommender(ABC):
     def _record(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
                 ts_ms: np.ndarray) -> None:
         self.history.append(users, items)
-        self.seen.add(users, items)
+        if self.track_seen:
+            self.seen.add(users, items)
         self._count(items, weights)
         self.events_seen += len(users)
         lo, hi = int(ts_ms.min()), int(ts_ms.max())
@@ -201,7 +215,12 @@ class Recommender(ABC):
             r_idx: list[int] = []
             c_idx: list[int] = []
             for j, u in enumerate(rows.tolist()):
-                s = self.seen.of(u) if u >= 0 else ()
+                if u < 0:
+                    s: Any = ()
+                elif self.track_seen:
+                    s = self.seen.of(u)
+                else:
+                    s = self.history.of(u).tolist()
                 r_idx.extend([j] * len(s))
                 c_idx.extend(s)
             if r_idx:

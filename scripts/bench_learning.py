@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--params", default="{}",
                    help="JSON of GMF hyperparameters to override (e.g. negatives)")
+    p.add_argument("--track-seen", action="store_true",
+                   help="keep the unbounded per-user seen sets (offline evaluation mode)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     gen = SyntheticGenerator(SyntheticConfig(n_users=args.users, n_items=args.items, seed=0))
     events = EventBatch.from_interactions(gen.interactions(args.events))
     model = GMF(dim=args.dim, **json.loads(args.params))
+    if not args.track_seen:
+        model.stop_tracking_seen()  # as the streaming worker runs it (streams/app.py)
     model.register(users=[f"u{j}" for j in range(args.users)],
                    items=[f"i{j}" for j in range(args.items)])
     print(f"setup: {args.users:,} users x {args.items:,} items, dim {args.dim}, "

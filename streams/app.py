@@ -101,7 +101,9 @@ class Runtime:
         self.redis = redis_client(settings, timeout_s=5.0)
         self.db = mongo_db(settings)
         self.faiss = FaissClient.from_settings(settings, read_timeout_s=5.0)
-        self.holder = ModelHolder(load_model(settings))
+        model = load_model(settings)
+        model.stop_tracking_seen()  # unbounded per-user sets have no place in a stream
+        self.holder = ModelHolder(model)
         self.item_cache = ItemCache(self.redis, settings.redis_prefix)
         self.interactions = InteractionPipeline(
             self.holder, UserStore(self.db), self.item_cache, self.metrics,
