@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.settings import PROJECT_ROOT, Settings
-from scripts.stack import StackError, _alive, _tail
+from scripts.pidfiles import alive as _alive
+from scripts.pidfiles import tail as _tail
+from scripts.pidfiles import terminate
+from scripts.stack import StackError
 
 
 @dataclass
@@ -126,15 +128,7 @@ class AppManager:
                 continue
             pid = self.pid(app.name)
             if pid is not None:
-                try:
-                    os.killpg(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                deadline = time.monotonic() + 20
-                while _alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if _alive(pid):
-                    os.killpg(pid, signal.SIGKILL)
+                terminate(pid, app.name, group=True, timeout_s=20)
                 stopped.append(app.name)
             self._pid_file(app.name).unlink(missing_ok=True)
         return stopped

@@ -22,7 +22,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -40,6 +39,7 @@ from datasets import movielens
 from datasets.types import Dataset
 from models.checkpoint import read_meta
 from scripts.apps import AppManager
+from scripts.drill import ApiLoad
 from scripts.graphs import GraphiteUnavailable, save_graphs
 from scripts.metrics_stack import REPEATER_PORT
 from scripts.readback import produce_and_count
@@ -110,43 +110,6 @@ def reset_state(settings: Settings) -> None:
         r.delete(*keys)
     r.close()
     shutil.rmtree(worker_checkpoint_dir(settings), ignore_errors=True)
-
-
-class ApiLoad:
-    """Closed-loop API clients in threads: a bounded, polite load for latency figures."""
-
-    def __init__(self, port: int, users: list[str], clients: int = 4) -> None:
-        self.port, self.users, self.clients = port, users, clients
-        self.latencies: list[float] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(j,), daemon=True)
-                         for j in range(clients)]
-
-    def _run(self, j: int) -> None:
-        api = Api(self.port)
-        rng = np.random.default_rng(j)
-        while not self._stop.is_set():
-            user = self.users[int(rng.integers(len(self.users)))]
-            t0 = time.perf_counter()
-            try:
-                ok = api.get(f"/v1/recommendations?user_id={user}&k=10")["_status"] == 200
-            except (OSError, http.client.HTTPException, ValueError):
-                ok = False
-            self.latencies.append(time.perf_counter() - t0)
-            if not ok:
-                self.errors += 1
-            time.sleep(0.005)
-
-    def __enter__(self) -> ApiLoad:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(5)
 
 
 # --- the story -----------------------------------------------------------------------------
@@ -294,7 +257,7 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
     stats.take_timings("latency.click_to_vector_ms")
     before_count = stats.counter("events.interactions")
     users = sorted(set(inter.users.tolist()))
-    with ApiLoad(settings.api_port, users) as load:
+    with ApiLoad(f"http://127.0.0.1:{settings.api_port}", users, clients=4) as load:
         t0 = time.perf_counter()
         asyncio.run(Replayer(settings, rate=LIVE_RATE).run([], interaction_chunks(live),
                                                            len(live)))
@@ -304,14 +267,15 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
             time.sleep(0.1)
         ingest_s = time.perf_counter() - t0
     fresh = np.array(stats.take_timings("latency.click_to_vector_ms")) / 1000
-    lat_ms = np.array(load.latencies) * 1000
+    lat_ms = np.array([r[3] for r in load.records]) * 1000
+    api_errors = sum(1 for r in load.records if r[1] != 200)
     applied = stats.counter("events.interactions") - before_count
     figures = {
         "live_events": len(live), "applied": int(applied),
         "events_per_s": round(applied / ingest_s, 1),
         "click_to_vector_p99_s": round(float(np.percentile(fresh, 99)), 3) if len(fresh) else None,
         "click_to_recs_demo_s": round(took, 3), "new_item_s": round(new_item_s, 3),
-        "api_requests": len(lat_ms), "api_errors": load.errors,
+        "api_requests": len(lat_ms), "api_errors": api_errors,
         "api_p50_ms": round(float(np.percentile(lat_ms, 50)), 2) if len(lat_ms) else None,
         "api_p99_ms": round(float(np.percentile(lat_ms, 99)), 2) if len(lat_ms) else None,
     }

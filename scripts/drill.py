@@ -161,11 +161,11 @@ def worker_kill(world: DrillWorld, events: int = 8_000) -> dict[str, Any]:
 
 
 class ApiLoad:
-    """Closed-loop clients recording (time, status, source) of every answer."""
+    """Closed-loop API clients in threads recording (time, status, source, latency s)."""
 
     def __init__(self, base: str, users: list[str], clients: int = 3) -> None:
         self.base, self.users = base, users
-        self.records: list[tuple[float, int, str]] = []
+        self.records: list[tuple[float, int, str, float]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(j,), daemon=True)
                          for j in range(clients)]
@@ -174,8 +174,10 @@ class ApiLoad:
         rng = random.Random(seed)
         while not self._stop.is_set():
             user = rng.choice(self.users)
+            t0 = time.perf_counter()
             status, body = _http_get(f"{self.base}/v1/recommendations?user_id={user}&k=10")
-            self.records.append((time.monotonic(), status, str(body.get("source", ""))))
+            self.records.append((time.monotonic(), status, str(body.get("source", "")),
+                                 time.perf_counter() - t0))
             time.sleep(0.01)
 
     def __enter__(self) -> ApiLoad:
@@ -232,16 +234,16 @@ def dependency_restart(world: DrillWorld, which: str, down_s: float = 3.0) -> di
         recovered_at = None
         while time.monotonic() < deadline:
             recent = [r for r in load.records if r[0] > t_ready]
-            if any(src == "personalized" for _, _, src in recent[-5:]):
-                recovered_at = next(t for t, _, src in recent if src == "personalized")
+            if any(r[2] == "personalized" for r in recent[-5:]):
+                recovered_at = next(r[0] for r in recent if r[2] == "personalized")
                 break
             time.sleep(0.1)
         time.sleep(0.5)
     records = load.records
-    errors_5xx = sum(1 for _, st, _ in records if st >= 500 or st == 0)
+    errors_5xx = sum(1 for r in records if r[1] >= 500 or r[1] == 0)
     during = [r for r in records if t_down <= r[0] <= t_up]
-    fallbacks = sum(1 for _, st, src in during if st == 200 and src == "popular")
-    cached = sum(1 for _, st, src in during if st == 200 and src == "personalized")
+    fallbacks = sum(1 for r in during if r[1] == 200 and r[2] == "popular")
+    cached = sum(1 for r in during if r[1] == 200 and r[2] == "personalized")
     result = {"drill": f"{which}-restart", "requests": len(records), "errors_5xx": errors_5xx,
               "requests_while_down": len(during), "fallbacks_while_down": fallbacks,
               "personalized_while_down": cached,

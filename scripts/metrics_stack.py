@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import Settings
-from scripts.stack import StackError, _alive, _tail
+from scripts.pidfiles import pid_if_ours, terminate
+from scripts.pidfiles import tail as _tail
+from scripts.stack import StackError
 
 log = logging.getLogger("metrics_stack")
 
@@ -465,34 +466,13 @@ FUNCTION_PLUGINS = []
             pid = self._our_pid(daemon)
             if pid is None:
                 continue
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.1)
-            if _alive(pid):
-                log.warning("%s: still running after SIGTERM; sending SIGKILL", daemon.name)
-                os.killpg(pid, signal.SIGKILL)
+            terminate(pid, daemon.name, group=True)
             daemon.pid_file.unlink(missing_ok=True)
             stopped.append(daemon.name)
         return stopped
 
     def _our_pid(self, daemon: Daemon) -> int | None:
-        try:
-            pid = int(daemon.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            daemon.pid_file.unlink(missing_ok=True)
-            return None
-        if daemon.hint not in cmdline or not _alive(pid):
-            daemon.pid_file.unlink(missing_ok=True)  # gone, or PID reused
-            return None
-        return pid
+        return pid_if_ours(daemon.pid_file, daemon.hint)
 
     def status(self) -> list[dict[str, object]]:
         return [{"service": d.name, "url": d.url, "answers": d.answers(),

@@ -1,6 +1,6 @@
 """Publish a bootstrapped model to the serving stores, so its users are served at once.
 
-    python -m scripts.publish                       # latest checkpoint in RECSYS_MODEL_DIR/checkpoints
+    python -m scripts.publish                       # latest RECSYS_MODEL_DIR/checkpoints
     python -m scripts.publish --until-fraction 0.8  # + catalogue and popularity of that history
 
 Writes what the streaming worker would have written had it seen the history:

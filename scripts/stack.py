@@ -18,7 +18,6 @@ import importlib.resources
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from common.settings import Settings
+from scripts.pidfiles import alive as _alive  # noqa: F401 - re-exported for tests
+from scripts.pidfiles import pid_if_ours, terminate
+from scripts.pidfiles import tail as _tail
 
 log = logging.getLogger("stack")
 
@@ -231,56 +233,19 @@ class StackManager:
             pid = self._our_pid(svc)
             if pid is None:
                 continue
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.1)
-            if _alive(pid):
-                log.warning("%s: did not stop after SIGTERM; sending SIGKILL", svc.name)
-                os.kill(pid, signal.SIGKILL)
+            terminate(pid, svc.name)
             svc.pid_file.unlink(missing_ok=True)
             stopped.append(svc.name)
         return stopped
 
     def _our_pid(self, svc: Service) -> int | None:
         """The PID in the service's PID file if that process is still the one we started."""
-        try:
-            pid = int(svc.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            svc.pid_file.unlink(missing_ok=True)
-            return None
-        if svc.binary_hint not in cmdline:
-            svc.pid_file.unlink(missing_ok=True)  # PID reused by an unrelated process
-            return None
-        return pid
+        return pid_if_ours(svc.pid_file, svc.binary_hint)
 
     def status(self) -> list[dict[str, object]]:
         return [{"service": s.name, "url": s.url, "answers": s.answers(),
                  "managed_pid": self._our_pid(s), "log": str(s.log_file)}
                 for s in self.services]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,9 @@ from common.stores import ItemCache
 from datasets import movielens
 from datasets.types import Interactions
 from scripts.malformed import malformed_interactions
+from scripts.processes import FaissProcess, WorkerProcess, free_port, wait_for
 from scripts.readback import count_until, start_consumer
 from scripts.replay import Replayer, interaction_chunks
-from scripts.processes import FaissProcess, WorkerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
