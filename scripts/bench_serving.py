@@ -18,8 +18,9 @@ The full run also measures the ``ttl`` user cache (no change stream) for compari
 (b) ``ann``: the FAISS service with ``n`` clustered synthetic unit vectors of dim 64,
 loaded over HTTP as a version; ``ann_recall@10`` against exact search on a sample of
 queries and ``ann_p99_ms`` per HTTP request (one client, sequential). Then the same on
-item vectors exported from a MovieLens checkpoint if ``{model_dir}/item_vectors.npz``
-exists (arrays ``ids``, ``vectors``), else a line saying it was skipped.
+item vectors of the latest MovieLens bootstrap export (``{model_dir}/export/*/``) grown to
+the same size by jitter, queried with its user vectors, if such an export exists; else a
+line saying it was skipped.
 """
 
 from __future__ import annotations
@@ -303,19 +304,23 @@ def bench_ann(args: argparse.Namespace, tmp: Path) -> None:
     for kind in args.ann_kinds.split(","):
         bench_ann_on(f"synthetic_{kind}", ids, x, queries, kind_args[kind], args, tmp, settings)
     del x
-    export = settings.model_dir / "item_vectors.npz"
-    if not export.exists():
-        emit({"bench": "ann_movielens", "skipped": f"no checkpoint export at {export}"})
+    exports = sorted((settings.model_dir / "export").glob("*/item_vectors.npy"))
+    if not exports:
+        emit({"bench": "ann_movielens", "skipped": "no bootstrap export under "
+              f"{settings.model_dir / 'export'} (run python -m scripts.bootstrap)"})
         return
-    from faiss_server.service import read_npz
-
-    ml_ids, ml_x = read_npz(export)
-    ml_x = ml_x.astype(np.float32)
-    rng = np.random.default_rng(0)
-    q = ml_x[rng.choice(len(ml_x), min(args.queries, len(ml_x)), replace=False)]
-    renamed = [f"x{i}" for i in range(len(ml_ids))]
-    bench_ann_on("movielens_flat", renamed, ml_x, q, ["faiss", "--kind", "flat"], args, tmp,
-                 settings)
+    folder = exports[-1].parent
+    ml_items = np.load(folder / "item_vectors.npy", allow_pickle=False).astype(np.float32)
+    ml_users = np.load(folder / "user_vectors.npy", allow_pickle=False).astype(np.float32)
+    # MovieLens has 1,682 items: grow the trained item vectors to ``n`` by jittering
+    # randomly chosen ones (5% of their spread), and query with trained user vectors.
+    rng = np.random.default_rng(1)
+    base = ml_items[rng.integers(0, len(ml_items), n)]
+    ml_x = base + 0.05 * ml_items.std(0) * rng.standard_normal(base.shape).astype(np.float32)
+    q = ml_users[rng.choice(len(ml_users), min(args.queries, len(ml_users)), replace=False)]
+    ml_ids = [f"m{i}" for i in range(n)]
+    for kind in args.ann_kinds.split(","):
+        bench_ann_on(f"movielens_{kind}", ml_ids, ml_x, q, kind_args[kind], args, tmp, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
     p.add_argument("--only", choices=["api", "ann"])
     p.add_argument("--duration", type=int, default=None, help="wrk seconds per run")
-    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--connections", type=int, default=8)
     p.add_argument("--api-workers", type=int, default=2)
     p.add_argument("--queries", type=int, default=None, help="ANN queries")
     p.add_argument("--ann-kinds", default="ivf,hnsw")
