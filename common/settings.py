@@ -59,7 +59,7 @@ class Settings:
                               "recsys-worker")
     worker_model: str = _doc("Model the worker trains when no checkpoint exists "
                              "(`gmf` or `two_tower`).", "gmf")
-    worker_batch_size: int = _doc("Max interactions per micro-batch.", 2000)
+    worker_batch_size: int = _doc("Max interactions per micro-batch.", 5000)
     worker_batch_within_s: float = _doc("Max wait to fill a micro-batch (seconds).", 0.05)
     worker_history_size: int = _doc("Recent items kept per user.", 50)
     worker_commit_interval_s: float = _doc("Seconds between Kafka offset commits.", 0.5)

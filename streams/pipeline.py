@@ -182,7 +182,10 @@ class InteractionPipeline:
         # Move the decay reference first, so new increments never overflow a double.
         factor = self.popularity.rescale_factor(max((ts for _, _, ts in pop_events), default=0))
         increments = self.popularity.increments(pop_events)
-        await asyncio.to_thread(self._write, docs, increments, pop_offsets, factor)
+        # MongoDB and Redis are independent stores: write both at once.
+        await asyncio.gather(asyncio.to_thread(self._write_users, docs),
+                             asyncio.to_thread(self._write_popularity, increments,
+                                               pop_offsets, factor))
         self.popularity.offsets.update(pop_offsets)
         result.write_s = time.perf_counter() - t0
         result.users_written = len(docs)
@@ -212,10 +215,12 @@ class InteractionPipeline:
             self.states[u] = (UserState.from_doc(doc, self.history_size) if doc
                               else UserState.new(u, self.history_size))
 
-    def _write(self, docs: list[Any], increments: dict[str, float],
-               offsets: dict[int, int], factor: float | None) -> None:
+    def _write_users(self, docs: list[Any]) -> None:
         if docs:
             self.users.upsert_many(docs)
+
+    def _write_popularity(self, increments: dict[str, float], offsets: dict[int, int],
+                          factor: float | None) -> None:
         if factor is not None:
             self.items.rescale_popularity(factor, self.popularity.meta())
         if increments or offsets:
