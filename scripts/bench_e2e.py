@@ -95,8 +95,8 @@ def new_items(world: DrillWorld, producer: SyncProducer, n: int,
     return out
 
 
-def api_under_ingest(world: DrillWorld, rate: float, seconds: int,
-                     tmp: Path) -> dict[str, float]:
+def api_under_ingest(world: DrillWorld, rate: float, seconds: int, tmp: Path,
+                     connections: int) -> dict[str, float]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
     inter = movielens.load(world.settings.cache_dir).interactions.sorted_by_time()
@@ -106,7 +106,8 @@ def api_under_ingest(world: DrillWorld, rate: float, seconds: int,
     replay = threading.Thread(target=world.replay, args=(live, rate), daemon=True)
     replay.start()
     time.sleep(2.0)  # ingest is flowing before the measurement starts
-    out = subprocess.run(["wrk", "-t", "1", "-c", "16", "-d", f"{seconds}s", "--latency",
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s",
+                          "--latency",
                           "-s", str(script), world.api], capture_output=True, text=True,
                          check=True).stdout
     replay.join()
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="End-to-end benchmark of the whole system.")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rate", type=float, default=5_000.0, help="ingest events/s for the API run")
+    p.add_argument("--connections", type=int, default=4,
+                   help="wrk connections (closed loop) for the API-under-ingest run")
     args = p.parse_args(argv)
     n_clicks, n_items, seconds = (15, 10, 8) if args.quick else (60, 30, 15)
     base = Settings.from_env()
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             items = new_items(world, producer, n_items)
             print(f"API under {args.rate:,.0f} events/s of ingest, {seconds}s ...",
                   file=sys.stderr)
-            api = api_under_ingest(world, args.rate, seconds, tmp)
+            api = api_under_ingest(world, args.rate, seconds, tmp, args.connections)
         finally:
             if producer is not None:
                 producer.close()
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "clicks_measured": len(clicks), "click_timeouts": sum(np.isinf(clicks)),
         "new_items_measured": len(items), "api_rps_under_ingest": api["api_rps"],
         "api_errors_under_ingest": api["errors"], "ingest_rate": args.rate,
+        "api_connections": args.connections,
     }
     print(json.dumps({k: (int(v) if isinstance(v, np.integer) else v)
                       for k, v in result.items()}))
