@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-workers", type=int, default=2)
     p.add_argument("--queries", type=int, default=None, help="ANN queries")
     p.add_argument("--ann-kinds", default="ivf,hnsw")
-    p.add_argument("--nprobe", type=int, default=48)
+    p.add_argument("--nprobe", type=int, default=128)
     p.add_argument("--ef-search", type=int, default=96)
     args = p.parse_args(argv)
     args.duration = args.duration or (10 if args.quick else 20)
