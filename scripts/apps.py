@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.settings import PROJECT_ROOT, Settings
-from scripts.pidfiles import alive as _alive
+from scripts.pidfiles import pid_if_ours, stop_if_ours
 from scripts.pidfiles import tail as _tail
-from scripts.pidfiles import terminate
 from scripts.stack import StackError
 
 
@@ -36,6 +35,12 @@ class App:
     ready: Callable[[], bool]
     url: str
     timeout_s: float = 90.0
+
+    @property
+    def hint(self) -> str:
+        """What our process's command line contains (``python -m <module> [<service>]``)."""
+        return "\x00".join(self.command[2:4]) if "scripts.serve" in self.command \
+            else self.command[2]
 
 
 def _http_ok(url: str) -> bool:
@@ -89,11 +94,9 @@ class AppManager:
             return ""
 
     def pid(self, name: str) -> int | None:
-        try:
-            pid = int(self._pid_file(name).read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if _alive(pid) else None
+        """PID of the app ``up`` started, while that very process still runs."""
+        app = next(a for a in self.apps if a.name == name)
+        return pid_if_ours(self._pid_file(name), app.hint)
 
     def up(self, names: list[str] | None = None) -> None:
         """Start the named apps (all by default) unless already running; wait until ready."""
@@ -122,16 +125,10 @@ class AppManager:
 
     def down(self, names: list[str] | None = None) -> list[str]:
         """SIGTERM each started app's process group (SIGKILL after 20 s)."""
-        stopped = []
-        for app in reversed(self.apps):
-            if names and app.name not in names:
-                continue
-            pid = self.pid(app.name)
-            if pid is not None:
-                terminate(pid, app.name, group=True, timeout_s=20)
-                stopped.append(app.name)
-            self._pid_file(app.name).unlink(missing_ok=True)
-        return stopped
+        return [app.name for app in reversed(self.apps)
+                if (not names or app.name in names)
+                and stop_if_ours(self._pid_file(app.name), app.hint, app.name, group=True,
+                                 timeout_s=20)]
 
     def status(self) -> list[dict[str, object]]:
         return [{"app": a.name, "pid": self.pid(a.name), "ready": a.ready()

@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from common.settings import Settings
-from scripts.serve import ServiceProcess, free_port
+from scripts.processes import free_port
+from scripts.serve import ServiceProcess
 
 WRK_LUA = """
 math.randomseed(%(seed)d)

@@ -24,29 +24,19 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from common.clients import mongo_client, redis_client
 from common.settings import Settings
 from datasets import movielens
 from datasets.types import Interactions
-from scripts.processes import WorkerProcess, free_port, wait_for
+from scripts.drill import DrillWorld
+from scripts.pidfiles import tail
+from scripts.processes import wait_for
 from scripts.replay import Replayer, interaction_chunks
 from scripts.stack import StackManager
 from scripts.statsd_listener import StatsdListener
-
-
-def bench_settings(workdir: Path, statsd_port: int) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings.from_env(
-        mongo_db=f"bench_{tag}", redis_prefix=f"bench-{tag}:",
-        topic_interactions=f"bench-{tag}-interactions", topic_items=f"bench-{tag}-items",
-        topic_dead_letter=f"bench-{tag}-dlq", worker_app_id=f"bench-{tag}",
-        model_dir=workdir / "models", statsd_port=statsd_port, statsd_prefix="bench",
-        faiss_url=f"http://127.0.0.1:{free_port()}", export_interval_s=3600.0)
 
 
 def throughput_phase(settings: Settings, stats: StatsdListener,
@@ -93,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     StackManager(Settings.from_env()).up()
     stats = StatsdListener().start()
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
-        settings = bench_settings(Path(tmp), stats.port)
-        worker = WorkerProcess(settings, Path(tmp) / "worker.log").start()
+        world = DrillWorld(Settings.from_env(), Path(tmp), export_interval_s=3600.0,
+                           statsd_port=stats.port)
+        settings = world.settings
         try:
+            world.apps.up(["worker"])
             print("phase 1: first 80% of MovieLens at full speed ...", file=sys.stderr)
             thr = throughput_phase(settings, stats, inter.take(slice(0, split)))
             print(f"  {thr}", file=sys.stderr)
@@ -103,17 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             fresh = freshness_phase(settings, stats, fresh_events, args.rate)
             print(f"  {fresh}", file=sys.stderr)
         except Exception:
-            print("worker log tail:\n" + worker.log_tail(60), file=sys.stderr)
+            print("worker log tail:\n" + tail(Path(tmp) / "logs" / "worker.log", 60),
+                  file=sys.stderr)
             raise
         finally:
-            worker.stop()
             stats.stop()
-            client = mongo_client(settings)
-            client.drop_database(settings.mongo_db)
-            r = redis_client(settings)
-            keys = list(r.scan_iter(match=f"{settings.redis_prefix}*"))
-            if keys:
-                r.delete(*keys)
+            world.cleanup()
     print(json.dumps({"events_per_s": thr["events_per_s"],
                       "click_to_vector_p50_s": fresh["click_to_vector_p50_s"],
                       "click_to_vector_p99_s": fresh["click_to_vector_p99_s"],

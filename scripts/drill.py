@@ -63,6 +63,7 @@ class DrillWorld:
     base: Settings
     workdir: Path
     export_interval_s: float = 2.0
+    statsd_port: int | None = None  # default: a free port nobody listens on
     settings: Settings = field(init=False)
     apps: AppManager = field(init=False)
 
@@ -78,7 +79,7 @@ class DrillWorld:
             faiss_url=f"http://127.0.0.1:{fport}", api_port=aport,
             local_dir=self.workdir, model_dir=self.workdir / "models",
             export_interval_s=self.export_interval_s, checkpoint_interval_s=5.0,
-            statsd_port=free_port())
+            statsd_port=self.statsd_port or free_port())
         self.apps = AppManager(self.settings)
         self._mongo: Any = None
 

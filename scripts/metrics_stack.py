@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import Settings
-from scripts.pidfiles import pid_if_ours, terminate
+from scripts.pidfiles import pid_if_ours, stop_if_ours
 from scripts.pidfiles import tail as _tail
 from scripts.stack import StackError
 
@@ -461,15 +461,8 @@ FUNCTION_PLUGINS = []
 
     def down(self) -> list[str]:
         """Stop the daemons this manager started (PID files); return their names."""
-        stopped = []
-        for daemon in reversed(self.daemons):
-            pid = self._our_pid(daemon)
-            if pid is None:
-                continue
-            terminate(pid, daemon.name, group=True)
-            daemon.pid_file.unlink(missing_ok=True)
-            stopped.append(daemon.name)
-        return stopped
+        return [d.name for d in reversed(self.daemons)
+                if stop_if_ours(d.pid_file, d.hint, d.name, group=True)]
 
     def _our_pid(self, daemon: Daemon) -> int | None:
         return pid_if_ours(daemon.pid_file, daemon.hint)

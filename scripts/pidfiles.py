@@ -64,6 +64,17 @@ def terminate(pid: int, name: str, group: bool = False, timeout_s: float = 15.0)
             pass
 
 
+def stop_if_ours(pid_file: Path, hint: str, name: str, group: bool = False,
+                 timeout_s: float = 15.0) -> bool:
+    """Stop the process in ``pid_file`` if it is ours; remove the file. True if stopped."""
+    pid = pid_if_ours(pid_file, hint)
+    if pid is None:
+        return False
+    terminate(pid, name, group=group, timeout_s=timeout_s)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
 def tail(path: Path, lines: int = 15) -> str:
     """The last lines of a log file, for error messages."""
     try:

@@ -1,8 +1,8 @@
-"""Child processes (worker, FAISS service) and a sync producer for tests and benchmarks.
+"""The worker as a child process, and a sync producer, for tests and benchmarks.
 
-Each runs as a child process configured only through ``RECSYS_*`` variables (exactly as
-in production), logs to a file under the test's temporary folder, and can be stopped
-cleanly (SIGTERM) or killed (SIGKILL) to test recovery.
+The worker runs as a child process configured only through ``RECSYS_*`` variables
+(exactly as in production), logs to a file under the test's temporary folder, and can be
+stopped cleanly (SIGTERM) or killed (SIGKILL) to test recovery.
 """
 
 from __future__ import annotations
@@ -108,16 +108,6 @@ class WorkerProcess(ChildProcess):
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         super().__init__(settings, log_path, "streams.worker")
-
-
-class FaissProcess(ChildProcess):
-    ready_marker = "Application startup complete"
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        port = int(settings.faiss_url.rsplit(":", 1)[1].split("/")[0])
-        super().__init__(settings, log_path, "uvicorn",
-                         ["faiss_server.asgi:app", "--host", "127.0.0.1", "--port", str(port),
-                          "--workers", "1", "--log-level", "info"])
 
 
 class SyncProducer:

@@ -18,7 +18,6 @@ answers — the integration tests and ``scripts.bench_serving`` use it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import multiprocessing
 import os
 import signal
@@ -31,21 +30,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common.settings import Settings, env_name
+from common.settings import Settings
 
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``RECSYS_*`` variables that reproduce ``settings`` in a child process."""
-    return {env_name(f.name): str(getattr(settings, f.name))
-            for f in dataclasses.fields(settings)}
 
 
 class ServiceProcess:
@@ -65,7 +52,7 @@ class ServiceProcess:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> ServiceProcess:
-        env = {**os.environ, **settings_env(self.settings)}
+        env = {**os.environ, **self.settings.to_env()}
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scripts.serve", *self.args, "--port", str(self.port)],

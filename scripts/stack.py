@@ -28,8 +28,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from common.settings import Settings
-from scripts.pidfiles import alive as _alive  # noqa: F401 - re-exported for tests
-from scripts.pidfiles import pid_if_ours, terminate
+from scripts.pidfiles import pid_if_ours, stop_if_ours
 from scripts.pidfiles import tail as _tail
 
 log = logging.getLogger("stack")
@@ -228,15 +227,8 @@ class StackManager:
 
     def down(self) -> list[str]:
         """Stop services this manager started (by PID file); return their names."""
-        stopped = []
-        for svc in self.services:
-            pid = self._our_pid(svc)
-            if pid is None:
-                continue
-            terminate(pid, svc.name)
-            svc.pid_file.unlink(missing_ok=True)
-            stopped.append(svc.name)
-        return stopped
+        return [svc.name for svc in self.services
+                if stop_if_ours(svc.pid_file, svc.binary_hint, svc.name)]
 
     def _our_pid(self, svc: Service) -> int | None:
         """The PID in the service's PID file if that process is still the one we started."""

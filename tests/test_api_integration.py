@@ -19,7 +19,8 @@ from common.clients import mongo_client, redis_client
 from common.settings import Settings
 from common.stores import ItemCache, UserDoc, UserStore
 from faiss_server.client import FaissClient
-from scripts.serve import ServiceProcess, free_port
+from scripts.processes import free_port
+from scripts.serve import ServiceProcess
 from tests.test_faiss_process import fuzz_openapi
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,8 @@ import pytest
 from common.errors import ServiceUnavailable, UnknownItem
 from common.settings import Settings
 from faiss_server.client import FaissClient, FaissRequestError
-from scripts.serve import ServiceProcess, free_port
+from scripts.processes import free_port
+from scripts.serve import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

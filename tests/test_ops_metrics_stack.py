@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -12,12 +11,7 @@ import pytest
 from common.settings import Settings
 from scripts import graphs
 from scripts.metrics_stack import RETENTIONS, MetricsStack
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from scripts.processes import free_port
 
 
 def test_generated_config_binds_loopback(tmp_path: Path) -> None:
@@ -41,10 +35,10 @@ def test_generated_config_binds_loopback(tmp_path: Path) -> None:
 
 
 def test_status_and_down_without_anything_started(tmp_path: Path) -> None:
-    stack = MetricsStack(Settings.from_env(local_dir=tmp_path, statsd_port=_free_port()),
-                         graphite_port=_free_port(), carbon_port=_free_port(),
-                         carbon_pickle_port=_free_port(), carbon_query_port=_free_port(),
-                         statsd_mgmt_port=_free_port())
+    stack = MetricsStack(Settings.from_env(local_dir=tmp_path, statsd_port=free_port()),
+                         graphite_port=free_port(), carbon_port=free_port(),
+                         carbon_pickle_port=free_port(), carbon_query_port=free_port(),
+                         statsd_mgmt_port=free_port())
     assert stack.down() == []
     rows = stack.status()
     assert [r["service"] for r in rows] == ["carbon", "graphite-web", "statsd"]
@@ -52,7 +46,7 @@ def test_status_and_down_without_anything_started(tmp_path: Path) -> None:
 
 
 def test_graphs_fail_clearly_without_graphite(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(graphs.GraphiteUnavailable, match="not answering"):
         graphs.save_graphs(tmp_path, graphite=url)
     assert graphs.main(["--out", str(tmp_path), "--graphite", url, "--from", "-5min"]) == 2

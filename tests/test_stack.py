@@ -6,15 +6,11 @@ from pathlib import Path
 import pytest
 
 from common.settings import Settings
-from scripts.stack import StackError, StackManager, _alive
+from scripts.pidfiles import alive
+from scripts.processes import free_port
+from scripts.stack import StackError, StackManager
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_shared_stack_answers(stack: Settings) -> None:
@@ -34,9 +30,9 @@ def test_up_is_idempotent(stack: Settings) -> None:
 def test_private_stack_lifecycle(tmp_path: Path) -> None:
     """up starts all three on fresh ports, status sees them, down stops exactly them."""
     s = Settings.from_env(
-        kafka_url=f"kafka://127.0.0.1:{_free_port()}",
-        mongo_uri=f"mongodb://127.0.0.1:{_free_port()}/?journal=true",
-        redis_url=f"redis://127.0.0.1:{_free_port()}/0",
+        kafka_url=f"kafka://127.0.0.1:{free_port()}",
+        mongo_uri=f"mongodb://127.0.0.1:{free_port()}/?journal=true",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
         local_dir=tmp_path,
     )
     manager = StackManager(s)
@@ -50,7 +46,7 @@ def test_private_stack_lifecycle(tmp_path: Path) -> None:
     finally:
         stopped = manager.down()
     assert sorted(stopped) == ["kafka", "mongodb", "redis"]
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     assert not any(r["answers"] for r in manager.status())
     assert manager.down() == []  # second down: nothing left to stop
 

@@ -19,9 +19,10 @@ from common.stores import ItemCache
 from datasets import movielens
 from datasets.types import Interactions
 from scripts.malformed import malformed_interactions
-from scripts.processes import FaissProcess, WorkerProcess, free_port, wait_for
+from scripts.processes import WorkerProcess, free_port, wait_for
 from scripts.readback import count_until, start_consumer
 from scripts.replay import Replayer, interaction_chunks
+from scripts.serve import ServiceProcess
 
 pytestmark = pytest.mark.integration
 
@@ -214,7 +215,8 @@ def test_new_item_becomes_retrievable(
         wsettings: Settings, ml_events: Interactions, tmp_path: Path, cleanup) -> None:
     from faiss_server.client import FaissClient
 
-    with FaissProcess(wsettings, tmp_path / "faiss.log"), \
+    faiss_port = int(wsettings.faiss_url.rsplit(":", 1)[1])
+    with ServiceProcess(["faiss"], faiss_port, wsettings, tmp_path / "faiss.log"), \
             WorkerProcess(wsettings, tmp_path / "worker.log"):
         _replay(wsettings, ml_events.take(slice(0, 2_000)))
         wait_for(lambda: _total_events(wsettings) >= 2_000, 120, "events applied")
