@@ -4,7 +4,7 @@ Both score a pair with ``link(q · p)``; the gradient of the loss with respect t
 positive and negative logits is all the model-specific code needs to back-propagate by
 hand. Gradients are written out explicitly (not autograd): with tiny micro-batches the
 autograd graph costs more than the maths, and explicit row gradients let the tables
-stay plain growable tensors updated sparsely with ``index_add_``.
+stay plain growable tensors updated sparsely, row by row (``models.kernels``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from models import kernels
 from models.factor import FactorModel, pair_loss_grads
 from models.growable import GrowableTable
 
@@ -80,7 +81,7 @@ class GMF(FactorModel):
             neg_rows = self._sampler.sample(k)
             Vn = self.items_t.weight.index_select(0, neg_rows)  # (k, d)
             neg = torch.addmm(self._sampler.logit_offset(neg_rows, self.loss), uw, Vn.T)
-            neg.masked_fill_(neg_rows.unsqueeze(0) == i_rows.unsqueeze(1), -torch.inf)
+            kernels.mask_hits(neg.numpy(), neg_rows.numpy(), i_rows.numpy())
             if b:
                 pos.add_(b)
                 neg.add_(b)

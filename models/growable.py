@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from models import kernels
+
 
 class GrowableTable:
     """A ``(rows, dim)`` float32 parameter plus its per-row accumulator.
@@ -39,7 +41,6 @@ class GrowableTable:
         self.accum = torch.zeros(max(1, capacity))
         self._gen = torch.Generator().manual_seed(seed)
         self.grow_count = 0
-        self._mean: torch.Tensor | None = None
 
     @property
     def capacity(self) -> int:
@@ -78,43 +79,19 @@ class GrowableTable:
         """Row-wise Adagrad/RMSprop step on ``rows`` (may repeat; gradients are summed).
 
         ``grads[j]`` is the gradient contribution of occurrence ``j`` of ``rows[j]``.
+        For each distinct row, ``accum += mean(g²)`` (after ``accum *= decay``) and
+        ``weight -= lr · g / sqrt(accum + eps²)``; one compiled pass does it
+        (``kernels.rowwise_adagrad``) instead of a dozen gather/scatter calls.
         """
-        uniq, inverse = torch.unique(rows, return_inverse=True)
-        if len(uniq) == len(rows):
-            order = torch.argsort(inverse)
-            g = grads[order]
-        else:
-            g = torch.zeros(len(uniq), grads.shape[1], dtype=grads.dtype)
-            g.index_add_(0, inverse, grads)
-        self.apply(uniq, g, lr, decay, eps)
-
-    def apply(self, uniq: torch.Tensor, g: torch.Tensor, lr: float,
-              decay: float = 1.0, eps: float = 1e-8) -> None:
-        """Update distinct ``uniq`` rows with their aggregated gradients ``g``."""
-        acc = self.accum.index_select(0, uniq)
-        if decay != 1.0:
-            acc.mul_(decay)
-        acc.addmv_(g.square(), self._mean_vec())  # + mean of squared gradient per row
-        self.accum.index_copy_(0, uniq, acc)
-        # 1/sqrt(acc + eps²) ≈ 1/(sqrt(acc) + eps): two fewer ops, and still finite
-        # (times a zero gradient) for a row whose accumulator is 0
-        g.mul_(acc.add_(eps * eps).rsqrt_().unsqueeze(1))
-        self.weight.index_add_(0, uniq, g, alpha=-lr)
-
-    def _mean_vec(self) -> torch.Tensor:
-        if self._mean is None or self._mean.dtype != self.weight.dtype:
-            self._mean = torch.full((self.dim,), 1.0 / self.dim, dtype=self.weight.dtype)
-        return self._mean
+        kernels.rowwise_adagrad(self.weight.numpy(), self.accum.numpy(),
+                                rows.to(torch.int64).contiguous().numpy(),
+                                grads.float().contiguous().numpy(),
+                                lr, decay, eps)
 
     def dense_step(self, g: torch.Tensor, lr: float, decay: float = 1.0,
                    eps: float = 1e-8) -> None:
-        """Step on every row at once (small shared parameters, no index juggling)."""
-        n = self.n_rows
-        acc = self.accum[:n]
-        if decay != 1.0:
-            acc.mul_(decay)
-        acc.add_(g.square().mean(dim=1))
-        self.weight[:n].addcdiv_(g, acc.sqrt().add_(eps).unsqueeze(1), value=-lr)
+        """Step on every row at once (small shared parameters such as GMF's ``w``)."""
+        self.step(torch.arange(self.n_rows), g, lr, decay, eps)
 
     # --- persistence (plain tensors; no pickle) -----------------------------------
     def state(self, prefix: str) -> dict[str, torch.Tensor]:

@@ -11,6 +11,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from models import kernels
+
 
 class RecentHistory:
     """Last ``size`` item rows per user, in a growable ``(users, size)`` ring buffer.
@@ -46,24 +48,8 @@ class RecentHistory:
         """Record events in order; several events of one user in a batch keep their order."""
         if len(users) == 0 or self.size == 0:
             return
-        if len(users) == 1:
-            u = users[0]
-            self.buf[u, self.count[u] % self.size] = items[0]
-            self.count[u] += 1
-            return
-        order = np.argsort(users, kind="stable")
-        su = users[order]
-        first = np.empty(len(su), dtype=bool)
-        first[0] = True
-        np.not_equal(su[1:], su[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        sizes = np.diff(np.append(starts, len(su)))
-        group = np.repeat(starts, sizes)
-        rank = np.arange(len(su)) - group  # occurrence number within the batch
-        keep = rank >= np.repeat(sizes, sizes) - self.size
-        pos = (self.count[su] + rank) % self.size
-        self.buf[su[keep], pos[keep]] = items[order][keep]
-        self.count[su[starts]] += sizes
+        kernels.ring_append(self.buf, self.count, np.asarray(users, dtype=np.int64),
+                            np.asarray(items, dtype=np.int32))
 
     def of(self, user: int) -> np.ndarray:
         """Item rows of ``user``, oldest first."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models import kernels
 from models.factor import FactorModel, pair_loss_grads
 from models.growable import GrowableTable
 
@@ -204,7 +205,7 @@ class TwoTower(FactorModel):
             # n + k rows instead of n·(k + 1)
             pn = p[n:]
             neg = torch.addmm(offset, q, pn.T)
-            neg.masked_fill_(neg_rows.unsqueeze(0) == i_rows.unsqueeze(1), -torch.inf)
+            kernels.mask_hits(neg.numpy(), neg_rows.numpy(), i_rows.numpy())
             neg.add_(b)
             loss, g_pos, g_neg = pair_loss_grads(pos, neg, weights, self.loss)
             g_q = torch.addmm(g_pos.unsqueeze(1) * pp, g_neg, pn)

@@ -28,6 +28,7 @@ from common.kafka import ensure_topics
 from common.settings import Settings
 from common.stores import ItemCache, UserStore
 from faiss_server.client import FaissClient
+from models import kernels
 from models.base import Recommender
 from models.checkpoint import (
     CheckpointError,
@@ -102,6 +103,7 @@ class Runtime:
         self.db = mongo_db(settings)
         self.faiss = FaissClient.from_settings(settings, read_timeout_s=5.0)
         model = load_model(settings)
+        log.info("learning kernels ready in %.2fs", kernels.warm_up())
         model.stop_tracking_seen()  # unbounded per-user sets have no place in a stream
         self.holder = ModelHolder(model)
         self.item_cache = ItemCache(self.redis, settings.redis_prefix)
