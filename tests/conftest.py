@@ -18,6 +18,15 @@ import pytest
 from common.settings import Settings
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the numba learning kernels once, before any test starts a worker process:
+    on a clean checkout that takes ~10 s, and the workers then load them from the cache
+    instead of compiling while a test waits for them."""
+    from models import kernels
+
+    kernels.warm_up()
+
+
 @pytest.fixture(scope="session")
 def run_id() -> str:
     """A short id unique to this test session, used to namespace shared resources."""
