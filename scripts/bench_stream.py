@@ -100,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         finally:
             stats.stop()
+            world.apps.down(["worker"])  # its shutdown line has the time split
+            totals = [line for line in tail(Path(tmp) / "logs" / "worker.log", 400).splitlines()
+                      if "interactions totals" in line]
+            if totals:
+                print("worker " + totals[-1].split("] ", 1)[-1], file=sys.stderr)
             world.cleanup()
     print(json.dumps({"events_per_s": thr["events_per_s"],
                       "click_to_vector_p50_s": fresh["click_to_vector_p50_s"],
