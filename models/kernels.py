@@ -52,7 +52,7 @@ def table_find(table: np.ndarray, fps: np.ndarray, shift: int) -> np.ndarray:
     """Rows of fingerprints ``fps`` (``-1``: absent) by linear probing in ``table``.
 
     ``table`` is ``(slots, 3)`` int64: ``[row or -1, fingerprint[0], fingerprint[1]]``,
-    so a probe reads one cache line.
+    so a probe reads the fingerprint next to the row (one memory miss per id).
     """
     mask = len(table) - 1
     out = np.empty(len(fps), dtype=np.int64)
