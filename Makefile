@@ -54,6 +54,7 @@ graphs: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy  # models/ and the servers (see pyproject.toml)
 
 clean-local: down
 	rm -rf .local

@@ -25,7 +25,7 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pymongo import ReplaceOne
@@ -75,7 +75,7 @@ class ItemCache:
 
     def unavailable(self) -> set[str]:
         """Every deleted item id (small: deletions are rare relative to the catalogue)."""
-        return set(self.r.smembers(self._unavailable_key))
+        return cast(set[str], self.r.smembers(self._unavailable_key))  # decoded replies
 
     def unavailable_among(self, item_ids: Sequence[str]) -> set[str]:
         if not item_ids:
@@ -130,8 +130,9 @@ class ItemCache:
 
     def popular(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` most popular item ids with their decayed scores, best first."""
-        return [(i, float(s)) for i, s in
-                self.r.zrevrange(self._popular_key, 0, max(k, 1) - 1, withscores=True)]
+        top = cast(list[tuple[str, float]],  # decoded replies, scores with withscores
+                   self.r.zrevrange(self._popular_key, 0, max(k, 1) - 1, withscores=True))
+        return [(i, float(s)) for i, s in top]
 
     def popular_meta(self) -> dict[str, Any]:
         raw = self.r.get(f"{self._popular_key}:meta")

@@ -206,7 +206,10 @@ class IndexVersions(_Base):
     def _allowed_path(self, raw: Any) -> Path:
         if not isinstance(raw, str) or not raw:
             raise bad("path must be a non-empty string")
-        path = Path(raw).expanduser().resolve()
+        try:
+            path = Path(raw).expanduser().resolve()
+        except (RuntimeError, ValueError, OSError) as exc:  # "~nobody/x", NUL bytes, ...
+            raise bad(f"path {raw!r} cannot be resolved: {exc}") from None
         roots = [Path(r).expanduser().resolve() for r in self.config.load_roots]
         if not any(path.is_relative_to(r) for r in roots):
             raise bad(f"path must be inside one of {[str(r) for r in roots]}")

@@ -23,11 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from common.errors import IndexNotReady, UnknownItem
 from faiss_server.config import IndexSpec
+
+#: faiss's bundled stubs describe only the SWIG base classes (no IVF/HNSW attributes, no
+#: keyword arguments of the search parameters), so the module is typed as ``Any``.
+faiss: Any = _faiss
 
 Hit = tuple[str, float]
 

@@ -24,7 +24,7 @@ def openapi_document(config: FaissConfig) -> dict[str, Any]:
     k_param = {"name": "k", "in": "query", "required": False,
                "schema": {"type": "integer", "minimum": 1, "maximum": max_k, "default": 10}}
     vector = {"type": "array", "items": {"type": "number"}, "minItems": dim, "maxItems": dim}
-    secured = [{"ApiKey": []}]
+    secured: list[dict[str, list[str]]] = [{"ApiKey": []}]
     common_errors = {"400": _error("Invalid input (dimension, NaN, k out of range, ...)"),
                      "503": _error("No index version loaded yet")}
     auth_errors = {"401": _error("Missing or wrong X-API-Key")}

@@ -153,6 +153,7 @@ class IndexService:
         with self._lock:
             for op, item_id, x in self._journal or []:
                 if op == "upsert":
+                    assert x is not None  # journalled upserts always carry their vector
                     new.upsert(item_id, x)
                 elif item_id in new:
                     new.delete(item_id)

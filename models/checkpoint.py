@@ -91,7 +91,7 @@ def save_checkpoint(model: Recommender, directory: str | Path, keep: int = 5,
     torch.save({k: v.contiguous() for k, v in model.state_tensors().items()}, buf)
     blobs["tensors.pt"] = buf.getvalue()
     buf = io.BytesIO()
-    np.savez(buf, **model.state_arrays())
+    np.savez(buf, allow_pickle=False, **model.state_arrays())
     blobs["arrays.npz"] = buf.getvalue()
     ts_range = model.ts_range
     meta = {

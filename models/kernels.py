@@ -15,11 +15,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_JIT = {"cache": True, "nogil": True}
+#: Compiled once per signature, cached on disk, GIL released while running.
+_compiled = numba.njit(cache=True, nogil=True)
 
 
 # --- id table: fingerprints in an open-addressing table -------------------------------
-@numba.jit(**_JIT)
+@_compiled
 def fingerprints(codes: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """``(n, 2)`` int64 fingerprints of ids given as ``(n, width)`` uint32 code points.
 
@@ -41,13 +42,13 @@ def fingerprints(codes: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return out.view(np.int64)
 
 
-@numba.jit(**_JIT)
-def _slot(fp0: np.int64, shift: np.int64) -> np.int64:
+@_compiled
+def _slot(fp0: np.int64 | int, shift: int) -> np.int64:
     # the high bits of a multilinear hash are its well-mixed ones (multiply-shift)
     return np.int64(np.uint64(fp0) >> np.uint64(shift))
 
 
-@numba.jit(**_JIT)
+@_compiled
 def table_find(table: np.ndarray, fps: np.ndarray, shift: int) -> np.ndarray:
     """Rows of fingerprints ``fps`` (``-1``: absent) by linear probing in ``table``.
 
@@ -67,7 +68,7 @@ def table_find(table: np.ndarray, fps: np.ndarray, shift: int) -> np.ndarray:
     return out
 
 
-@numba.jit(**_JIT)
+@_compiled
 def table_rehash(old: np.ndarray, new: np.ndarray, shift: int) -> None:
     """Move every entry of ``old`` into the empty, larger ``new``."""
     mask = len(new) - 1
@@ -80,7 +81,7 @@ def table_rehash(old: np.ndarray, new: np.ndarray, shift: int) -> None:
         new[s] = old[e]
 
 
-@numba.jit(**_JIT)
+@_compiled
 def table_add(table: np.ndarray, fps: np.ndarray, rows: np.ndarray, n_rows: int,
               shift: int) -> np.ndarray:
     """Give rows to the ids still at ``-1`` in ``rows`` (in place), in order.
@@ -114,7 +115,7 @@ def table_add(table: np.ndarray, fps: np.ndarray, rows: np.ndarray, n_rows: int,
 
 
 # --- sparse row-wise Adagrad ----------------------------------------------------------
-@numba.jit(**_JIT)
+@_compiled
 def group_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(distinct rows in order of first appearance, group of each occurrence)``.
 
@@ -145,7 +146,7 @@ def group_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return distinct[:n_groups], group
 
 
-@numba.jit(fastmath=True, **_JIT)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
                     grads: np.ndarray, lr: float, decay: float, eps: float) -> float:
     """Row-wise Adagrad/RMSprop on ``rows`` (may repeat: their gradients are summed).
@@ -176,11 +177,11 @@ def rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
         scale = np.float32(lr / np.sqrt(acc + eps2))
         for d in range(dim):
             weight[r, d] -= scale * g[k, d]
-    return touch
+    return float(touch)
 
 
 # --- recent history ring buffer -------------------------------------------------------
-@numba.jit(**_JIT)
+@_compiled
 def ring_append(buf: np.ndarray, count: np.ndarray, users: np.ndarray,
                 items: np.ndarray) -> None:
     """Append ``items[j]`` to the ring of ``users[j]``, in batch order."""
@@ -192,7 +193,7 @@ def ring_append(buf: np.ndarray, count: np.ndarray, users: np.ndarray,
 
 
 # --- accidental hits of shared negatives ----------------------------------------------
-@numba.jit(**_JIT)
+@_compiled
 def mask_hits(logits: np.ndarray, neg_rows: np.ndarray, pos_rows: np.ndarray) -> None:
     """``logits[i, j] = -inf`` wherever negative ``j`` is event ``i``'s own positive.
 

@@ -10,6 +10,7 @@ serving.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def fit(model: Recommender, events: EventBatch, epochs: int | None = None,
     return losses
 
 
-def create_model(kind: str, **params: object) -> Recommender:
+def create_model(kind: str, **params: Any) -> Recommender:
     """A fresh model of ``kind`` (``gmf``, ``two_tower``, ``popularity``) with defaults
     overridden by ``params`` (``None`` values are ignored)."""
     from models.checkpoint import model_classes

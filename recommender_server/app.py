@@ -122,7 +122,8 @@ def create_app(config: ApiConfig, deps: Dependencies | None = None) -> falcon.as
     rec = Recommender(config, deps)
     metrics = BatchedMetricsMiddleware(deps.statsd, config.metrics_flush_s,
                                        config.metrics_timing_rate)
-    app = falcon.asgi.App(middleware=[Lifespan(deps, rec, metrics), metrics])
+    middleware: list[Any] = [Lifespan(deps, rec, metrics), metrics]
+    app = falcon.asgi.App(middleware=middleware)
     add_domain_error_handlers(app)
     routes = {
         "/v1/recommendations": Recommendations(rec),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,7 @@ class Dependencies:
     statsd: Any = None
     ping_mongo: Callable[[], Awaitable[Any]] = _nothing
     ping_redis: Callable[[], Awaitable[Any]] = _nothing
-    background: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, Any]]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -109,7 +109,7 @@ class Dependencies:
                           max_age_s=config.user_cache_max_age_s,
                           max_entries=config.user_cache_max,
                           stream_collection=stream_mongo[s.mongo_db]["users"])
-        background: list[Callable[[], Awaitable[Any]]] = []
+        background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         if mode == "stream":
             async def warm() -> None:
                 # In its own task: the stream keeps applying events during the warm-up.

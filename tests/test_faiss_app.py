@@ -168,3 +168,13 @@ def test_openapi_describes_every_route(client: testing.TestClient) -> None:
         "/v1/search", "/v1/items/{item_id}/similar", "/v1/items/{item_id}", "/v1/index",
         "/v1/index/versions", "/v1/index/snapshot", "/health", "/openapi.json"}
     assert doc["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
+
+
+@pytest.mark.parametrize("raw", ["~no-such-user-here/v.npz", "exports/\x00.npz"])
+def test_unresolvable_load_path_is_a_400_not_a_500(client: testing.TestClient,
+                                                   raw: str) -> None:
+    """Found by the schema fuzz: ``~unknown`` made ``expanduser`` raise (a 500)."""
+    r = client.simulate_post("/v1/index/versions", json={"version": "v9", "path": raw},
+                             headers=KEY)
+    assert r.status_code == 400
+    assert "cannot be resolved" in r.json["description"]
