@@ -19,4 +19,4 @@ def test_bench_learning_prints_every_key(capsys: pytest.CaptureFixture[str]) -> 
             f"events_per_s_batch{bs}_max"]
         assert rate > 0 and result[f"events_per_cpu_s_batch{bs}"] > 0
     assert result["events_per_s_batch256"] > result["events_per_s_batch1"]
-    assert result["growth_s"] > 0 and result["peak_rss_mb"] > 0
+    assert result["growth_s"] >= 0 and result["peak_rss_mb"] > 0  # growth of 300 rows: ~0 s
