@@ -160,6 +160,8 @@ def rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
     distinct, group = group_rows(rows)
     touch = np.float32(0.0)
     for r in distinct:  # independent loads first: the rows' cache misses overlap
+        if r < 0 or r >= len(accum):  # compiled code does not bounds-check indexing
+            raise IndexError("rowwise_adagrad: row out of range")
         touch += accum[r] + weight[r, 0] + weight[r, dim - 1]
     g = np.zeros((len(distinct), dim), dtype=np.float32)
     for i in range(n):
@@ -188,6 +190,8 @@ def ring_append(buf: np.ndarray, count: np.ndarray, users: np.ndarray,
     size = buf.shape[1]
     for j in range(len(users)):
         u = users[j]
+        if u < 0 or u >= len(count):  # compiled code does not bounds-check indexing
+            raise IndexError("ring_append: user row out of range")
         buf[u, count[u] % size] = items[j]
         count[u] += 1
 

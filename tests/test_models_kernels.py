@@ -116,3 +116,15 @@ def test_popularity_pool_follows_the_current_distribution() -> None:
     s.observe(np.repeat([3], 3000))  # the counts flip: the pool drawn before is dropped
     draws = torch.cat([s.sample(256) for _ in range(200)]).numpy()
     assert np.bincount(draws, minlength=4)[3] / len(draws) > 0.7
+
+
+def test_kernels_refuse_rows_outside_the_tables() -> None:
+    """Compiled code does not bounds-check: the kernels must, or a bad row would write
+    outside the table instead of failing."""
+    weight, accum = np.zeros((4, 2), np.float32), np.zeros(4, np.float32)
+    with pytest.raises(IndexError, match="out of range"):
+        kernels.rowwise_adagrad(weight, accum, np.array([1, 4]), np.ones((2, 2), np.float32),
+                                0.1, 1.0, 1e-8)
+    with pytest.raises(IndexError, match="out of range"):
+        kernels.ring_append(np.zeros((2, 3), np.int32), np.zeros(2, np.int64),
+                            np.array([0, -1]), np.array([5, 6], np.int32))
