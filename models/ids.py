@@ -24,12 +24,6 @@ from models import kernels
 _MAX_LOAD = 0.5
 
 
-def _empty_table(n_slots: int) -> np.ndarray:
-    table = np.zeros((n_slots, 3), dtype=np.int64)
-    table[:, 0] = -1
-    return table
-
-
 class IdMap:
     """Grow-only mapping of string ids to rows ``0..n-1``.
 
@@ -49,7 +43,7 @@ class IdMap:
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         self._ids: list[str] = []
-        self._table = _empty_table(32)  # slots of [row or -1, fingerprint]
+        self._table = kernels.empty_table(32)  # slots of [row or -1, fingerprint]
         self._shift = 64 - 5  # slot = top log2(len(table)) bits of the fingerprint
         self._keys = np.zeros((0, 2), dtype=np.uint64)  # one pair per code point position
         self._rng = np.random.default_rng()
@@ -78,7 +72,7 @@ class IdMap:
         while n_rows > _MAX_LOAD * cap:
             cap *= 2
         if cap != len(self._table):
-            table = _empty_table(cap)
+            table = kernels.empty_table(cap)
             self._shift = 64 - (cap.bit_length() - 1)
             kernels.table_rehash(self._table, table, self._shift)
             self._table = table

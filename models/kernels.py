@@ -12,6 +12,8 @@ next to this file (``cache=True``).
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 
@@ -46,6 +48,13 @@ def fingerprints(codes: np.ndarray, keys: np.ndarray) -> np.ndarray:
 def _slot(fp0: np.int64 | int, shift: int) -> np.int64:
     # the high bits of a multilinear hash are its well-mixed ones (multiply-shift)
     return np.int64(np.uint64(fp0) >> np.uint64(shift))
+
+
+def empty_table(n_slots: int) -> np.ndarray:
+    """An id table of ``n_slots`` (a power of two) free slots: rows ``-1``."""
+    table = np.zeros((n_slots, 3), dtype=np.int64)
+    table[:, 0] = -1
+    return table
 
 
 @_compiled
@@ -148,21 +157,17 @@ def group_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
-                    grads: np.ndarray, lr: float, decay: float, eps: float) -> float:
+                    grads: np.ndarray, lr: float, decay: float, eps: float) -> None:
     """Row-wise Adagrad/RMSprop on ``rows`` (may repeat: their gradients are summed).
 
     For each distinct row ``r`` with summed gradient ``g``:
     ``accum[r] = decay·accum[r] + mean(g²)``; ``weight[r] -= lr·g / sqrt(accum[r] + eps²)``.
-    Returns a checksum of a prefetch pass (ignore it: returning it keeps the compiler
-    from dropping the pass).
     """
     n, dim = grads.shape
     distinct, group = group_rows(rows)
-    touch = np.float32(0.0)
-    for r in distinct:  # independent loads first: the rows' cache misses overlap
-        if r < 0 or r >= len(accum):  # compiled code does not bounds-check indexing
+    for r in distinct:  # compiled code does not bounds-check indexing
+        if r < 0 or r >= len(accum):
             raise IndexError("rowwise_adagrad: row out of range")
-        touch += accum[r] + weight[r, 0] + weight[r, dim - 1]
     g = np.zeros((len(distinct), dim), dtype=np.float32)
     for i in range(n):
         k = group[i]
@@ -179,7 +184,6 @@ def rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
         scale = np.float32(lr / np.sqrt(acc + eps2))
         for d in range(dim):
             weight[r, d] -= scale * g[k, d]
-    return float(touch)
 
 
 # --- recent history ring buffer -------------------------------------------------------
@@ -220,16 +224,13 @@ def warm_up() -> float:
     A long-running process calls this at start so the first events do not wait for the
     compiler (about 10 s with a cold cache, well under 1 s from the cache).
     """
-    import time
-
     t0 = time.perf_counter()
     rows = np.array([0, 1, 0], dtype=np.int64)
-    table = np.zeros((8, 3), dtype=np.int64)
-    table[:, 0] = -1
+    table = empty_table(8)
     fps = fingerprints(np.zeros((3, 2), dtype=np.uint32), np.ones((2, 2), dtype=np.uint64))
     found = table_find(table, fps, 61)
     table_add(table, fps, found, 0, 61)
-    table_rehash(table, np.full((16, 3), -1, dtype=np.int64), 60)
+    table_rehash(table, empty_table(16), 60)
     rowwise_adagrad(np.zeros((2, 4), np.float32), np.zeros(2, np.float32), rows,
                     np.ones((3, 4), np.float32), 0.1, 1.0, 1e-8)
     ring_append(np.zeros((2, 2), np.int32), np.zeros(2, np.int64), rows,
