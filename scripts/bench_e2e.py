@@ -37,7 +37,7 @@ from common.settings import Settings
 from datasets import movielens
 from scripts.bench_serving import parse_wrk
 from scripts.drill import DrillWorld, _http_get
-from scripts.processes import SyncProducer, wait_for
+from scripts.processes import SyncProducer, seconds_until, wait_for
 from scripts.stack import StackManager
 
 WRK_LUA = """
@@ -57,18 +57,16 @@ def click_to_recs(world: DrillWorld, producer: SyncProducer, users: list[str],
         if status != 200 or before.get("source") != "personalized" or not before.get("items"):
             continue
         top = before["items"][0]["id"]
+
+        def top_gone(user: str = user, top: str = top) -> bool:
+            _, now = _http_get(f"{world.api}/v1/recommendations?user_id={user}&k=10")
+            ids = [it["id"] for it in now.get("items", [])]
+            return bool(ids) and top not in ids
+
         t0 = time.perf_counter()
         producer.send(world.settings.topic_interactions, user,
                       interaction_json(user, top, "click", int(time.time() * 1000)))
-        while time.perf_counter() - t0 < timeout_s:
-            _, now = _http_get(f"{world.api}/v1/recommendations?user_id={user}&k=10")
-            ids = [it["id"] for it in now.get("items", [])]
-            if ids and top not in ids:
-                out.append(time.perf_counter() - t0)
-                break
-            time.sleep(0.005)
-        else:
-            out.append(float("inf"))
+        out.append(seconds_until(top_gone, timeout_s, 0.005, start=t0))
     return out
 
 
@@ -81,17 +79,15 @@ def new_items(world: DrillWorld, producer: SyncProducer, n: int,
         item = f"bench-new-{uuid.uuid4().hex[:6]}-{j}"
         attrs = {"title": f"New film {j}", "year": 1998,
                  "genres": list(rng.choice(genres, 2, replace=False))}
+
+        def servable(item: str = item) -> bool:
+            status, body = _http_get(f"{world.api}/v1/items/{item}/similar?k=5")
+            return status == 200 and body.get("source") != "popular" and bool(body.get("items"))
+
         t0 = time.perf_counter()
         producer.send(world.settings.topic_items, item,
                       item_json(item, "upsert", attrs, int(time.time() * 1000)))
-        while time.perf_counter() - t0 < timeout_s:
-            status, body = _http_get(f"{world.api}/v1/items/{item}/similar?k=5")
-            if status == 200 and body.get("source") != "popular" and body.get("items"):
-                out.append(time.perf_counter() - t0)
-                break
-            time.sleep(0.005)
-        else:
-            out.append(float("inf"))
+        out.append(seconds_until(servable, timeout_s, 0.005, start=t0))
     return out
 
 

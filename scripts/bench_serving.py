@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from common.settings import Settings
-from scripts.processes import free_port
+from scripts.processes import free_port, seconds_until
 from scripts.serve import ServiceProcess
 
 WRK_LUA = """
@@ -133,16 +133,13 @@ def freshness(api_url: str, store: Any, docs: list[Any], trials: int) -> dict[st
             doc.model_version = f"fresh-{n}-{time.time_ns()}"
             doc.vector = list(reversed(doc.vector))
             store.upsert_many([doc])
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < 5:
+
+            def served(doc: Any = doc) -> bool:
                 out = http.get(f"{api_url}/v1/recommendations",
                                params={"user_id": doc.user_id}, timeout=5).json()
-                if out["model_version"] == doc.model_version:
-                    delays.append(time.perf_counter() - t0)
-                    break
-                time.sleep(0.002)
-            else:
-                delays.append(float("inf"))
+                return bool(out["model_version"] == doc.model_version)
+
+            delays.append(seconds_until(served, 5, 0.002))
     finite = [d for d in delays if d != float("inf")]
     return {"fresh_trials": len(delays), "fresh_timeouts": len(delays) - len(finite),
             "fresh_p50_ms": percentile_ms(finite, 50) if finite else None,

@@ -40,6 +40,19 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
     raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+def seconds_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float,
+                  start: float | None = None) -> float:
+    """Seconds from ``start`` (a ``time.perf_counter()``; now by default) until
+    ``predicate()`` holds, polling every ``interval_s``; ``inf`` if it still does not
+    after ``timeout_s`` (latency benchmarks count that as a timeout, not a failure)."""
+    t0 = time.perf_counter() if start is None else start
+    while time.perf_counter() - t0 < timeout_s:
+        if predicate():
+            return time.perf_counter() - t0
+        time.sleep(interval_s)
+    return float("inf")
+
+
 class ChildProcess:
     """A project process started with ``python -m module`` and a settings environment."""
 

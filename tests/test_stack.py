@@ -7,7 +7,7 @@ import pytest
 
 from common.settings import Settings
 from scripts.pidfiles import alive
-from scripts.processes import free_port
+from scripts.processes import free_port, seconds_until
 from scripts.stack import StackError, StackManager
 
 pytestmark = pytest.mark.integration
@@ -63,3 +63,15 @@ def test_port_taken_by_something_else_is_named(tmp_path: Path) -> None:
             manager.up()
     message = str(err.value)
     assert "redis" in message and str(port) in message and "redis.log" in message
+
+
+def test_seconds_until_measures_from_start_and_times_out_as_inf() -> None:
+    calls = []
+
+    def third_call() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    took = seconds_until(third_call, timeout_s=5, interval_s=0.01)
+    assert len(calls) == 3 and 0.015 <= took < 5
+    assert seconds_until(lambda: False, timeout_s=0.05, interval_s=0.01) == float("inf")
