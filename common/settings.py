@@ -68,6 +68,9 @@ class Settings:
     popularity_half_life_s: float = _doc("Half-life of popularity decay, in event time.",
                                          7 * 24 * 3600.0)
     max_event_bytes: int = _doc("Larger events go to the dead-letter topic.", 65536)
+    dead_letter_max_payload_bytes: int = _doc(
+        "Bytes of a rejected record's value kept in its dead letter (the rest is cut; "
+        "headers give the original size and SHA-256).", 524288)
 
     # --- local folders ----------------------------------------------------------------
     local_dir: Path = _doc("Root of local state: stack data, logs, PID files.",

@@ -3,17 +3,26 @@
 Redis (``settings.redis_prefix`` + key):
 - ``item:{item_id}`` — JSON object of item metadata (attributes of the last upsert).
 - ``items:unavailable`` — set of deleted item ids; never recommended.
-- ``popular`` — sorted set item_id → time-decayed popularity score, replaced atomically.
+- ``items:known`` — set of ids that ever had an upsert (the catalogue). Only these are
+  served: clicks on an id never upserted (a "ghost") are learned from, but its
+  popularity waits in ``popular:pending`` and it is not exported to the index.
+- ``items:version`` — hash item_id → event time (ms) of the last applied upsert/delete:
+  item events apply in event-time order, not arrival order.
+- ``popular`` — sorted set item_id → time-decayed popularity score (catalogue items).
+- ``popular:pending`` — the same for ghost items; moved into ``popular`` by their upsert.
 - ``popular:meta`` — JSON ``{"ref_ms": ..., "half_life_s": ...}``: scores are decayed
   counts expressed at the reference time ``ref_ms`` (multiply by
   ``2 ** ((ref_ms - now_ms) / 1000 / half_life_s)`` for today's value; order is the same).
-- ``popular:offsets`` — hash partition → last applied offset (exactly-once counting).
+- ``popular:offsets`` — hash partition → anchor of the last applied event, JSON
+  ``{"e": epoch, "o": offset, "fp": fingerprint}`` (exactly-once counting; see
+  ``streams/epochs.py``; a bare integer is the older offset-only form).
 
 MongoDB collection ``users`` — one document per user::
 
     {_id: user_id, vector: [float], model_version: str, history: [item_id, ...newest last],
      n_events: int, updated_at: datetime, last_event_ms: int,
-     watermark: {p: partition, o: offset}, event_ids: [recent event ids]}
+     watermark: {p: partition, o: offset, e: epoch},
+     event_ids: [[event id, content digest], ...oldest first]}
 
 Keeping the layout in one module means the writer (``streams``) and the reader
 (``recommender_server``) cannot drift apart silently.
@@ -32,6 +41,38 @@ from pymongo import ReplaceOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+#: Adds popularity increments atomically with the catalogue check, so an item upserted
+#: concurrently never leaves a count stranded in ``popular:pending``.
+#: KEYS: popular, pending, known, offsets, meta. ARGV: meta, n_offsets, (partition,
+#: anchor) * n_offsets, (item, increment) * rest.
+_ADD_POPULARITY = """
+local n = tonumber(ARGV[2])
+for j = 0, n - 1 do redis.call('HSET', KEYS[4], ARGV[3 + 2 * j], ARGV[4 + 2 * j]) end
+for j = 3 + 2 * n, #ARGV, 2 do
+  if redis.call('SISMEMBER', KEYS[3], ARGV[j]) == 1 then
+    redis.call('ZINCRBY', KEYS[1], ARGV[j + 1], ARGV[j])
+  else
+    redis.call('ZINCRBY', KEYS[2], ARGV[j + 1], ARGV[j])
+  end
+end
+redis.call('SET', KEYS[5], ARGV[1])
+return 1
+"""
+
+#: Marks items known and moves their waiting popularity into the served list.
+#: KEYS: popular, pending, known. ARGV: item ids.
+_ADMIT_ITEMS = """
+for _, item in ipairs(ARGV) do
+  redis.call('SADD', KEYS[3], item)
+  local waiting = redis.call('ZSCORE', KEYS[2], item)
+  if waiting then
+    redis.call('ZINCRBY', KEYS[1], waiting, item)
+    redis.call('ZREM', KEYS[2], item)
+  end
+end
+return 1
+"""
+
 
 class ItemCache:
     """Item metadata, availability and the popular list in Redis."""
@@ -39,6 +80,11 @@ class ItemCache:
     def __init__(self, client: redis.Redis, prefix: str = "recsys:") -> None:
         self.r = client
         self.prefix = prefix
+        self._add_popularity = client.register_script(_ADD_POPULARITY)
+        self._admit = client.register_script(_ADMIT_ITEMS)
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
 
     def _item_key(self, item_id: str) -> str:
         return f"{self.prefix}item:{item_id}"
@@ -51,15 +97,39 @@ class ItemCache:
     def _popular_key(self) -> str:
         return f"{self.prefix}popular"
 
-    def put_items(self, items: Mapping[str, Mapping[str, Any]]) -> None:
-        """Store metadata for many items and mark them available again."""
+    def put_items(self, items: Mapping[str, Mapping[str, Any]],
+                  versions: Mapping[str, int] | None = None) -> None:
+        """Store metadata for many items, mark them available and part of the catalogue.
+
+        ``versions`` (item → event time in ms) are recorded for event-time ordering.
+        """
         if not items:
             return
         pipe = self.r.pipeline(transaction=False)
         pipe.mset({self._item_key(i): json.dumps(meta, separators=(",", ":"))
                    for i, meta in items.items()})
         pipe.srem(self._unavailable_key, *items.keys())
+        if versions:
+            pipe.hset(self._key("items:version"), mapping=dict(versions))
         pipe.execute()
+        self._admit(keys=[self._popular_key, self._key("popular:pending"),
+                          self._key("items:known")], args=list(items))
+
+    def item_versions(self, item_ids: Sequence[str]) -> dict[str, int]:
+        """Event time of the last applied event per item (items never seen left out)."""
+        if not item_ids:
+            return {}
+        raw = self.r.hmget(self._key("items:version"), list(item_ids))
+        return {i: int(v) for i, v in zip(item_ids, raw, strict=True) if v is not None}
+
+    def known_among(self, item_ids: Sequence[str], chunk: int = 10_000) -> set[str]:
+        """The ids that belong to the catalogue (had an upsert)."""
+        out: set[str] = set()
+        for start in range(0, len(item_ids), chunk):
+            part = list(item_ids[start:start + chunk])
+            flags = self.r.smismember(self._key("items:known"), part)
+            out.update(i for i, f in zip(part, flags, strict=True) if f)
+        return out
 
     def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Metadata for the ids that have any (missing ids are left out)."""
@@ -68,10 +138,16 @@ class ItemCache:
         raw = self.r.mget([self._item_key(i) for i in item_ids])
         return {i: json.loads(v) for i, v in zip(item_ids, raw, strict=True) if v is not None}
 
-    def mark_unavailable(self, item_ids: Iterable[str]) -> None:
+    def mark_unavailable(self, item_ids: Iterable[str],
+                         versions: Mapping[str, int] | None = None) -> None:
         ids = list(item_ids)
-        if ids:
-            self.r.sadd(self._unavailable_key, *ids)
+        if not ids:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.sadd(self._unavailable_key, *ids)
+        if versions:
+            pipe.hset(self._key("items:version"), mapping=dict(versions))
+        pipe.execute()
 
     def unavailable(self) -> set[str]:
         """Every deleted item id (small: deletions are rare relative to the catalogue)."""
@@ -100,33 +176,36 @@ class ItemCache:
         pipe.execute()
 
     def add_popularity(self, increments: Mapping[str, float],
-                       offsets: Mapping[int, int], meta: Mapping[str, Any]) -> None:
-        """Add decayed-count increments and advance per-partition offsets atomically.
+                       anchors: Mapping[int, str], meta: Mapping[str, Any]) -> None:
+        """Add decayed-count increments and advance per-partition anchors atomically.
 
         Increments add up across workers (``ZINCRBY``), so workers sharing the topic's
-        partitions build one list; the offsets (same transaction) let a restarted worker
-        skip redelivered events instead of counting them twice.
+        partitions build one list; the anchors (same script, so atomic) let a restarted
+        worker skip redelivered events instead of counting them twice. Items outside
+        the catalogue count in ``popular:pending`` until their upsert.
         """
-        pipe = self.r.pipeline(transaction=True)
+        args: list[Any] = [json.dumps(dict(meta)), len(anchors)]
+        for p, anchor in anchors.items():
+            args += [str(p), anchor]
         for item, inc in increments.items():
-            pipe.zincrby(self._popular_key, inc, item)
-        if offsets:
-            pipe.hset(f"{self._popular_key}:offsets",
-                      mapping={str(p): o for p, o in offsets.items()})
-        pipe.set(f"{self._popular_key}:meta", json.dumps(dict(meta)))
-        pipe.execute()
+            args += [item, repr(float(inc))]
+        self._add_popularity(
+            keys=[self._popular_key, self._key("popular:pending"), self._key("items:known"),
+                  self._key("popular:offsets"), self._key("popular:meta")], args=args)
 
     def rescale_popularity(self, factor: float, meta: Mapping[str, Any]) -> None:
         """Multiply every score by ``factor`` (moving the decay reference time)."""
+        pending = self._key("popular:pending")
         pipe = self.r.pipeline(transaction=True)
         pipe.zunionstore(self._popular_key, {self._popular_key: factor})
+        pipe.zunionstore(pending, {pending: factor})
         pipe.set(f"{self._popular_key}:meta", json.dumps(dict(meta)))
         pipe.execute()
 
-    def popularity_offsets(self) -> dict[int, int]:
-        """Last applied offset per partition of the interactions topic."""
-        return {int(p): int(o) for p, o in
-                self.r.hgetall(f"{self._popular_key}:offsets").items()}
+    def popularity_anchors(self) -> dict[int, str]:
+        """Stored anchor (see ``streams/epochs.py``) per partition of `interactions`."""
+        return {int(p): str(a) for p, a in
+                self.r.hgetall(self._key("popular:offsets")).items()}
 
     def popular(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` most popular item ids with their decayed scores, best first."""
@@ -153,8 +232,9 @@ class UserDoc:
     #: ``{"p": partition, "o": offset}`` of the last applied event: the worker skips
     #: redelivered events at or below it, so replays after a crash count once.
     watermark: dict[str, int] | None = None
-    #: Ids of the user's most recent events (skips duplicates sent twice by a producer).
-    event_ids: list[str] = field(default_factory=list)
+    #: ``[event id, content digest]`` of the user's most recent events, oldest first:
+    #: skips duplicates sent twice by a producer, dead-letters conflicting ones.
+    event_ids: list[Any] = field(default_factory=list)
 
     def to_mongo(self) -> dict[str, Any]:
         return {

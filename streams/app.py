@@ -2,12 +2,15 @@
 
 Run it with ``faust -A streams.app worker -l info`` or ``python -m streams.worker``.
 Everything comes from :class:`~common.settings.Settings`; service clients and the model
-are created when the worker starts (not at import), by :class:`Runtime`.
+are created when the worker starts (not at import), by :class:`Runtime`. Importing this
+module builds nothing: ``streams.app.app`` is created on first access (for Faust's
+``-A``), and tests call :func:`create_app` with their own settings.
 
-Consumers are thin: they gather raw messages in batches (`items` through a Faust agent,
-`interactions` through the batch consumer of :mod:`streams.direct`, ~80x cheaper per
-event), hand them to the pipelines in :mod:`streams.pipeline`, send rejects to the
-dead-letter topic, and acknowledge/commit only after the effects are durable.
+Consumers are thin: both topics are read in batches by the consumer of
+:mod:`streams.direct` (~80x cheaper per event than a Faust agent), handed to the
+pipelines in :mod:`streams.pipeline`, rejects go to the dead-letter topic through
+:class:`streams.dead_letters.DeadLetterSink`, and offsets are committed only after the
+effects are durable.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import faust
 import torch
-from faust.types import EventT
+from aiokafka import AIOKafkaProducer
 
 from common.clients import mongo_db, redis_client, statsd_client
 from common.errors import RecsysError
@@ -37,14 +40,14 @@ from models.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from streams.batching import consume_in_batches
+from streams.dead_letters import DeadLetterSink
 from streams.direct import BatchConsumer
+from streams.messages import RawMessage
 from streams.pipeline import (
-    DeadLetter,
     InteractionPipeline,
     ItemPipeline,
     ModelHolder,
-    RawMessage,
+    Pipeline,
     process_reliably,
 )
 
@@ -96,7 +99,8 @@ def model_dim(settings: Settings) -> int:
 class Runtime:
     """Clients, model and pipelines of one worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 lookup: Any = None) -> None:
         self.settings = settings
         self.metrics = statsd_client(settings, "worker")
         self.redis = redis_client(settings, timeout_s=5.0)
@@ -112,7 +116,7 @@ class Runtime:
             topic=settings.topic_interactions, dead_letter_topic=settings.topic_dead_letter,
             history_size=settings.worker_history_size,
             half_life_s=settings.popularity_half_life_s,
-            max_event_bytes=settings.max_event_bytes)
+            max_event_bytes=settings.max_event_bytes, lookup=lookup)
         self.items = ItemPipeline(self.holder, self.item_cache, self.faiss, self.metrics,
                                   topic=settings.topic_items,
                                   max_event_bytes=settings.max_event_bytes)
@@ -126,14 +130,19 @@ class Runtime:
         return version
 
     async def export(self) -> dict[str, Any] | None:
-        """Push every available item vector to the FAISS service as a new index version."""
+        """Push the vectors of the catalogue's available items to FAISS as a new version.
+
+        Items the model learned from clicks but that never had an upsert ("ghosts", e.g.
+        a click on ``../../etc/passwd``) are left out: nothing without metadata is served.
+        """
         t0 = time.perf_counter()
         ids, vectors, version = await self.holder.run(
             lambda m: (*m.item_vectors(), m.version))
         if not ids:
             return None
-        unavailable = await asyncio.to_thread(self.item_cache.unavailable)
-        keep = [j for j, i in enumerate(ids) if i not in unavailable]
+        unavailable, known = await asyncio.to_thread(
+            lambda: (self.item_cache.unavailable(), self.item_cache.known_among(ids)))
+        keep = [j for j, i in enumerate(ids) if i in known and i not in unavailable]
         index_version = f"{version}-{int(time.time())}"
         info = await asyncio.to_thread(
             self.faiss.load_version, ([ids[j] for j in keep], vectors[keep]), index_version)
@@ -145,10 +154,17 @@ class Runtime:
 
 
 def create_app(settings: Settings) -> faust.App:
-    """Build the Faust app; clients connect only when the worker starts."""
+    """Build the Faust app; clients connect only when the worker starts.
+
+    Faust's data directory goes under the local state folder (its default is
+    ``<app id>-data`` in the current directory, which littered the repository root).
+    """
+    datadir = Path(settings.local_dir) / "faust" / settings.worker_app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.worker_app_id,
         broker=settings.kafka_url,
+        datadir=str(datadir),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
@@ -162,82 +178,70 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=settings.worker_commit_interval_s,
         stream_wait_empty=False,
     )
-    items = app.topic(settings.topic_items, value_type=bytes, value_serializer="raw",
-                      key_serializer="raw")
-    dead_letters = app.topic(settings.topic_dead_letter, value_type=bytes,
-                             value_serializer="raw", key_serializer="raw")
     ready = asyncio.Event()
-    box: dict[str, Runtime] = {}
+    box: dict[str, Any] = {}
+    consumers: dict[str, BatchConsumer] = {}
 
     async def runtime() -> Runtime:
         await ready.wait()
-        return box["rt"]
+        return box["rt"]  # type: ignore[no-any-return]
+
+    def consumer_for(topic: str, name: str, max_batch: int) -> BatchConsumer:
+        """A batch consumer whose batches go through a pipeline, rejects to the sink."""
+
+        async def handle(messages: list[RawMessage]) -> None:
+            rt = await runtime()
+            pipeline: Pipeline = rt.interactions if name == "interactions" else rt.items
+            result = await process_reliably(pipeline, messages)
+            await box["sink"].send(result.dead_letters)
+
+        consumer = BatchConsumer(settings, topic, f"{settings.worker_app_id}-{name}", handle,
+                                 max_batch, settings.worker_batch_within_s,
+                                 settings.worker_commit_interval_s)
+        consumers[name] = consumer
+        return consumer
+
+    consumer_for(settings.topic_interactions, "interactions", settings.worker_batch_size)
+    consumer_for(settings.topic_items, "items", 500)
 
     @app.task(on_leader=False)
     async def start_runtime() -> None:
         await ensure_topics(settings, [settings.topic_interactions, settings.topic_items,
                                        settings.topic_dead_letter])
         torch.set_num_threads(1)  # small batches: threads only fight the event loop
-        box["rt"] = await asyncio.to_thread(Runtime, settings)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        await producer.start()
+        box["producer"] = producer
+        rt = await asyncio.to_thread(Runtime, settings,
+                                     consumers["interactions"].fingerprint_at)
+        box["sink"] = DeadLetterSink(producer, settings.topic_dead_letter, rt.metrics,
+                                     settings.dead_letter_max_payload_bytes)
+        box["rt"] = rt
         ready.set()
-        log.info("worker runtime ready (model %s)", box["rt"].holder.version)
+        log.info("worker runtime ready (model %s)", rt.holder.version)
         try:  # serve the restored model's item vectors at once, not after the first timer
-            await box["rt"].export()
+            await rt.export()
         except RecsysError as exc:
             log.warning("initial export to FAISS failed (the timer will retry): %s", exc)
 
-    async def send_dead_letters(letters: list[DeadLetter]) -> None:
-        for letter in letters:
-            msg = letter.message
-            await dead_letters.send(
-                key=msg.key, value=msg.value if msg.value is not None else b"",
-                headers={"reason": letter.reason.encode(),
-                         "source-topic": letter.topic.encode(),
-                         "source-partition": str(msg.partition).encode(),
-                         "source-offset": str(msg.offset).encode()})
-        if letters:
-            await app.producer.flush()
-            log.warning("%d event(s) sent to %s: e.g. %s", len(letters),
-                        settings.topic_dead_letter, letters[0].reason)
-
-    def raw(events: list[EventT]) -> list[RawMessage]:
-        return [RawMessage(e.message.value, e.message.key, e.message.partition,
-                           e.message.offset, e.message.timestamp or 0.0) for e in events]
-
-    consumers: dict[str, BatchConsumer] = {}
-
-    @app.task(on_leader=False)
-    async def consume_interactions() -> None:
-        """`interactions` in batches, outside Faust streams (see streams/direct.py)."""
-        rt = await runtime()
-
-        async def handle(messages: list[RawMessage]) -> None:
-            result = await process_reliably(rt.interactions, messages)
-            await send_dead_letters(result.dead_letters)
-
-        consumer = BatchConsumer(settings, settings.topic_interactions,
-                                 f"{settings.worker_app_id}-interactions", handle,
-                                 settings.worker_batch_size, settings.worker_batch_within_s,
-                                 settings.worker_commit_interval_s)
-        consumers["interactions"] = consumer
+    async def run_consumer(name: str) -> None:
+        await ready.wait()
         try:
-            await consumer.run()
+            await consumers[name].run()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.critical("interactions consumer crashed: %r", exc, exc_info=True)
+            log.critical("%s consumer crashed: %r", name, exc, exc_info=True)
             await app.crash(exc)
             raise
 
-    @app.agent(items)
-    async def on_items(stream: faust.StreamT) -> None:
-        rt = await runtime()
+    @app.task(on_leader=False)
+    async def consume_interactions() -> None:
+        await run_consumer("interactions")
 
-        async def handle(events: list[EventT]) -> None:
-            result = await process_reliably(rt.items, raw(events))
-            await send_dead_letters(result.dead_letters)
-
-        await consume_in_batches(stream, 500, 0.05, handle)
+    @app.task(on_leader=False)
+    async def consume_items() -> None:
+        await run_consumer("items")
 
     @app.timer(interval=settings.export_interval_s, on_leader=False)
     async def export_index() -> None:
@@ -269,21 +273,27 @@ def create_app(settings: Settings) -> faust.App:
             log.info("interactions totals: %s; %.0f events/s; model %s users, %s items",
                      totals, rate, len(rt.holder.model.user_ids),
                      len(rt.holder.model.item_ids))
-        consumer = consumers.get("interactions")
-        if consumer is not None:
-            for partition, lag in (await consumer.lag()).items():
-                rt.metrics.gauge(f"consumer.lag.p{partition}", lag)
+        for partition, lag in (await consumers["interactions"].lag()).items():
+            rt.metrics.gauge(f"consumer.lag.p{partition}", lag)
 
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def checkpoint_on_shutdown(sender: Any, **kwargs: Any) -> None:
-        if "interactions" in consumers:
-            consumers["interactions"].stop()
+        for consumer in consumers.values():
+            consumer.stop()
         if ready.is_set():
             log.info("shutting down; interactions totals: %s", box["rt"].interactions.totals)
             await box["rt"].checkpoint()
+        if "producer" in box:
+            await box["producer"].stop()
 
     app.runtime = runtime  # type: ignore[attr-defined]
     return app
 
 
-app = create_app(Settings.from_env())
+def __getattr__(name: str) -> faust.App:
+    """``streams.app.app``, built from the environment on first access (Faust's ``-A``)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    built = create_app(Settings.from_env())
+    globals()["app"] = built
+    return built

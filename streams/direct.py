@@ -1,11 +1,13 @@
-"""Batch consumption of the high-volume `interactions` topic, inside the Faust worker.
+"""Batch consumption of the worker's input topics, inside the Faust worker.
 
 Faust streams hand events over one at a time (an ``Event`` object, processor chain and
 acknowledgement each); on this 2-core machine a Faust agent that did nothing with its
 events topped out at ~3,600 events/s, while an aiokafka ``getmany`` loop read the same
 topic at ~280,000 events/s. Learning needs batches anyway, so the worker reads
 `interactions` with this consumer (its own consumer group, ``<app id>-interactions``) and
-keeps Faust for the rest: the `items` agent, timers, lifecycle and the worker CLI.
+keeps Faust for the rest: timers, lifecycle and the worker CLI. The `items` topic is
+read the same way (consumer group ``<app id>-items``), so both topics share one decode
+path (:func:`streams.messages.from_record`), one commit rule and one dead-letter path.
 
 Semantics are the same as the agents': a batch's offsets are committed only after
 :func:`streams.pipeline.process_reliably` has made its effects durable (at-least-once;
@@ -25,8 +27,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 
+from common.errors import ServiceUnavailable
 from common.settings import Settings
-from streams.pipeline import RawMessage
+from streams.messages import RawMessage, from_record
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +77,8 @@ class BatchConsumer:
                 batches = await consumer.getmany(timeout_ms=self.within_ms,
                                                  max_records=self.max_batch)
                 if batches:
-                    messages = [RawMessage(r.value, r.key, r.partition, r.offset,
-                                           (r.timestamp or 0) / 1000.0)
-                                for records in batches.values() for r in records]
+                    messages = [from_record(r) for records in batches.values()
+                                for r in records]
                     await self.handle(messages)  # durable when it returns
                     pending.update({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
                 if pending and time.monotonic() - last_commit >= self.commit_interval_s:
@@ -99,6 +101,42 @@ class BatchConsumer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def fingerprint_at(self, partition: int, offset: int,
+                             timeout_s: float = 10.0) -> str | None:
+        """Fingerprint of the record at ``offset`` (``None`` if the log has none there).
+
+        Used by :class:`streams.epochs.LogEpochs` when a batch reaches back below a
+        partition's anchor. A separate consumer without a group reads the one record,
+        so the main consumer's position and group membership are untouched.
+        """
+        tp = TopicPartition(self.topic, partition)
+        side = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+        await side.start()
+        try:
+            side.assign([tp])
+            side.seek(tp, offset)
+            deadline = time.monotonic() + timeout_s
+            empty_polls = 0
+            while time.monotonic() < deadline:
+                records = (await side.getmany(tp, timeout_ms=500, max_records=1)).get(tp, [])
+                if records:
+                    record = records[0]
+                    # Below the target: the position was out of range and reset to the
+                    # start of a shorter log. Beyond it: the record is gone.
+                    return from_record(record).fingerprint() if record.offset == offset \
+                        else None
+                empty_polls += 1
+                # Only after a second empty poll: some brokers under-report the end
+                # offset right after a multi-record produce (see STACK.md).
+                if empty_polls >= 2 and (await side.end_offsets([tp]))[tp] <= offset:
+                    return None
+            raise ServiceUnavailable(f"record {self.topic}[{partition}]@{offset} could not "
+                                     f"be read within {timeout_s:.0f}s")
+        finally:
+            await side.stop()
 
     async def lag(self) -> dict[int, int]:
         """Records behind the partition end, per assigned partition."""

@@ -1,9 +1,10 @@
-"""What the worker does with a micro-batch, independent of Faust.
+"""What the worker does with a micro-batch, independent of Faust and Kafka clients.
 
-The Faust agents (``streams/agents.py``) only collect raw messages and acknowledge them
-after :meth:`InteractionPipeline.process` returns: by then every effect is durable
-(user documents in MongoDB, popularity in Redis), so a crash redelivers at most
-events whose effects the watermarks in :mod:`streams.state` will skip.
+The consumers (:mod:`streams.direct`) only collect raw messages and commit their
+offsets after :meth:`InteractionPipeline.process` returns: by then every effect is
+durable (user documents in MongoDB, popularity in Redis), so a crash redelivers at most
+events whose effects the watermarks in :mod:`streams.state` (in the partition's epoch,
+:mod:`streams.epochs`) will skip.
 
 Blocking work (torch, pymongo, redis) runs in a worker thread so the event loop keeps
 heartbeating; one ``asyncio.Lock`` makes this pipeline the single writer of the model.
@@ -16,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pymongo.errors
@@ -27,29 +28,14 @@ from common.errors import BadEvent, RecsysError, ServiceUnavailable
 from common.stores import ItemCache, UserStore
 from models.base import Recommender
 from models.events import EventBatch
+from streams.dead_letters import DeadLetter
+from streams.epochs import Anchor, LogEpochs, RecordLookup
+from streams.messages import RawMessage
 from streams.records import Interaction, ItemEvent
-from streams.state import DecayedPopularity, UserState
+from streams.state import DecayedPopularity, Seen, UserState
 from streams.validation import parse_interaction, parse_item
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RawMessage:
-    """A Kafka record as the pipeline needs it (no Faust types)."""
-
-    value: bytes | None
-    key: bytes | None
-    partition: int
-    offset: int
-    timestamp_s: float  # broker/producer timestamp: when the click was published
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    message: RawMessage
-    reason: str
-    topic: str
 
 
 @dataclass
@@ -61,7 +47,17 @@ class BatchResult:
     loss: float = 0.0
     learn_s: float = 0.0
     write_s: float = 0.0
+    stale: int = 0
     click_to_vector_s: list[float] = field(default_factory=list)
+
+    def merge(self, other: BatchResult) -> None:
+        """Add ``other``'s counts (after ``process_reliably`` split a batch)."""
+        self.applied += other.applied
+        self.skipped_duplicates += other.skipped_duplicates
+        self.dead_letters.extend(other.dead_letters)
+        self.users_written += other.users_written
+        self.stale += other.stale
+        self.click_to_vector_s.extend(other.click_to_vector_s)
 
 
 class ModelHolder:
@@ -87,7 +83,7 @@ class InteractionPipeline:
     def __init__(self, holder: ModelHolder, users: UserStore, items: ItemCache,
                  metrics: statsd.StatsClient, *, topic: str, dead_letter_topic: str,
                  history_size: int = 50, half_life_s: float = 7 * 86400.0,
-                 max_event_bytes: int = 65536) -> None:
+                 max_event_bytes: int = 65536, lookup: RecordLookup | None = None) -> None:
         self.holder = holder
         self.users = users
         self.items = items
@@ -98,18 +94,22 @@ class InteractionPipeline:
         self.max_event_bytes = max_event_bytes
         self.states: dict[str, UserState] = {}
         self.popularity = DecayedPopularity(half_life_s)
+        self.lookup = lookup
+        self.epochs = LogEpochs(lookup=lookup)
         self._popularity_loaded = False
-        self.last_offsets: dict[int, int] = {}
         self._sizes = (len(holder.model.user_ids), len(holder.model.item_ids))
         self.totals: dict[str, float] = {"events": 0, "applied": 0, "duplicates": 0,
                                          "dead_letters": 0, "batches": 0, "learn_s": 0.0,
                                          "write_s": 0.0, "process_s": 0.0}
 
     async def _load_popularity(self) -> None:
-        meta, offsets = await asyncio.to_thread(
-            lambda: (self.items.popular_meta(), self.items.popularity_offsets()))
-        self.popularity = DecayedPopularity(self.popularity.half_life_s,
-                                            meta.get("ref_ms"), offsets)
+        meta, anchors = await asyncio.to_thread(
+            lambda: (self.items.popular_meta(), self.items.popularity_anchors()))
+        self.popularity = DecayedPopularity(self.popularity.half_life_s, meta.get("ref_ms"))
+        regressions = self.epochs.regressions
+        self.epochs = LogEpochs({p: Anchor.decode(a) for p, a in anchors.items()},
+                                self.lookup)
+        self.epochs.regressions = regressions
         self._popularity_loaded = True
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchResult:
@@ -123,11 +123,8 @@ class InteractionPipeline:
                 parsed.append((parse_interaction(msg.value, self.max_event_bytes), msg))
             except BadEvent as exc:
                 result.dead_letters.append(DeadLetter(msg, exc.reason, self.topic))
-        if parsed:
-            await self._apply(parsed, result)
-        for msg in messages:
-            self.last_offsets[msg.partition] = max(self.last_offsets.get(msg.partition, -1),
-                                                   msg.offset)
+        await self.epochs.resolve(messages)
+        await self._apply(parsed, messages, result)
         self._emit(result, len(messages))
         self.totals["events"] += len(messages)
         self.totals["applied"] += result.applied
@@ -140,24 +137,29 @@ class InteractionPipeline:
         return result
 
     async def _apply(self, parsed: list[tuple[Interaction, RawMessage]],
-                     result: BatchResult) -> None:
+                     messages: Sequence[RawMessage], result: BatchResult) -> None:
         await self._load_states({ev.user_id for ev, _ in parsed})
         fresh: list[tuple[Interaction, RawMessage]] = []
         pop_events: list[tuple[str, float, int]] = []
-        pop_offsets: dict[int, int] = {}
         weights = self.holder.model.event_weights
         for ev, msg in parsed:
             state = self.states[ev.user_id]
-            redelivered = state.redelivered(msg.partition, msg.offset)
-            producer_dup = not redelivered and state.duplicate_id(ev)
-            if self.popularity.counts_event(msg.partition, msg.offset):
-                pop_offsets[msg.partition] = max(pop_offsets.get(msg.partition, -1), msg.offset)
-                if not producer_dup:
-                    pop_events.append((ev.item_id, float(weights.get(ev.event, 1.0)), ev.ts))
-            if redelivered or producer_dup:
+            epoch = self.epochs.epoch(msg.partition)
+            redelivered = state.redelivered(msg.partition, msg.offset, epoch)
+            seen = Seen.NEW if redelivered else state.seen(ev)
+            # Popularity has its own watermark (the partition anchor, written with the
+            # counts): a redelivered event may be applied to the user but not counted.
+            if seen is Seen.NEW and self.epochs.is_new(msg.partition, msg.offset):
+                pop_events.append((ev.item_id, float(weights.get(ev.event, 1.0)), ev.ts))
+            if seen is Seen.CONFLICT:
+                result.dead_letters.append(DeadLetter(
+                    msg, f"conflicting duplicate: event_id {ev.event_id!r} was applied "
+                    "before with a different item, type, ts or value", self.topic))
+                continue
+            if redelivered or seen is Seen.DUPLICATE:
                 result.skipped_duplicates += 1
                 continue
-            state.apply(ev, msg.partition, msg.offset)
+            state.apply(ev, msg.partition, msg.offset, epoch)
             fresh.append((ev, msg))
         result.applied = len(fresh)
         dirty = list(dict.fromkeys(ev.user_id for ev, _ in fresh))
@@ -182,19 +184,17 @@ class InteractionPipeline:
         # Move the decay reference first, so new increments never overflow a double.
         factor = self.popularity.rescale_factor(max((ts for _, _, ts in pop_events), default=0))
         increments = self.popularity.increments(pop_events)
+        anchors = self.epochs.advanced(messages)
         # MongoDB and Redis are independent stores: write both at once.
         await asyncio.gather(asyncio.to_thread(self._write_users, docs),
                              asyncio.to_thread(self._write_popularity, increments,
-                                               pop_offsets, factor))
-        self.popularity.offsets.update(pop_offsets)
+                                               anchors, factor))
+        self.epochs.update(anchors)
         result.write_s = time.perf_counter() - t0
         result.users_written = len(docs)
         now = time.time()
-        newest_per_user: dict[str, float] = {}
-        for ev, msg in fresh:
-            newest_per_user[ev.user_id] = max(newest_per_user.get(ev.user_id, 0.0),
-                                              msg.timestamp_s)
-        result.click_to_vector_s = [now - ts for ts in newest_per_user.values() if ts > 0]
+        result.click_to_vector_s = [now - msg.timestamp_s for _, msg in fresh
+                                    if msg.timestamp_s > 0]
 
     def forget(self, messages: Sequence[RawMessage]) -> None:
         """Drop cached state after a failed batch: a retry reloads it from MongoDB.
@@ -219,12 +219,13 @@ class InteractionPipeline:
         if docs:
             self.users.upsert_many(docs)
 
-    def _write_popularity(self, increments: dict[str, float], offsets: dict[int, int],
+    def _write_popularity(self, increments: dict[str, float], anchors: dict[int, Anchor],
                           factor: float | None) -> None:
         if factor is not None:
             self.items.rescale_popularity(factor, self.popularity.meta())
-        if increments or offsets:
-            self.items.add_popularity(increments, offsets, self.popularity.meta())
+        if increments or anchors:
+            self.items.add_popularity(increments, {p: a.encode() for p, a in anchors.items()},
+                                      self.popularity.meta())
 
     def _emit(self, r: BatchResult, n: int) -> None:
         m = self.metrics
@@ -233,8 +234,6 @@ class InteractionPipeline:
         pipe.incr("events.applied", r.applied)
         if r.skipped_duplicates:
             pipe.incr("events.duplicates", r.skipped_duplicates)
-        if r.dead_letters:
-            pipe.incr("dead_letters", len(r.dead_letters))
         pipe.gauge("batch.size", n)
         pipe.timing("batch.learn_ms", r.learn_s * 1000)
         pipe.timing("batch.write_ms", r.write_s * 1000)
@@ -248,8 +247,9 @@ class InteractionPipeline:
         self._sizes = (n_users, n_items)
         pipe.gauge("model.users", n_users)
         pipe.gauge("model.items", n_items)
-        for lat in r.click_to_vector_s:
+        for lat in r.click_to_vector_s:  # every applied event, not one per user
             pipe.timing("latency.click_to_vector_ms", lat * 1000)
+        pipe.gauge("epochs.regressions", self.epochs.regressions)
         pipe.send()
 
 
@@ -261,37 +261,44 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-async def process_reliably(pipeline: InteractionPipeline | ItemPipeline,
-                           messages: Sequence[RawMessage],
+class Pipeline(Protocol):
+    """What :func:`process_reliably` needs of a pipeline."""
+
+    topic: str
+    metrics: statsd.StatsClient
+
+    async def process(self, messages: Sequence[RawMessage]) -> BatchResult: ...
+
+    def forget(self, messages: Sequence[RawMessage]) -> None: ...
+
+
+async def process_reliably(pipeline: Pipeline, messages: Sequence[RawMessage],
                            max_backoff_s: float = 5.0) -> BatchResult:
     """Process a batch so that nothing is lost, whatever fails.
 
-    Faust acknowledges a ``take_events`` batch when the agent's loop body returns, even
-    if it raised, so this function must not return before every event is either applied
-    durably or in the dead-letter list. A dependency outage (MongoDB, Redis) is retried
-    with backoff for as long as it lasts (the worker stays up; lag grows and shows on the
-    dashboard). Any other error is a poison event: the batch is retried one event at a
-    time and only the events that fail on their own go to the dead-letter topic.
+    This function must not return before every event is either applied durably or in
+    the dead-letter list (the caller commits the offsets after it). A dependency
+    outage (MongoDB, Redis) is retried with backoff for as long as it lasts (the worker
+    stays up; lag grows and shows on the dashboard). Any other error means a poison
+    event the validation did not catch: the batch is split in halves, in order, until
+    the events that fail on their own are isolated and dead-lettered. One poison event
+    in a batch of ``n`` costs about ``2 log2 n`` small batches, not ``n``.
     """
     try:
         return await _retry_transient(pipeline, messages, max_backoff_s)
     except Exception as exc:  # noqa: BLE001 - isolate the poison event below
-        log.exception("batch of %d failed (%s); retrying event by event", len(messages), exc)
-    combined = BatchResult()
-    for msg in messages:
-        try:
-            one = await _retry_transient(pipeline, [msg], max_backoff_s)
-        except Exception as exc:  # noqa: BLE001 - this event is the poison
+        if len(messages) == 1:
             reason = f"processing failed: {type(exc).__name__}: {exc}"
-            combined.dead_letters.append(DeadLetter(msg, reason, pipeline.topic))
-            continue
-        combined.applied += one.applied
-        combined.skipped_duplicates += one.skipped_duplicates
-        combined.dead_letters.extend(one.dead_letters)
+            return BatchResult(dead_letters=[DeadLetter(messages[0], reason, pipeline.topic)])
+        log.warning("batch of %d failed (%r); splitting it to isolate the poison event",
+                    len(messages), exc)
+    mid = len(messages) // 2
+    combined = await process_reliably(pipeline, messages[:mid], max_backoff_s)
+    combined.merge(await process_reliably(pipeline, messages[mid:], max_backoff_s))
     return combined
 
 
-async def _retry_transient(pipeline: InteractionPipeline | ItemPipeline,
+async def _retry_transient(pipeline: Pipeline,
                            messages: Sequence[RawMessage], max_backoff_s: float) -> BatchResult:
     """``pipeline.process`` retried while dependencies are down; other errors propagate."""
     delay = 0.1
@@ -317,7 +324,14 @@ def _learn_and_export(model: Recommender, batch: EventBatch,
 
 
 class ItemPipeline:
-    """Catalogue changes: metadata to Redis, vectors to the model and the FAISS service."""
+    """Catalogue changes: metadata to Redis, vectors to the model and the FAISS service.
+
+    Item events apply in event-time order, not arrival order: per item, the event with
+    the newest ``ts`` wins (ties: the later offset, i.e. the later arrival), and an
+    event older than the last one applied (its time is kept in ``items:version``) is
+    skipped and counted as ``items.stale``. So a late ``delete`` cannot remove an item
+    that was upserted after it, and a late ``upsert`` cannot revive a deleted one.
+    """
 
     def __init__(self, holder: ModelHolder, items: ItemCache, faiss: Any,
                  metrics: statsd.StatsClient, *, topic: str, max_event_bytes: int = 65536) -> None:
@@ -330,36 +344,46 @@ class ItemPipeline:
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchResult:
         result = BatchResult()
-        upserts: dict[str, ItemEvent] = {}
-        deletes: list[str] = []
+        newest: dict[str, tuple[int, int, ItemEvent]] = {}
         for msg in messages:
             try:
                 ev = parse_item(msg.value, self.max_event_bytes)
             except BadEvent as exc:
                 result.dead_letters.append(DeadLetter(msg, exc.reason, self.topic))
                 continue
-            if ev.op == "upsert":
-                upserts[ev.item_id] = ev
-                if ev.item_id in deletes:
-                    deletes.remove(ev.item_id)
+            ts = int(ev.ts)
+            if ev.item_id not in newest or (ts, msg.offset) >= newest[ev.item_id][:2]:
+                if ev.item_id in newest:
+                    result.stale += 1  # superseded within the batch
+                newest[ev.item_id] = (ts, msg.offset, ev)
             else:
-                upserts.pop(ev.item_id, None)
-                deletes.append(ev.item_id)
+                result.stale += 1
+        applied_ts = await asyncio.to_thread(self.items.item_versions, list(newest))
+        upserts: dict[str, ItemEvent] = {}
+        deletes: dict[str, int] = {}
+        for item_id, (ts, _, ev) in newest.items():
+            if ts < applied_ts.get(item_id, -1):
+                result.stale += 1
+            elif ev.op == "upsert":
+                upserts[item_id] = ev
+            else:
+                deletes[item_id] = ts
         if upserts:
             # Metadata first: once the model knows an item, an export may index it, and an
             # indexed item must never lack its metadata.
             await asyncio.to_thread(self.items.put_items,
-                                    {i: dict(ev.attributes or {}) for i, ev in upserts.items()})
+                                    {i: dict(ev.attributes or {}) for i, ev in upserts.items()},
+                                    {i: int(ev.ts) for i, ev in upserts.items()})
             vectors = await self.holder.run(_upsert_items, list(upserts.values()))
             await asyncio.to_thread(self._push_vectors, vectors)
         if deletes:
-            await asyncio.to_thread(self.items.mark_unavailable, deletes)
-            await asyncio.to_thread(self._remove_vectors, deletes)
+            await asyncio.to_thread(self.items.mark_unavailable, list(deletes), deletes)
+            await asyncio.to_thread(self._remove_vectors, list(deletes))
         result.applied = len(upserts) + len(deletes)
         pipe = self.metrics.pipeline()
         pipe.incr("events.items", len(messages))
-        if result.dead_letters:
-            pipe.incr("dead_letters", len(result.dead_letters))
+        if result.stale:
+            pipe.incr("items.stale", result.stale)
         pipe.send()
         return result
 

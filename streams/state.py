@@ -2,23 +2,41 @@
 
 The worker is at-least-once (Kafka redelivers events after a crash); these classes make
 the effects idempotent. A user's events all live on one partition (key = user id), so
-the ``(partition, offset)`` of the last applied event is a watermark: anything at or
-below it was applied already. Recent event ids catch the other kind of duplicate, the
-same event produced twice. Watermarks are stored with the state they protect (in the
-user's MongoDB document, and in Redis next to the popularity counts).
+the ``(partition, offset)`` of the last applied event, in the partition's epoch (see
+:mod:`streams.epochs`), is a watermark: anything at or below it was applied already.
+Recent event ids catch the other kind of duplicate, the same event produced twice, and
+tell it from a *conflicting* one (same id, different content), which is dead-lettered.
+Watermarks are stored with the state they protect (in the user's MongoDB document, and
+in Redis next to the popularity counts).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from common.stores import UserDoc
 from streams.records import Interaction
 
 EVENT_ID_MEMORY = 32  # recent event ids per user: producer retries are seconds apart
+
+
+class Seen(Enum):
+    """What the recent event ids say about an event."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same id, same content: the producer sent it twice
+    CONFLICT = "conflict"  # same id, different content: a producer bug, dead-lettered
+
+
+def content_digest(event: Interaction) -> str:
+    """What an event id must keep meaning: item, type, time and value."""
+    text = f"{event.item_id}\x1f{event.event}\x1f{event.ts}\x1f{event.value}"
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
 @dataclass
@@ -31,7 +49,9 @@ class UserState:
     last_event_ms: int = 0
     partition: int = -1
     offset: int = -1
-    event_ids: deque[str] = field(default_factory=lambda: deque(maxlen=EVENT_ID_MEMORY))
+    epoch: int = 0
+    #: recent event id → content digest, oldest first (bounded by EVENT_ID_MEMORY)
+    event_ids: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def new(cls, user_id: str, history_size: int) -> UserState:
@@ -40,34 +60,49 @@ class UserState:
     @classmethod
     def from_doc(cls, doc: UserDoc, history_size: int) -> UserState:
         wm = doc.watermark or {}
+        ids: dict[str, str] = {}
+        for entry in doc.event_ids[-EVENT_ID_MEMORY:]:
+            if isinstance(entry, str):  # stored before digests were kept
+                ids[entry] = ""
+            else:
+                ids[str(entry[0])] = str(entry[1])
         return cls(doc.user_id, deque(doc.history, maxlen=history_size), doc.n_events,
                    doc.last_event_ms, int(wm.get("p", -1)), int(wm.get("o", -1)),
-                   deque(doc.event_ids, maxlen=EVENT_ID_MEMORY))
+                   int(wm.get("e", 0)), ids)
 
-    def redelivered(self, partition: int, offset: int) -> bool:
-        """True for an event at or below the watermark: Kafka delivered it again."""
-        return partition == self.partition and offset <= self.offset
+    def redelivered(self, partition: int, offset: int, epoch: int = 0) -> bool:
+        """True for an event at or below the watermark of the same log: Kafka sent it again."""
+        return partition == self.partition and epoch == self.epoch and offset <= self.offset
 
-    def duplicate_id(self, event: Interaction) -> bool:
-        """True for an event whose id was applied already: the producer sent it twice."""
-        return event.event_id in self.event_ids
+    def seen(self, event: Interaction) -> Seen:
+        """Whether this event's id was applied already, and with the same content."""
+        digest = self.event_ids.get(event.event_id or "")
+        if digest is None:
+            return Seen.NEW
+        if not digest or digest == content_digest(event):
+            return Seen.DUPLICATE
+        return Seen.CONFLICT
 
-    def apply(self, event: Interaction, partition: int, offset: int) -> None:
+    def apply(self, event: Interaction, partition: int, offset: int, epoch: int = 0) -> None:
         """Record the event: bounded, de-duplicated history (newest last) and counters."""
         if event.item_id in self.history:
             self.history.remove(event.item_id)
         self.history.append(event.item_id)
         self.n_events += 1
         self.last_event_ms = max(self.last_event_ms, event.ts)
-        self.partition, self.offset = partition, offset
-        self.event_ids.append(event.event_id)
+        self.partition, self.offset, self.epoch = partition, offset, epoch
+        event_id = event.event_id or ""
+        self.event_ids.pop(event_id, None)
+        self.event_ids[event_id] = content_digest(event)
+        while len(self.event_ids) > EVENT_ID_MEMORY:
+            del self.event_ids[next(iter(self.event_ids))]
 
     def to_doc(self, vector: list[float], model_version: str) -> UserDoc:
         return UserDoc(user_id=self.user_id, vector=vector, model_version=model_version,
                        history=list(self.history), n_events=self.n_events,
                        last_event_ms=self.last_event_ms,
-                       watermark={"p": self.partition, "o": self.offset},
-                       event_ids=list(self.event_ids))
+                       watermark={"p": self.partition, "o": self.offset, "e": self.epoch},
+                       event_ids=[[i, d] for i, d in self.event_ids.items()])
 
 
 class DecayedPopularity:
@@ -78,6 +113,13 @@ class DecayedPopularity:
     of the decayed counts without touching every item on every event. When increments
     grow large the reference moves forward and stored scores are rescaled once.
 
+    Event time may jump (a backfill from 1998, then one event of today). Exact decay
+    would then take every older score to exactly 0.0 and the list would be ordered by
+    item id. Two floors keep it a ranking: a rescale divides by at most ``2 ** 40`` at a
+    time (the older history then orders only the items without recent events, far below
+    any recent one), and an event older than the reference adds at least
+    ``weight * 2 ** -1000`` (very old events still count, by number).
+
     >>> pop = DecayedPopularity(half_life_s=10, ref_ms=0)
     >>> inc = pop.increments([("a", 1.0, 0), ("b", 1.0, 10_000), ("b", 1.0, 10_000)])
     >>> inc["a"], inc["b"]
@@ -85,18 +127,13 @@ class DecayedPopularity:
     """
 
     MAX_EXPONENT = 40.0  # rescale before 2**exponent loses precision in a double
+    MIN_EXPONENT = -1000.0  # 2**-1000 is still a normal double: old events keep counting
 
-    def __init__(self, half_life_s: float, ref_ms: int | None = None,
-                 offsets: dict[int, int] | None = None) -> None:
+    def __init__(self, half_life_s: float, ref_ms: int | None = None) -> None:
         if half_life_s <= 0:
             raise ValueError(f"half_life_s must be positive, got {half_life_s}")
         self.half_life_s = half_life_s
         self.ref_ms = ref_ms
-        self.offsets: dict[int, int] = dict(offsets or {})
-
-    def counts_event(self, partition: int, offset: int) -> bool:
-        """Whether this event is new for popularity (not redelivered)."""
-        return offset > self.offsets.get(partition, -1)
 
     def increments(self, events: Iterable[tuple[str, float, int]]) -> dict[str, float]:
         """Score increments for ``(item_id, weight, ts_ms)`` events."""
@@ -104,15 +141,16 @@ class DecayedPopularity:
         for item, weight, ts in events:
             if self.ref_ms is None:
                 self.ref_ms = ts
-            exponent = (ts - self.ref_ms) / 1000.0 / self.half_life_s
+            exponent = max((ts - self.ref_ms) / 1000.0 / self.half_life_s,
+                           self.MIN_EXPONENT)
             out[item] = out.get(item, 0.0) + weight * math.pow(2.0, exponent)
         return out
 
     def rescale_factor(self, latest_ms: int) -> float | None:
         """If the reference is too old, move it to ``latest_ms``; return the score factor.
 
-        The factor may underflow to 0.0 after a very long gap: scores that old have
-        decayed to nothing anyway.
+        The factor is at least ``2 ** -MAX_EXPONENT``: after a jump in event time the
+        older scores shrink far below any new increment but never all to 0.0.
         """
         if self.ref_ms is None or latest_ms <= 0:
             return None
@@ -120,7 +158,7 @@ class DecayedPopularity:
         if exponent < self.MAX_EXPONENT:
             return None
         self.ref_ms = latest_ms
-        return math.pow(2.0, -exponent)
+        return math.pow(2.0, -min(exponent, self.MAX_EXPONENT))
 
     def meta(self) -> dict[str, float | int | None]:
         return {"ref_ms": self.ref_ms, "half_life_s": self.half_life_s}

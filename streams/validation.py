@@ -10,8 +10,10 @@ worker sends the original bytes and that reason to the dead-letter topic and car
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
+from typing import Any
 
 import msgspec
 
@@ -21,22 +23,93 @@ from streams.records import Interaction, ItemEvent
 MIN_TS_MS = 631_152_000_000  # 1990-01-01: earlier "ms" timestamps are seconds or garbage
 MAX_FUTURE_MS = 24 * 3600 * 1000  # a day of clock skew at most
 MAX_ID_LEN = 256
+MAX_DEPTH = 32  # objects/arrays nested deeper than this are not events
+_INTERACTION_FIELDS = tuple(f'"{name}"'.encode() for name in Interaction.__struct_fields__)
 
 _interaction_decoder = msgspec.json.Decoder(Interaction)
 _item_decoder = msgspec.json.Decoder(ItemEvent)
 
 
-def _decode(decoder: msgspec.json.Decoder, raw: bytes | None, max_bytes: int) -> object:
+def _decode(decoder: msgspec.json.Decoder, raw: bytes | None, max_bytes: int,
+            key_check: bool) -> object:
+    """Decode after the cheap byte-level checks, so a malformed record fails alone.
+
+    Invalid UTF-8 and deep nesting made the decoder raise exceptions other than its
+    own (``UnicodeDecodeError``, ``RecursionError``); they escaped as processing errors
+    and sent the whole micro-batch down the slow one-by-one path. Duplicate keys were
+    silently resolved by the last one winning. All three are rejected here first.
+    """
     if not raw:
         raise BadEvent("empty message (no value)")
     if len(raw) > max_bytes:
         raise BadEvent(f"payload of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadEvent(f"not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+        _check_depth(raw)
+    if key_check:
+        _check_duplicate_keys(raw)
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise BadEvent(f"invalid event: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadEvent(f"not valid JSON: {exc}") from None
+    except (RecursionError, UnicodeError, ValueError) as exc:  # defensive: never a crash
+        raise BadEvent(f"not valid JSON: {type(exc).__name__}: {exc}") from None
+
+
+def _check_depth(raw: bytes) -> None:
+    """Reject nesting deeper than :data:`MAX_DEPTH` (brackets inside strings ignored).
+
+    >>> _check_depth(b'{"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')
+    >>> _check_depth(b'{"a":' + b'[' * 40 + b']' * 40 + b'}')
+    Traceback (most recent call last):
+    ...
+    common.errors.BadEvent: JSON nested deeper than 32 levels
+    """
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):  # { [
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise BadEvent(f"JSON nested deeper than {MAX_DEPTH} levels")
+        elif byte in (0x7D, 0x5D):
+            depth -= 1
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise BadEvent(f"duplicate JSON key {key[:64]!r}")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _check_duplicate_keys(raw: bytes) -> None:
+    """Reject an object with a repeated key, at any depth."""
+    try:
+        json.loads(raw, object_pairs_hook=_reject_duplicates)
+    except (json.JSONDecodeError, RecursionError):
+        return  # not JSON: the decoder names the error precisely
+
+
+def _interaction_needs_key_check(raw: bytes) -> bool:
+    """Cheap test: could a top-level field be repeated? (Escapes may hide a name.)"""
+    return b"\\u" in raw or any(raw.count(name) > 1 for name in _INTERACTION_FIELDS)
 
 
 def _check_id(value: str, name: str) -> None:
@@ -65,7 +138,8 @@ def parse_interaction(raw: bytes | None, max_bytes: int = 65536,
     ...
     common.errors.BadEvent: invalid event: Invalid enum value 'like' - at `$.event`
     """
-    ev = _decode(_interaction_decoder, raw, max_bytes)
+    ev = _decode(_interaction_decoder, raw, max_bytes,
+                 key_check=raw is not None and _interaction_needs_key_check(raw))
     assert isinstance(ev, Interaction)
     _check_id(ev.user_id, "user_id")
     _check_id(ev.item_id, "item_id")
@@ -74,8 +148,8 @@ def parse_interaction(raw: bytes | None, max_bytes: int = 65536,
     if value is not None and not math.isfinite(value):
         raise BadEvent(f"field 'value' must be a finite number, got {value!r}")
     event_id = ev.event_id
-    if event_id is not None and not event_id:
-        raise BadEvent("field 'event_id' must be a non-empty string")
+    if event_id is not None:
+        _check_id(event_id, "event_id")
     return msgspec.structs.replace(
         ev, ts=ts, value=None if value is None else float(value),
         event_id=event_id or derive_event_id(ev.user_id, ev.item_id, ev.event, ts))
@@ -91,7 +165,7 @@ def derive_event_id(user_id: str, item_id: str, event: str, ts: int) -> str:
 def parse_item(raw: bytes | None, max_bytes: int = 65536,
                now_ms: int | None = None) -> ItemEvent:
     """Validate one ``items`` value (attributes default to ``{}``)."""
-    ev = _decode(_item_decoder, raw, max_bytes)
+    ev = _decode(_item_decoder, raw, max_bytes, key_check=True)  # attributes: any keys
     assert isinstance(ev, ItemEvent)
     _check_id(ev.item_id, "item_id")
     return msgspec.structs.replace(ev, ts=_check_ts(ev.ts, now_ms),

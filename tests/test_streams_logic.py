@@ -10,7 +10,8 @@ import pytest
 from common.errors import BadEvent
 from common.events import interaction_json
 from scripts.malformed import KINDS, malformed_interaction, malformed_interactions
-from streams.state import DecayedPopularity, UserState
+from streams.epochs import Anchor, LogEpochs
+from streams.state import DecayedPopularity, Seen, UserState
 from streams.validation import derive_event_id, parse_interaction, parse_item
 
 NOW = 1_800_000_000_000
@@ -90,11 +91,13 @@ def test_user_state_detects_redelivery_and_producer_duplicates() -> None:
     st.apply(e, partition=2, offset=10)
     assert st.redelivered(2, 10) and st.redelivered(2, 3)
     assert not st.redelivered(2, 11) and not st.redelivered(1, 5)
-    assert st.duplicate_id(e)
-    assert not st.duplicate_id(parse_interaction(ev(item="other"), now_ms=NOW))
+    assert st.seen(e) is Seen.DUPLICATE
+    assert st.seen(parse_interaction(ev(item="other"), now_ms=NOW)) is Seen.NEW
     doc = st.to_doc([0.1], "v1")
     again = UserState.from_doc(doc, history_size=5)
-    assert again.redelivered(2, 10) and again.duplicate_id(e) and again.n_events == 1
+    assert again.redelivered(2, 10) and again.seen(e) is Seen.DUPLICATE
+    assert again.n_events == 1
+    assert not again.redelivered(2, 10, epoch=1)  # the log was replaced: not a redelivery
 
 
 def test_decayed_popularity_halves_per_half_life() -> None:
@@ -112,9 +115,9 @@ def test_decayed_popularity_rescales_before_overflow() -> None:
     assert math.isfinite(pop.increments([("x", 1.0, 60_000)])["x"])
 
 
-def test_popularity_offsets_gate_counting() -> None:
-    pop = DecayedPopularity(half_life_s=60, offsets={0: 100})
-    assert not pop.counts_event(0, 100) and pop.counts_event(0, 101) and pop.counts_event(1, 0)
+def test_partition_anchors_gate_counting() -> None:
+    epochs = LogEpochs({0: Anchor(0, 100, "fp")})
+    assert not epochs.is_new(0, 100) and epochs.is_new(0, 101) and epochs.is_new(1, 0)
     with pytest.raises(ValueError):
         DecayedPopularity(half_life_s=0)
 
@@ -151,7 +154,7 @@ class _FlakyPipeline:
 
 
 def _msgs(n: int):
-    from streams.pipeline import RawMessage
+    from streams.messages import RawMessage
 
     return [RawMessage(f"v{j}".encode(), b"k", 0, j, 0.0) for j in range(n)]
 
@@ -177,4 +180,4 @@ def test_a_poison_event_alone_goes_to_dead_letters() -> None:
     assert result.applied == 3
     assert [d.message.value for d in result.dead_letters] == [b"v2"]
     assert "ZeroDivisionError" in result.dead_letters[0].reason
-    assert pipe.calls == [4, 1, 1, 1, 1]
+    assert pipe.calls == [4, 2, 2, 1, 1]  # halves, in order: the poison is isolated

@@ -91,9 +91,17 @@ def _expected_history(inter: Interactions, size: int) -> dict[str, list[str]]:
     return hist
 
 
+def _publish_catalogue(settings: Settings, item_ids: list[str]) -> None:
+    """The catalogue as the bootstrap publishes it: only upserted items are served."""
+    r = redis_client(settings)
+    ItemCache(r, settings.redis_prefix).put_items({i: {"title": i} for i in item_ids})
+    r.close()
+
+
 def test_replay_5000_builds_user_documents_and_popular_list(
         wsettings: Settings, ml_events: Interactions, tmp_path: Path, cleanup) -> None:
     inter = ml_events.take(slice(0, 5_000))
+    _publish_catalogue(wsettings, sorted(set(inter.items.tolist())))
     with WorkerProcess(wsettings, tmp_path / "worker.log") as worker:
         _replay(wsettings, inter)
         wait_for(lambda: _total_events(wsettings) >= 5_000, 120, "5,000 events applied")
@@ -169,7 +177,13 @@ def test_malformed_events_go_to_dead_letters_and_valid_ones_apply(
         assert worker.proc is not None and worker.proc.poll() is None  # still alive
 
     assert len(records) == len(bad)
-    assert sorted(r.value for r in records) == sorted(bad)  # original bytes preserved
+    # Original bytes preserved (up to the dead-letter payload limit, beyond it a prefix
+    # plus the whole original's size and SHA-256).
+    limit = wsettings.dead_letter_max_payload_bytes
+    assert sorted(r.value for r in records) == sorted(b[:limit] for b in bad)
+    for r in records:
+        h = dict(r.headers)
+        assert h["payload-truncated"] == (b"1" if int(h["payload-bytes"]) > limit else b"0")
     reasons = [dict(r.headers)["reason"].decode() for r in records]
     assert all(reasons)
     assert any("JSON" in x for x in reasons) and any("timestamp" in x for x in reasons)
