@@ -13,6 +13,8 @@ Redis prefix and log folder) on the shared local stack, so it never disturbs a d
 - ``malformed``: fuzzed malformed events interleaved with valid ones; all land in the
   dead-letter topic, the worker stays up, every valid event is applied.
 - ``admin-keys``: FAISS write endpoints refuse a missing or wrong key.
+- ``oversize``, ``offset-reset``, ``poison-rate``: the worker under hostile input and
+  broker events (see :mod:`scripts.drill_stream`).
 Prints one JSON line per drill; exits non-zero if any drill failed.
 """
 
@@ -45,6 +47,7 @@ from common.kafka import delete_topics, ensure_topics
 from common.settings import Settings
 from datasets import movielens
 from datasets.types import Interactions
+from scripts import drill_stream
 from scripts.apps import AppManager
 from scripts.malformed import malformed_interactions
 from scripts.processes import free_port, wait_for
@@ -333,6 +336,9 @@ DRILLS: dict[str, Callable[..., dict[str, Any]]] = {
     "mongodb-restart": lambda w, **kw: dependency_restart(w, "mongodb", **kw),
     "malformed": malformed,
     "admin-keys": admin_keys,
+    "oversize": drill_stream.oversize,
+    "offset-reset": drill_stream.offset_reset,
+    "poison-rate": drill_stream.poison_rate,
 }
 
 

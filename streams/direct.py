@@ -35,11 +35,15 @@ log = logging.getLogger(__name__)
 
 
 class _LogRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        log.info("interactions partitions revoked: %s", sorted(tp.partition for tp in revoked))
+        log.info("%s partitions revoked: %s", self.topic,
+                 sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("interactions partitions assigned: %s",
+        log.info("%s partitions assigned: %s", self.topic,
                  sorted(tp.partition for tp in assigned))
 
 
@@ -57,6 +61,10 @@ class BatchConsumer:
         self.within_ms = max(1, int(within_s * 1000))
         self.commit_interval_s = commit_interval_s
         self.consumer: AIOKafkaConsumer | None = None
+        self.log_check_interval_s = 3.0
+        self._last: dict[TopicPartition, RawMessage] = {}
+        self._side: AIOKafkaConsumer | None = None
+        self._side_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -67,11 +75,11 @@ class BatchConsumer:
             max_poll_records=self.max_batch, session_timeout_ms=6000,
             heartbeat_interval_ms=1000, rebalance_timeout_ms=6000,
             max_partition_fetch_bytes=4 * 1024 * 1024)
-        consumer.subscribe([self.topic], listener=_LogRebalance())
+        consumer.subscribe([self.topic], listener=_LogRebalance(self.topic))
         await consumer.start()
         self.consumer = consumer
         pending: dict[TopicPartition, int] = {}
-        last_commit = time.monotonic()
+        last_commit = last_check = time.monotonic()
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=self.within_ms,
@@ -81,6 +89,11 @@ class BatchConsumer:
                                 for r in records]
                     await self.handle(messages)  # durable when it returns
                     pending.update({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+                    self._last.update({tp: from_record(recs[-1])
+                                       for tp, recs in batches.items()})
+                elif time.monotonic() - last_check >= self.log_check_interval_s:
+                    await self._check_logs(consumer, pending)
+                    last_check = time.monotonic()
                 if pending and time.monotonic() - last_commit >= self.commit_interval_s:
                     await self._commit(consumer, pending)
                     pending, last_commit = {}, time.monotonic()
@@ -89,6 +102,38 @@ class BatchConsumer:
         finally:
             self.consumer = None
             await consumer.stop()
+            if self._side is not None:
+                await self._side.stop()
+                self._side = None
+
+    async def _check_logs(self, consumer: AIOKafkaConsumer,
+                          pending: dict[TopicPartition, int]) -> None:
+        """While idle: is the last record consumed per partition still in the log?
+
+        Apache Kafka answers a fetch beyond the end of a re-created (shorter) log with
+        OFFSET_OUT_OF_RANGE and the client starts again from the beginning. Some brokers
+        (the local Tansu among them) answer with nothing instead, and the consumer would
+        wait at its old position, skipping every new record below it. So when nothing
+        arrives, the record just before the position is looked up; if it is gone or
+        different, the log was replaced and the partition is read from its beginning
+        (:mod:`streams.epochs` then tells new events from redeliveries).
+        """
+        for tp in consumer.assignment():
+            last = self._last.get(tp)
+            if last is None:
+                continue
+            try:
+                fp = await self.fingerprint_at(tp.partition, last.offset, timeout_s=3.0)
+            except (ServiceUnavailable, KafkaError) as exc:
+                log.info("log check of %s[%d] skipped: %s", self.topic, tp.partition, exc)
+                continue
+            if fp != last.fingerprint():
+                log.warning("%s[%d]: the record at offset %d is gone or different: the log "
+                            "was replaced; reading the partition from its beginning",
+                            self.topic, tp.partition, last.offset)
+                await consumer.seek_to_beginning(tp)
+                self._last.pop(tp, None)
+                pending.pop(tp, None)
 
     @staticmethod
     async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -111,11 +156,14 @@ class BatchConsumer:
         so the main consumer's position and group membership are untouched.
         """
         tp = TopicPartition(self.topic, partition)
-        side = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
-        await side.start()
-        try:
+        if self._side is None:
+            side = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    max_partition_fetch_bytes=4 * 1024 * 1024)
+            await side.start()
+            self._side = side
+        side = self._side
+        async with self._side_lock:
             side.assign([tp])
             side.seek(tp, offset)
             deadline = time.monotonic() + timeout_s
@@ -135,8 +183,6 @@ class BatchConsumer:
                     return None
             raise ServiceUnavailable(f"record {self.topic}[{partition}]@{offset} could not "
                                      f"be read within {timeout_s:.0f}s")
-        finally:
-            await side.stop()
 
     async def lag(self) -> dict[int, int]:
         """Records behind the partition end, per assigned partition."""
