@@ -22,7 +22,7 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def interaction_json(user_id: str, item_id: str, event: str, ts_ms: int,
-                     value: float | None = None) -> bytes:
+                     value: float | None = None, event_id: str | None = None) -> bytes:
     """Encode one interaction event.
 
     >>> interaction_json("u1", "i9", "click", 1700000000000)
@@ -32,6 +32,8 @@ def interaction_json(user_id: str, item_id: str, event: str, ts_ms: int,
     if value is not None:
         body["value"] = value
     body["ts"] = int(ts_ms)
+    if event_id is not None:
+        body["event_id"] = event_id
     return _dumps(body).encode()
 
 

@@ -29,6 +29,7 @@ from common.clients import redis_client
 from common.events import interaction_json, item_json
 from common.kafka import delete_topics, ensure_topics
 from common.stores import ItemCache
+from scripts.drill_world import DrillFailed, DrillWorld
 from scripts.processes import wait_for
 from scripts.readback import count_until, start_consumer
 
@@ -58,7 +59,7 @@ async def _produce(settings: Any, records: list[tuple[str, bytes | None, bytes]]
         await producer.stop()
 
 
-def _applied_total(world: Any) -> int:
+def _applied_total(world: DrillWorld) -> int:
     """Sum of ``n_events`` over every user, computed by the database."""
     rows = list(world.mongo[world.settings.mongo_db]["users"].aggregate(
         [{"$group": {"_id": None, "n": {"$sum": "$n_events"}}}]))
@@ -80,7 +81,7 @@ async def _committed(settings: Any, group: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-def oversize(world: Any) -> dict[str, Any]:
+def oversize(world: DrillWorld) -> dict[str, Any]:
     """Oversized records are dead-lettered; the consumers carry on past them."""
     s = world.settings
     world.apps.up(["worker"])
@@ -131,13 +132,11 @@ def oversize(world: Any) -> dict[str, Any]:
     if (len(letters) != len(sizes) + 1 or not result["consumer_alive"]
             or result["valid_after_poison_applied"] != len(sizes)
             or result["committed_records"] < len(interactions)):
-        from scripts.drill import DrillFailed
-
         raise DrillFailed(f"oversize drill: {result}")
     return result
 
 
-def offset_reset(world: Any, users: int = 20) -> dict[str, Any]:
+def offset_reset(world: DrillWorld, users: int = 20) -> dict[str, Any]:
     """Re-create `interactions` under a running worker; known users' clicks still apply."""
     s = world.settings
     world.apps.up(["worker"])
@@ -168,8 +167,6 @@ def offset_reset(world: Any, users: int = 20) -> dict[str, Any]:
     result = {"drill": "offset-reset", "known_users": users, "sent": len(second),
               "applied": applied, "worker_alive": world.apps.pid("worker") is not None}
     if applied != len(second) or not result["worker_alive"]:
-        from scripts.drill import DrillFailed
-
         raise DrillFailed(f"offset-reset drill: {result}")
     return result
 
@@ -185,7 +182,7 @@ MALFORMED = (b'{"user_id":"u\xff","item_id":"i1","event":"click","ts":1700000000
              + b"[" * 2000 + b"]" * 2000 + b"}")
 
 
-def poison_rate(world: Any, events: int = 20_000, users: int = 2_000,
+def poison_rate(world: DrillWorld, events: int = 20_000, users: int = 2_000,
                 poison_every: int = 1_000) -> dict[str, Any]:
     """Events/s with one malformed event per ``poison_every``, against clean runs."""
     s = world.settings
@@ -221,7 +218,5 @@ def poison_rate(world: Any, events: int = 20_000, users: int = 2_000,
               "measured": "produce start to all events applied (MongoDB sum), warm worker, "
                           "same worker for all three runs"}
     if result["ratio"] < 0.8:
-        from scripts.drill import DrillFailed
-
         raise DrillFailed(f"poison-rate drill: {result}")
     return result

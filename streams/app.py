@@ -26,6 +26,7 @@ import torch
 from aiokafka import AIOKafkaProducer
 
 from common.clients import mongo_db, redis_client, statsd_client
+from common.compression import missing_codecs
 from common.errors import RecsysError
 from common.kafka import ensure_topics
 from common.settings import Settings
@@ -206,6 +207,10 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task(on_leader=False)
     async def start_runtime() -> None:
+        missing = missing_codecs()
+        if missing:  # compressed batches from producers would crash the consumer later
+            raise RuntimeError(f"Kafka compression codecs not installed: {missing} "
+                               "(install aiokafka[snappy,lz4,zstd])")
         await ensure_topics(settings, [settings.topic_interactions, settings.topic_items,
                                        settings.topic_dead_letter])
         torch.set_num_threads(1)  # small batches: threads only fight the event loop

@@ -39,3 +39,24 @@ def test_dependency_restart_under_load_has_no_5xx(stack: Settings, which: str) -
 def test_admin_endpoints_refuse_bad_keys(stack: Settings) -> None:
     result = run_drill("admin-keys", stack)
     assert result["missing_key_status"] == 401 and result["wrong_key_status"] == 401
+
+
+def test_oversized_records_are_dead_lettered_and_consumers_go_on(stack: Settings) -> None:
+    result = run_drill("oversize", stack)
+    assert result["consumer_alive"] and result["dead_lettered"] == result["oversize_sent"] == 3
+    assert result["truncated"] == 3
+    assert result["largest_letter_bytes"] <= stack.dead_letter_max_payload_bytes
+    assert result["valid_after_poison_applied"] == 2
+
+
+def test_a_recreated_topic_under_a_running_worker_loses_no_click(stack: Settings) -> None:
+    result = run_drill("offset-reset", stack, users=10)
+    assert result["applied"] == result["sent"] == 11 and result["worker_alive"]
+
+
+def test_malformed_bytes_do_not_send_batches_down_the_slow_path(stack: Settings) -> None:
+    # Smaller than the CLI default (20,000 events): the ratio, not the speed, is checked
+    # by the drill itself (it raises below 0.8); here its figures must add up.
+    result = run_drill("poison-rate", stack, events=5_000, users=500)
+    assert result["malformed_per_run"] == 5
+    assert result["poison_events_per_s"] > 0 and result["ratio"] >= 0.8

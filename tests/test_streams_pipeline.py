@@ -1,0 +1,151 @@
+"""The worker's pipelines in-process against the real MongoDB and Redis.
+
+No broker and no worker process: batches of :class:`RawMessage` go straight into
+:class:`InteractionPipeline` / :class:`ItemPipeline`, so each rule (event-time order of
+item events, ghost items, duplicates, offset regressions) is checked on the real
+stores in a second. The FAISS client is an in-memory stand-in recording the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import statsd
+
+from common.events import interaction_json, item_json
+from common.settings import Settings
+from common.stores import ItemCache, UserStore
+from models.gmf import GMF
+from streams.messages import RawMessage
+from streams.pipeline import InteractionPipeline, ItemPipeline, ModelHolder, process_reliably
+
+pytestmark = pytest.mark.integration
+
+TS = 1_700_000_000_000
+
+
+class _Index:
+    """Stand-in for the FAISS client: which ids are indexed."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    def upsert(self, item_id: str, vector: np.ndarray) -> None:
+        self.ids.add(item_id)
+
+    def delete(self, item_id: str) -> None:
+        self.ids.discard(item_id)
+
+
+@pytest.fixture
+def world(redis_client: Any, mongo_db: Any, settings: Settings) -> Iterator[dict[str, Any]]:
+    mongo_db["users"].delete_many({})
+    for key in redis_client.scan_iter(match=f"{settings.redis_prefix}*"):
+        redis_client.delete(key)
+    metrics = statsd.StatsClient("127.0.0.1", 9)  # discard port
+    holder = ModelHolder(GMF(dim=8, negatives=8, history_size=10))
+    cache = ItemCache(redis_client, settings.redis_prefix)
+    index = _Index()
+    yield {
+        "cache": cache, "index": index, "db": mongo_db, "holder": holder,
+        "items": ItemPipeline(holder, cache, index, metrics, topic="items"),
+        "inter": InteractionPipeline(holder, UserStore(mongo_db), cache, metrics,
+                                     topic="interactions", dead_letter_topic="dlq"),
+    }
+
+
+def _run(pipeline: Any, msgs: list[RawMessage]) -> Any:
+    return asyncio.run(process_reliably(pipeline, msgs, max_backoff_s=0.01))
+
+
+def _item(item_id: str, op: str, ts: int, offset: int, title: str = "t") -> RawMessage:
+    return RawMessage(item_json(item_id, op, {"title": title}, ts), item_id.encode(), 0,
+                      offset, 0.0)
+
+
+def _click(user: str, item: str, ts: int, offset: int, partition: int = 0,
+           **extra: Any) -> RawMessage:
+    return RawMessage(interaction_json(user, item, "click", ts, **extra), user.encode(),
+                      partition, offset, 0.0)
+
+
+def test_a_late_delete_does_not_remove_a_newer_upsert(world: dict[str, Any]) -> None:
+    _run(world["items"], [_item("a", "upsert", TS + 10, 0, "new")])
+    result = _run(world["items"], [_item("a", "delete", TS + 5, 1)])  # older, arrives later
+    assert result.stale == 1
+    assert "a" not in world["cache"].unavailable() and "a" in world["index"].ids
+
+
+def test_a_late_upsert_does_not_revive_a_newer_delete(world: dict[str, Any]) -> None:
+    _run(world["items"], [_item("b", "upsert", TS, 0, "first")])
+    _run(world["items"], [_item("b", "delete", TS + 10, 1)])
+    _run(world["items"], [_item("b", "upsert", TS + 5, 2, "stale")])
+    assert "b" in world["cache"].unavailable() and "b" not in world["index"].ids
+    assert world["cache"].get_items(["b"])["b"]["title"] == "first"
+
+
+def test_within_a_batch_event_time_decides_and_ties_go_to_the_later_offset(
+        world: dict[str, Any]) -> None:
+    _run(world["items"], [_item("c", "delete", TS + 10, 0), _item("c", "upsert", TS + 1, 1),
+                          _item("d", "upsert", TS, 2, "one"), _item("d", "upsert", TS, 3, "two")])
+    assert "c" in world["cache"].unavailable()
+    assert world["cache"].get_items(["d"])["d"]["title"] == "two"
+
+
+def test_ghost_items_are_learned_but_never_served_until_upserted(
+        world: dict[str, Any]) -> None:
+    _run(world["items"], [_item("real", "upsert", TS, 0)])
+    ghost = "../../etc/passwd"
+    _run(world["inter"], [_click("u1", ghost, TS, 0), _click("u1", "real", TS, 1),
+                          _click("u2", ghost, TS, 2)])
+    cache = world["cache"]
+    assert [i for i, _ in cache.popular(10)] == ["real"]
+    assert ghost in world["holder"].model.item_ids  # learned from
+    assert cache.known_among([ghost, "real"]) == {"real"}  # the export keeps only these
+    # Once upserted, its clicks so far count in the served list.
+    _run(world["items"], [_item(ghost, "upsert", TS, 1)])
+    top = dict(cache.popular(10))
+    assert top[ghost] > top["real"]
+
+
+def test_conflicting_duplicates_are_dead_lettered_and_duplicates_skipped(
+        world: dict[str, Any]) -> None:
+    first = _click("u3", "i1", TS, 0, event_id="e-1")
+    _run(world["inter"], [first])
+    same = _click("u3", "i1", TS, 1, event_id="e-1")
+    other = _click("u3", "i2", TS, 2, event_id="e-1")
+    result = _run(world["inter"], [same, other])
+    assert result.skipped_duplicates == 1 and result.applied == 0
+    assert [d.message.offset for d in result.dead_letters] == [2]
+    assert "conflicting duplicate" in result.dead_letters[0].reason
+    assert world["db"]["users"].find_one({"_id": "u3"})["n_events"] == 1
+
+
+def test_offsets_from_a_replaced_log_are_applied_and_redeliveries_skipped(
+        world: dict[str, Any]) -> None:
+    inter = world["inter"]
+    first = [_click(f"u{j % 3}", f"i{j}", TS + j, j) for j in range(9)]
+    _run(inter, first)
+    _run(inter, first[4:])  # a redelivery after a crash: all skipped
+    n = {d["_id"]: d["n_events"] for d in world["db"]["users"].find()}
+    assert sum(n.values()) == 9
+
+    log: dict[int, RawMessage] = {}  # the re-created topic: offsets from 0 again
+
+    async def lookup(partition: int, offset: int) -> str | None:
+        return log[offset].fingerprint() if offset in log else None
+
+    inter.forget([])  # as after a restart: anchors reloaded from Redis
+    inter.lookup = lookup
+    second = [_click(f"u{j % 3}", f"new{j}", TS + 100 + j, j) for j in range(3)]
+    log.update({m.offset: m for m in second})
+    result = _run(inter, second)
+    assert result.applied == 3 and result.skipped_duplicates == 0
+    assert sum(d["n_events"] for d in world["db"]["users"].find()) == 12
+    assert inter.epochs.epoch(0) == 1
+    pending = f"{world['cache'].prefix}popular:pending"  # no catalogue: counts wait there
+    assert all(world["cache"].r.zscore(pending, f"new{j}") for j in range(3))
