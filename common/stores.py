@@ -110,7 +110,7 @@ class ItemCache:
                    for i, meta in items.items()})
         pipe.srem(self._unavailable_key, *items.keys())
         if versions:
-            pipe.hset(self._key("items:version"), mapping=dict(versions))
+            pipe.hset(self._key("items:version"), mapping=_redis_mapping(versions))
         pipe.execute()
         self._admit(keys=[self._popular_key, self._key("popular:pending"),
                           self._key("items:known")], args=list(items))
@@ -146,7 +146,7 @@ class ItemCache:
         pipe = self.r.pipeline(transaction=False)
         pipe.sadd(self._unavailable_key, *ids)
         if versions:
-            pipe.hset(self._key("items:version"), mapping=dict(versions))
+            pipe.hset(self._key("items:version"), mapping=_redis_mapping(versions))
         pipe.execute()
 
     def unavailable(self) -> set[str]:
@@ -281,3 +281,9 @@ class UserStore:
     def get_many(self, user_ids: Sequence[str]) -> dict[str, UserDoc]:
         return {str(d["_id"]): UserDoc.from_mongo(d)
                 for d in self.col.find({"_id": {"$in": list(user_ids)}})}
+
+
+def _redis_mapping(values: Mapping[str, int]) -> dict[Any, Any]:
+    """``values`` typed as redis-py's ``hset(mapping=...)`` wants it (its key type is a
+    union, and ``Mapping`` keys are invariant)."""
+    return dict(values)

@@ -42,6 +42,7 @@ GRAPHITE_ROOT = {COUNTER: "stats.counters", TIMER: "stats.timers", GAUGE: "stats
 SOURCES: dict[str, str] = {
     "streams/pipeline.py": "worker",
     "streams/app.py": "worker",
+    "streams/dead_letters.py": "worker",
     "recommender_server/metrics.py": "api",
     "recommender_server/recommend.py": "api",
     "common/http_metrics.py": "faiss",  # the FAISS service's middleware (the API batches)
@@ -86,7 +87,15 @@ METRICS: tuple[Metric, ...] = (
            "Redelivered or producer-duplicated interactions skipped (idempotence).", _W),
     Metric("worker", "events.items", COUNTER, "Item events (upsert/delete) consumed.", _W),
     Metric("worker", "dead_letters", COUNTER,
-           "Events sent to the dead-letter topic (invalid or poison).", _W),
+           "Events sent to the dead-letter topic (invalid, poison or conflicting "
+           "duplicates); counted once, by the sink.", ("streams/dead_letters.py",)),
+    Metric("worker", "dead_letters.truncated", COUNTER,
+           "Dead letters whose payload was cut to RECSYS_DEAD_LETTER_MAX_PAYLOAD_BYTES.",
+           ("streams/dead_letters.py",)),
+    Metric("worker", "items.stale", COUNTER,
+           "Item events skipped because a newer one (event time) was applied.", _W),
+    Metric("worker", "epochs.regressions", GAUGE,
+           "Partitions whose log was found replaced (offsets went back) since start.", _W),
     Metric("worker", "retries", COUNTER,
            "Batch retries while MongoDB/Redis/FAISS was unavailable.", _W),
     Metric("worker", "faiss.errors", COUNTER,
