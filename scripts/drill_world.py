@@ -15,7 +15,7 @@ from typing import Any
 from common.clients import mongo_client, redis_client
 from common.kafka import delete_topics
 from common.settings import Settings
-from datasets.types import Interactions
+from datasets.types import Interactions, Item
 from scripts.apps import AppManager
 from scripts.processes import free_port
 from scripts.replay import Replayer, interaction_chunks
@@ -70,8 +70,14 @@ class DrillWorld:
         return sum(int(d.get("n_events", 0)) for d in self.users().values())
 
     def replay(self, inter: Interactions, rate: float | None = None) -> None:
+        """Replay ``inter``, preceded by upserts of the items it names (the catalogue:
+        only items that had an upsert are ever served)."""
+        from datasets import movielens
+
+        known = movielens.load(self.settings.cache_dir).items
+        items = [known.get(i) or Item(i, i) for i in sorted(set(inter.items.tolist()))]
         asyncio.run(Replayer(self.settings, rate=rate, progress=False).run(
-            [], interaction_chunks(inter, 1_000), len(inter)))
+            items, interaction_chunks(inter, 1_000), len(inter)))
 
     def cleanup(self) -> None:
         self.apps.down()
