@@ -175,15 +175,12 @@ def rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
     """
     _check_ndim("rowwise_adagrad", weight=(weight, 2), accum=(accum, 1), rows=(rows, 1),
                 grads=(grads, 2))
-    if accum.shape[0] != weight.shape[0]:
-        raise ValueError(f"rowwise_adagrad: accum has {accum.shape[0]} rows, "
-                         f"weight has {weight.shape[0]}")
-    if grads.shape[0] != rows.shape[0]:
-        raise ValueError(f"rowwise_adagrad: grads has {grads.shape[0]} rows, "
-                         f"rows has {rows.shape[0]} entries")
-    if grads.shape[1] != weight.shape[1]:
-        raise ValueError(f"rowwise_adagrad: grads has {grads.shape[1]} columns, "
-                         f"weight has {weight.shape[1]}")
+    _check_equal("rowwise_adagrad", ("accum", accum.shape[0], "rows"),
+                 ("weight", weight.shape[0], ""))
+    _check_equal("rowwise_adagrad", ("grads", grads.shape[0], "rows"),
+                 ("rows", rows.shape[0], "entries"))
+    _check_equal("rowwise_adagrad", ("grads", grads.shape[1], "columns"),
+                 ("weight", weight.shape[1], ""))
     _rowwise_adagrad(weight, accum, rows, grads, lr, decay, eps)
 
 
@@ -192,6 +189,13 @@ def _check_ndim(kernel: str, **arrays: tuple[np.ndarray, int]) -> None:
     for name, (arr, ndim) in arrays.items():
         if arr.ndim != ndim:
             raise ValueError(f"{kernel}: {name} must be {ndim}-D, got shape {arr.shape}")
+
+
+def _check_equal(kernel: str, got: tuple[str, int, str], want: tuple[str, int, str]) -> None:
+    """Raise ``"<kernel>: <name> has <n> <unit>, <name> has <n>[ <unit>]"`` if they differ."""
+    if got[1] != want[1]:
+        raise ValueError(f"{kernel}: {got[0]} has {got[1]} {got[2]}, "
+                         f"{want[0]} has {want[1]}{' ' + want[2] if want[2] else ''}")
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -251,12 +255,10 @@ def mask_hits(logits: np.ndarray, neg_rows: np.ndarray, pos_rows: np.ndarray) ->
     """
     _check_ndim("mask_hits", logits=(logits, 2), neg_rows=(neg_rows, 1),
                 pos_rows=(pos_rows, 1))
-    if logits.shape[0] != pos_rows.shape[0]:
-        raise ValueError(f"mask_hits: logits has {logits.shape[0]} rows, "
-                         f"pos_rows has {pos_rows.shape[0]} entries")
-    if logits.shape[1] != neg_rows.shape[0]:
-        raise ValueError(f"mask_hits: logits has {logits.shape[1]} columns, "
-                         f"neg_rows has {neg_rows.shape[0]} entries")
+    _check_equal("mask_hits", ("logits", logits.shape[0], "rows"),
+                 ("pos_rows", pos_rows.shape[0], "entries"))
+    _check_equal("mask_hits", ("logits", logits.shape[1], "columns"),
+                 ("neg_rows", neg_rows.shape[0], "entries"))
     _mask_hits(logits, neg_rows, pos_rows)
 
 
