@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     choices = [c for g in grids for c in runner.tune(g)]
     record = {
-        "command": "python -m scripts." + Path(__file__).stem + " " + " ".join(argv or []),
+        "command": " ".join(["python -m scripts.tune", *(argv or sys.argv[1:])]),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "conditions": f"MovieLens 100k, validation splits of scripts.evaluate, torch 1 "
                       f"thread, {platform.machine()} with 2 cores shared with other jobs",
