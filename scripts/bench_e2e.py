@@ -1,6 +1,6 @@
 """End-to-end benchmark of the whole system: clicks to changed recommendations.
 
-    python -m scripts.bench_e2e            # ~4 minutes
+    python -m scripts.bench_e2e            # ~5 minutes
     python -m scripts.bench_e2e --quick    # ~1.5 minutes, fewer samples
 
 On the shared local stack, in its own namespace (like ``scripts.drill``), it starts the
