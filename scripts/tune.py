@@ -1,6 +1,6 @@
 """Re-check the tuned hyperparameters on validation splits; write the record of the run.
 
-    python -m scripts.tune                      # ~10 minutes on 2 shared cores
+    python -m scripts.tune                      # ~15 minutes on 2 shared cores
     python -m scripts.tune --only full/gmf      # one grid
 
 Every grid sweeps one hyperparameter at a time around the current default (the others
