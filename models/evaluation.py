@@ -17,6 +17,7 @@ the held-out item ranks above it (pessimistic ties).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -230,6 +231,62 @@ def prequential(model: Recommender, inter: Interactions, bootstrap: Callable[
     return {f"recall@{k}": hits / max(evaluated, 1),
             "learn_events_per_s": len(stream) / max(learn_s, 1e-9),
             "evaluated": float(evaluated)}
+
+
+def prequential_validation_log(inter: Interactions, bootstrap_fraction: float = 0.2
+                               ) -> Interactions:
+    """The part of the log a prequential *validation* run may use: the bootstrap part.
+
+    The test protocol bootstraps on the first ``bootstrap_fraction`` of the time-ordered
+    log and scores everything after it, so validation must stay inside that first part
+    (it then runs the same protocol on it: bootstrap on its first fifth, stream the rest).
+    A validation slice reaching past it would tune on events the test scores.
+    """
+    ordered = inter.sorted_by_time()
+    return ordered.take(slice(0, int(len(ordered) * bootstrap_fraction)))
+
+
+def digest(*parts: object) -> str:
+    """First 16 hex digits of a SHA-256 over ``parts`` (arrays and lists by value, sets
+    sorted, mappings by sorted key), so two runs can show they evaluated the same split.
+
+    >>> digest(np.array(["a", "b"]), {"y", "x"}) == digest(["a", "b"], ["x", "y"])
+    True
+    >>> digest({"u": {"x", "y"}}) == digest({"u": {"y", "x"}}) != digest({"u": {"x"}})
+    True
+    """
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(_canonical(part))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def _canonical(part: object) -> bytes:
+    if isinstance(part, Mapping):
+        return b"".join(f"{k}\x01".encode() + _canonical(part[k]) + b"\x02"
+                        for k in sorted(part))
+    if isinstance(part, set | frozenset):
+        part = sorted(part)
+    if isinstance(part, str):
+        return part.encode()
+    return np.asarray(part).astype(str).tobytes()
+
+
+def interactions_digest(inter: Interactions) -> str:
+    """:func:`digest` of a log's users, items, ratings and timestamps, in its row order."""
+    return digest(inter.users, inter.items, inter.ratings, inter.ts_ms)
+
+
+def loo_digest(split: LooSplit) -> str:
+    """:func:`digest` of a leave-one-out split: training log, held-out items, negatives."""
+    return digest(interactions_digest(split.train), split.users, split.held_out,
+                  np.asarray(split.negatives))
+
+
+def full_digest(split: FullSplit) -> str:
+    """:func:`digest` of a full-ranking split: training log and each user's test set."""
+    return digest(interactions_digest(split.train), split.test)
 
 
 def mean_metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:

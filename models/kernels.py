@@ -155,14 +155,53 @@ def group_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return distinct[:n_groups], group
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
 def rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
                     grads: np.ndarray, lr: float, decay: float, eps: float) -> None:
     """Row-wise Adagrad/RMSprop on ``rows`` (may repeat: their gradients are summed).
 
     For each distinct row ``r`` with summed gradient ``g``:
     ``accum[r] = decay·accum[r] + mean(g²)``; ``weight[r] -= lr·g / sqrt(accum[r] + eps²)``.
+
+    ``weight`` is ``(R, dim)``, ``accum`` ``(R,)``, ``rows`` ``(n,)`` integers in
+    ``[0, R)``, ``grads`` ``(n, dim)``. The shapes are checked here, before the compiled
+    loop, because compiled code does not bounds-check: a ``grads`` narrower than
+    ``weight`` or shorter than ``rows`` would read past its end instead of failing.
+
+    >>> rowwise_adagrad(np.zeros((4, 2), np.float32), np.zeros(4, np.float32),
+    ...                 np.array([0, 1]), np.ones((2, 3), np.float32), 0.1, 1.0, 1e-8)
+    Traceback (most recent call last):
+    ...
+    ValueError: rowwise_adagrad: grads has 3 columns, weight has 2
     """
+    _check_ndim("rowwise_adagrad", weight=(weight, 2), accum=(accum, 1), rows=(rows, 1),
+                grads=(grads, 2))
+    _check_equal("rowwise_adagrad", ("accum", accum.shape[0], "rows"),
+                 ("weight", weight.shape[0], ""))
+    _check_equal("rowwise_adagrad", ("grads", grads.shape[0], "rows"),
+                 ("rows", rows.shape[0], "entries"))
+    _check_equal("rowwise_adagrad", ("grads", grads.shape[1], "columns"),
+                 ("weight", weight.shape[1], ""))
+    _rowwise_adagrad(weight, accum, rows, grads, lr, decay, eps)
+
+
+def _check_ndim(kernel: str, **arrays: tuple[np.ndarray, int]) -> None:
+    """Raise a ``ValueError`` naming the first argument whose dimensionality is wrong."""
+    for name, (arr, ndim) in arrays.items():
+        if arr.ndim != ndim:
+            raise ValueError(f"{kernel}: {name} must be {ndim}-D, got shape {arr.shape}")
+
+
+def _check_equal(kernel: str, got: tuple[str, int, str], want: tuple[str, int, str]) -> None:
+    """Raise ``"<kernel>: <name> has <n> <unit>, <name> has <n>[ <unit>]"`` if they differ."""
+    if got[1] != want[1]:
+        raise ValueError(f"{kernel}: {got[0]} has {got[1]} {got[2]}, "
+                         f"{want[0]} has {want[1]}{' ' + want[2] if want[2] else ''}")
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
+                     grads: np.ndarray, lr: float, decay: float, eps: float) -> None:
+    """The loop of :func:`rowwise_adagrad` (shapes already checked)."""
     n, dim = grads.shape
     distinct, group = group_rows(rows)
     for r in distinct:  # compiled code does not bounds-check indexing
@@ -201,13 +240,31 @@ def ring_append(buf: np.ndarray, count: np.ndarray, users: np.ndarray,
 
 
 # --- accidental hits of shared negatives ----------------------------------------------
-@_compiled
 def mask_hits(logits: np.ndarray, neg_rows: np.ndarray, pos_rows: np.ndarray) -> None:
     """``logits[i, j] = -inf`` wherever negative ``j`` is event ``i``'s own positive.
 
     A shared negative that happens to be an event's positive item must not be pushed
-    down for it; ``-inf`` drops it from that event's softmax.
+    down for it; ``-inf`` drops it from that event's softmax. ``logits`` is
+    ``(len(pos_rows), len(neg_rows))``; checked here because the compiled loop would
+    write outside ``logits`` otherwise.
+
+    >>> mask_hits(np.zeros((2, 3), np.float32), np.array([1, 2]), np.array([1, 5]))
+    Traceback (most recent call last):
+    ...
+    ValueError: mask_hits: logits has 3 columns, neg_rows has 2 entries
     """
+    _check_ndim("mask_hits", logits=(logits, 2), neg_rows=(neg_rows, 1),
+                pos_rows=(pos_rows, 1))
+    _check_equal("mask_hits", ("logits", logits.shape[0], "rows"),
+                 ("pos_rows", pos_rows.shape[0], "entries"))
+    _check_equal("mask_hits", ("logits", logits.shape[1], "columns"),
+                 ("neg_rows", neg_rows.shape[0], "entries"))
+    _mask_hits(logits, neg_rows, pos_rows)
+
+
+@_compiled
+def _mask_hits(logits: np.ndarray, neg_rows: np.ndarray, pos_rows: np.ndarray) -> None:
+    """The loop of :func:`mask_hits` (shapes already checked)."""
     order = np.argsort(neg_rows)
     ranked = neg_rows[order]
     for i in range(len(pos_rows)):

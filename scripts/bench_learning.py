@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"setup: {args.users:,} users x {args.items:,} items, dim {args.dim}, "
           f"negatives {model.negatives} ({model.sampler}), {time.perf_counter() - t0:.1f}s")
 
-    result: dict[str, float] = {}
+    result: dict[str, float | list[int]] = {}
     for bs in (1, 64, 256):
         rate = throughput(model, events, bs, args.seconds / (2 if bs == 1 else 1))
         result[f"events_per_s_batch{bs}"] = round(rate["median"], 1)
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     model.learn_many(EventBatch.of(new_users[:256], events.items[:256].tolist()))
     print(f"first batch of the new users learnt in {time.perf_counter() - t2:.4f}s")
     result["growth_s"] = round(growth_s, 3)
+    # what the growth step did, so a reader (and the test) can see the tables really grew
+    result["growth_users"] = [len(model.user_ids) - n_new, len(model.user_ids)]
+    result["growth_capacity"] = [cap_before, model.users_t.capacity]
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(f"peak RSS {result['peak_rss_mb']:,.0f} MB")
     print(json.dumps(result))

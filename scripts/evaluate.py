@@ -3,10 +3,14 @@
     python -m scripts.evaluate --protocol loo|full|prequential --model gmf|two_tower|popularity
 
 Protocols are defined in ``models/evaluation.py``. ``--split validation`` applies the
-same protocol to the *training* part of the test split (loo: each user's second-to-last
-interaction; full: a 75/25 split of the 75% training part, seed 43; prequential: the
-first 50% of the log), which is what hyperparameters were tuned on. Progress goes to
-stderr so stdout stays one JSON line.
+same protocol to data carved from the part the test run *trains* on, never from what it
+scores: loo holds out each user's second-to-last interaction (the latest is the test),
+full splits the 75% training part 75/25 again (seed 43), prequential runs on the
+bootstrap part only (the first 20% of the log: bootstrap on its first fifth, stream the
+rest). ``scripts/tune.py`` runs the grids that chose the hyperparameters on these
+splits; its output is committed in ``ops/tuning/``. The JSON line carries
+``split_sha256``, a digest of the exact split, so runs can show they used the same one.
+Progress goes to stderr so stdout stays one JSON line.
 
 Model defaults (``models/gmf.py``, ``models/two_tower.py``, epochs in
 ``models/training.py``) are the ones chosen on the *full* validation split and also
@@ -21,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from functools import cached_property
 
 import torch
 
@@ -29,11 +34,18 @@ from datasets import movielens
 from datasets.types import Dataset, Interactions
 from models.base import Recommender
 from models.evaluation import (
+    FullSplit,
+    LooSplit,
+    digest,
     evaluate_full,
     evaluate_loo,
+    full_digest,
     full_split,
+    interactions_digest,
+    loo_digest,
     loo_split,
     prequential,
+    prequential_validation_log,
 )
 from models.events import EventBatch
 from models.training import DEFAULT_EPOCHS, create_model, fit
@@ -44,6 +56,85 @@ PROTOCOL_PARAMS: dict[tuple[str, str], dict[str, object]] = {
     ("gmf", "loo"): {"l2": 0.02},
     ("two_tower", "loo"): {"l2": 0.02},
 }
+
+#: Share of the log the prequential protocol bootstraps on (the rest is scored).
+PREQUENTIAL_BOOTSTRAP = 0.2
+
+
+class Splits:
+    """The test and validation splits of one log, each computed once (a tuning run
+    evaluates many models on the same split)."""
+
+    def __init__(self, inter: Interactions) -> None:
+        self.inter = inter
+
+    @cached_property
+    def loo_test(self) -> LooSplit:
+        return loo_split(self.inter)
+
+    @cached_property
+    def loo_validation(self) -> LooSplit:
+        return loo_split(self.loo_test.train)
+
+    @cached_property
+    def full_test(self) -> FullSplit:
+        return full_split(self.inter)
+
+    @cached_property
+    def full_validation(self) -> FullSplit:
+        return full_split(self.full_test.train, seed=43)
+
+    @cached_property
+    def prequential_test(self) -> Interactions:
+        return self.inter.sorted_by_time()
+
+    @cached_property
+    def prequential_validation(self) -> Interactions:
+        return prequential_validation_log(self.inter, PREQUENTIAL_BOOTSTRAP)
+
+
+def new_model(kind: str, protocol: str, data: Dataset, dim: int | None = None,
+              params: dict[str, object] | None = None) -> Recommender:
+    """A fresh ``kind`` model with the defaults, the protocol's overrides and ``params``."""
+    merged = {**PROTOCOL_PARAMS.get((kind, protocol), {}), **(params or {})}
+    model = create_model(kind, dim=dim, **merged)
+    if kind == "two_tower":  # item attributes arrive before clicks (cold start)
+        for item in data.iter_items():
+            model.upsert_item(item.item_id, item.attributes)
+    return model
+
+
+def train(model: Recommender, train: Interactions, epochs: int) -> None:
+    t0 = time.perf_counter()
+    losses = fit(model, EventBatch.from_interactions(train.sorted_by_time()), epochs=epochs)
+    print(f"trained {model.kind} {epochs} epochs on {len(train)} events in "
+          f"{time.perf_counter() - t0:.1f}s, last loss {losses[-1]:.4f}", file=sys.stderr)
+
+
+def evaluate(model: Recommender, protocol: str, split: str, splits: Splits, epochs: int,
+             limit: int | None = None) -> dict[str, float | str]:
+    """Train ``model`` on the chosen split's training part and score it; the metrics
+    plus ``split_sha256`` (see :func:`models.evaluation.digest`)."""
+    if protocol == "loo":
+        lsplit = splits.loo_validation if split == "validation" else splits.loo_test
+        train(model, lsplit.train, epochs)
+        return {**evaluate_loo(model, lsplit), "split_sha256": loo_digest(lsplit)}
+    if protocol == "full":
+        fsplit = splits.full_validation if split == "validation" else splits.full_test
+        train(model, fsplit.train, epochs)
+        return {**evaluate_full(model, fsplit), "split_sha256": full_digest(fsplit)}
+    log = splits.prequential_validation if split == "validation" else splits.prequential_test
+    out = prequential(model, log, lambda m, ev: fit(m, ev, epochs=epochs),
+                      bootstrap_fraction=PREQUENTIAL_BOOTSTRAP, limit=limit)
+    print(f"prequential: {int(out['evaluated'])} events evaluated", file=sys.stderr)
+    return {"recall@10": out["recall@10"], "learn_events_per_s": out["learn_events_per_s"],
+            "split_sha256": digest(interactions_digest(log), PREQUENTIAL_BOOTSTRAP, limit)}
+
+
+def rounded(metrics: dict[str, float | str]) -> dict[str, float | str]:
+    """Metrics to 4 decimals (throughput to 1), as printed and committed."""
+    return {k: v if isinstance(v, str) else round(v, 1 if k == "learn_events_per_s" else 4)
+            for k, v in metrics.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,53 +150,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def new_model(args: argparse.Namespace, data: Dataset) -> Recommender:
-    params = {**PROTOCOL_PARAMS.get((args.model, args.protocol), {}), **json.loads(args.params)}
-    model = create_model(args.model, dim=args.dim, **params)
-    if args.model == "two_tower":  # item attributes arrive before clicks (cold start)
-        for item in data.iter_items():
-            model.upsert_item(item.item_id, item.attributes)
-    return model
-
-
-def train(model: Recommender, train: Interactions, epochs: int) -> None:
-    t0 = time.perf_counter()
-    losses = fit(model, EventBatch.from_interactions(train.sorted_by_time()), epochs=epochs)
-    print(f"trained {model.kind} {epochs} epochs on {len(train)} events in "
-          f"{time.perf_counter() - t0:.1f}s, last loss {losses[-1]:.4f}", file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(args.threads)
     data = movielens.load(Settings.from_env().cache_dir)
-    inter = data.interactions
     epochs = DEFAULT_EPOCHS[args.model] if args.epochs is None else args.epochs
-    model = new_model(args, data)
-    metrics: dict[str, float]
-    if args.protocol == "loo":
-        split = loo_split(inter)
-        if args.split == "validation":
-            split = loo_split(split.train)
-        train(model, split.train, epochs)
-        metrics = evaluate_loo(model, split)
-    elif args.protocol == "full":
-        fsplit = full_split(inter)
-        if args.split == "validation":
-            fsplit = full_split(fsplit.train, seed=43)
-        train(model, fsplit.train, epochs)
-        metrics = evaluate_full(model, fsplit)
-    else:
-        log = inter.sorted_by_time()
-        if args.split == "validation":
-            log = log.take(slice(0, len(log) // 2))
-        out = prequential(model, log, lambda m, ev: fit(m, ev, epochs=epochs),
-                          limit=args.limit)
-        print(f"prequential: {int(out['evaluated'])} events evaluated", file=sys.stderr)
-        metrics = {"recall@10": out["recall@10"],
-                   "learn_events_per_s": out["learn_events_per_s"]}
-    return {"model": args.model, "protocol": args.protocol,
-            **{k: round(v, 4) if k != "learn_events_per_s" else round(v, 1)
-               for k, v in metrics.items()}}
+    model = new_model(args.model, args.protocol, data, args.dim, json.loads(args.params))
+    metrics = evaluate(model, args.protocol, args.split, Splits(data.interactions), epochs,
+                       args.limit)
+    return {"model": args.model, "protocol": args.protocol, "split": args.split,
+            **rounded(metrics)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from datasets.types import Interactions
 from models.evaluation import (
+    FullSplit,
     evaluate_full,
     evaluate_loo,
     full_split,
@@ -87,22 +88,55 @@ def test_full_split_sizes_and_determinism() -> None:
     assert full_split(log(rows)).test == split.test
 
 
-def test_protocols_on_popularity_hand_example() -> None:
-    # items: p is popular, q second; each user's held-out/test is easy to reason about
-    rows = []
-    for u in range(1, 5):
-        rows += [(str(u), "p", 1), (str(u), "q", 2), (str(u), f"o{u}", 3)]
-    rows += [(str(u), f"z{u}{j}", 10 + j) for u in range(5, 7) for j in range(60)]
-    split = loo_split(log(rows), n_negatives=3)
+def test_loo_on_popularity_hand_example() -> None:
+    """Every user has exactly two untouched items, so the "sampled" negatives are all of
+    them and the figures follow by hand. Training counts after holding out each user's
+    latest item: p 4, q 2, r 1, s 1, t 0 (never trained: unscorable, ranks last).
+
+    user  held out (count)  negatives (counts)  rank  HR@2  NDCG@2
+    1     r (1)             s (1), t (-)        1     1     1/log2(3)   (tie s = r ranks above)
+    2     s (1)             r (1), t (-)        1     1     1/log2(3)
+    3     q (2)             s (1), t (-)        0     1     1
+    4     t (-)             q (2), r (1)        2     0     0
+    """
+    rows = [("1", "p", 1), ("1", "q", 2), ("1", "r", 3),
+            ("2", "p", 1), ("2", "q", 2), ("2", "s", 3),
+            ("3", "p", 1), ("3", "r", 2), ("3", "q", 3),
+            ("4", "p", 1), ("4", "s", 2), ("4", "t", 3)]
+    split = loo_split(log(rows), n_negatives=2)
+    assert split.held_out == ["r", "s", "q", "t"]
+    assert [sorted(n) for n in split.negatives] == [["s", "t"], ["r", "t"], ["s", "t"],
+                                                    ["q", "r"]]
     model = Popularity()
     fit(model, EventBatch.from_interactions(split.train))
-    loo = evaluate_loo(model, split)
-    assert set(loo) == {"hr@10", "ndcg@10"} and 0.0 <= loo["hr@10"] <= 1.0
-    fs = full_split(log(rows))
+    loo = evaluate_loo(model, split, k=2)
+    assert loo["hr@2"] == pytest.approx(3 / 4)
+    assert loo["ndcg@2"] == pytest.approx((2 / math.log2(3) + 1) / 4)
+
+
+def test_full_on_popularity_hand_example() -> None:
+    """A fixed split (``full_split``'s permutation is tested above) so the lists follow by
+    hand. Training counts: p 5, q 4, r 3, s 2, t 1; seen items are excluded, k = 2.
+
+    user  seen       top-2   test     P@2  R@2  NDCG@2                       MAP@2
+    1     p q r      s t     {t}      1/2  1    (1/log2 3) / 1              (1/2) / 1
+    2     p q        r s     {s, t}   1/2  1/2  (1/log2 3) / (1 + 1/log2 3) (1/2) / 2
+    3     p s        q r     {q}      1/2  1    1                           1
+    """
+    train = [("1", "p", 1), ("1", "q", 2), ("1", "r", 3),
+             ("2", "p", 1), ("2", "q", 2),
+             ("3", "p", 1), ("3", "s", 2),
+             ("4", "p", 1), ("4", "q", 2), ("4", "r", 3),
+             ("5", "p", 1), ("5", "q", 2), ("5", "r", 3), ("5", "s", 4), ("5", "t", 5)]
+    split = FullSplit(log(train), {"1": {"t"}, "2": {"s", "t"}, "3": {"q"}})
     model = Popularity()
-    fit(model, EventBatch.from_interactions(fs.train))
-    full = evaluate_full(model, fs)
-    assert set(full) == {"precision@10", "recall@10", "ndcg@10", "map@10"}
+    fit(model, EventBatch.from_interactions(split.train))
+    full = evaluate_full(model, split, k=2)
+    inv = 1 / math.log2(3)
+    assert full["precision@2"] == pytest.approx(1 / 2)
+    assert full["recall@2"] == pytest.approx((1 + 1 / 2 + 1) / 3)
+    assert full["ndcg@2"] == pytest.approx((inv + inv / (1 + inv) + 1) / 3)
+    assert full["map@2"] == pytest.approx((1 / 2 + 1 / 4 + 1) / 3)
 
 
 def test_prequential_is_test_then_learn() -> None:

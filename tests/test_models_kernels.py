@@ -128,3 +128,56 @@ def test_kernels_refuse_rows_outside_the_tables() -> None:
     with pytest.raises(IndexError, match="out of range"):
         kernels.ring_append(np.zeros((2, 3), np.int32), np.zeros(2, np.int64),
                             np.array([0, -1]), np.array([5, 6], np.int32))
+
+
+def _adagrad_args(**override: np.ndarray) -> dict[str, np.ndarray]:
+    """Consistent arguments of ``rowwise_adagrad`` (4 rows of dim 3, 2 updates)."""
+    args = {"weight": np.zeros((4, 3), np.float32), "accum": np.zeros(4, np.float32),
+            "rows": np.array([0, 2]), "grads": np.ones((2, 3), np.float32)}
+    return {**args, **override}
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"grads": np.ones((2, 2), np.float32)}, "grads has 2 columns, weight has 3"),
+    ({"grads": np.ones((1, 3), np.float32)}, "grads has 1 rows, rows has 2 entries"),
+    ({"accum": np.zeros(5, np.float32)}, "accum has 5 rows, weight has 4"),
+    ({"weight": np.zeros(12, np.float32)}, r"weight must be 2-D, got shape \(12,\)"),
+    ({"rows": np.array([[0, 2]])}, r"rows must be 1-D, got shape \(1, 2\)"),
+    ({"accum": np.zeros((4, 1), np.float32)}, r"accum must be 1-D, got shape \(4, 1\)"),
+])
+def test_rowwise_adagrad_rejects_inconsistent_shapes_before_touching_memory(
+        override: dict[str, np.ndarray], message: str) -> None:
+    args = _adagrad_args(**override)
+    before = args["weight"].copy(), args["accum"].copy()
+    with pytest.raises(ValueError, match=f"^rowwise_adagrad: {message}$"):
+        kernels.rowwise_adagrad(args["weight"], args["accum"], args["rows"], args["grads"],
+                                0.1, 1.0, 1e-8)
+    assert np.array_equal(args["weight"], before[0]) and np.array_equal(args["accum"], before[1])
+
+
+def test_rowwise_adagrad_accepts_consistent_shapes() -> None:
+    """The guard of the test above is not a blanket refusal: the consistent call updates
+    exactly the rows named."""
+    args = _adagrad_args()
+    kernels.rowwise_adagrad(args["weight"], args["accum"], args["rows"], args["grads"],
+                            0.1, 1.0, 1e-8)
+    assert (args["weight"][[0, 2]] < 0).all() and (args["weight"][[1, 3]] == 0).all()
+
+
+@pytest.mark.parametrize(("logits", "neg_rows", "pos_rows", "message"), [
+    (np.zeros((2, 3)), np.array([1, 2]), np.array([1, 5]),
+     "logits has 3 columns, neg_rows has 2 entries"),
+    (np.zeros((2, 3)), np.array([1, 2, 3, 4]), np.array([1, 5]),
+     "logits has 3 columns, neg_rows has 4 entries"),
+    (np.zeros((2, 3)), np.array([1, 2, 3]), np.array([1, 5, 6]),
+     "logits has 2 rows, pos_rows has 3 entries"),
+    (np.zeros(6), np.array([1, 2, 3]), np.array([1, 5]), r"logits must be 2-D, got shape \(6,\)"),
+    (np.zeros((2, 3)), np.array([[1, 2, 3]]), np.array([1, 5]),
+     r"neg_rows must be 1-D, got shape \(1, 3\)"),
+])
+def test_mask_hits_rejects_inconsistent_shapes_before_writing(
+        logits: np.ndarray, neg_rows: np.ndarray, pos_rows: np.ndarray, message: str) -> None:
+    logits = logits.astype(np.float32)
+    with pytest.raises(ValueError, match=f"^mask_hits: {message}$"):
+        kernels.mask_hits(logits, neg_rows, pos_rows)
+    assert not np.isinf(logits).any()
