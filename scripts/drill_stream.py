@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -32,6 +33,9 @@ from common.stores import ItemCache
 from scripts.drill_world import DrillFailed, DrillWorld
 from scripts.processes import wait_for
 from scripts.readback import count_until, start_consumer
+
+#: What the worker logs when it splits a batch to isolate a poison event (slow path).
+SPLIT_LOG = "splitting it to isolate the poison event"
 
 #: A Kafka client that may send records up to the broker's usual limits and beyond.
 BIG_REQUEST = 8 * 1024 * 1024
@@ -183,8 +187,14 @@ MALFORMED = (b'{"user_id":"u\xff","item_id":"i1","event":"click","ts":1700000000
 
 
 def poison_rate(world: DrillWorld, events: int = 20_000, users: int = 2_000,
-                poison_every: int = 1_000) -> dict[str, Any]:
-    """Events/s with one malformed event per ``poison_every``, against clean runs."""
+                poison_every: int = 1_000, min_ratio: float | None = 0.8) -> dict[str, Any]:
+    """Events/s with one malformed event per ``poison_every``, against clean runs.
+
+    ``batch_splits`` counts the batches the worker had to split to isolate a poison
+    event (the slow path): malformed bytes must be rejected before the batch, so it
+    stays 0. That count, not the ratio (a timing on a shared machine), is what the test
+    checks; the command line also fails below ``min_ratio``.
+    """
     s = world.settings
     world.apps.up(["worker"])
     asyncio.run(ensure_topics(s, [s.topic_interactions, s.topic_items, s.topic_dead_letter]))
@@ -210,13 +220,15 @@ def poison_rate(world: DrillWorld, events: int = 20_000, users: int = 2_000,
     poisoned = run("poisoned", poison=True)
     clean_b = run("clean-b", poison=False)
     clean = (clean_a + clean_b) / 2
+    log_file = Path(s.local_dir) / "logs" / "worker.log"
+    splits = log_file.read_text(errors="replace").count(SPLIT_LOG) if log_file.exists() else -1
     result = {"drill": "poison-rate", "events_per_run": events,
-              "malformed_per_run": events // poison_every,
+              "malformed_per_run": events // poison_every, "batch_splits": splits,
               "clean_events_per_s": round(clean, 1), "poison_events_per_s": round(poisoned, 1),
               "ratio": round(poisoned / clean, 3),
               "clean_runs_events_per_s": [round(clean_a, 1), round(clean_b, 1)],
               "measured": "produce start to all events applied (MongoDB sum), warm worker, "
                           "same worker for all three runs"}
-    if result["ratio"] < 0.8:
+    if splits != 0 or (min_ratio is not None and result["ratio"] < min_ratio):
         raise DrillFailed(f"poison-rate drill: {result}")
     return result

@@ -93,8 +93,8 @@ def test_a_recreated_topic_under_a_running_worker_loses_no_click(stack: Settings
 
 
 def test_malformed_bytes_do_not_send_batches_down_the_slow_path(stack: Settings) -> None:
-    # Smaller than the CLI default (20,000 events): the ratio, not the speed, is checked
-    # by the drill itself (it raises below 0.8); here its figures must add up.
-    result = run_drill("poison-rate", stack, events=5_000, users=500)
-    assert result["malformed_per_run"] == 5
-    assert result["poison_events_per_s"] > 0 and result["ratio"] >= 0.8
+    # Smaller than the CLI default (20,000 events), and no timing is asserted (the ratio
+    # is the command line's figure): no batch may take the slow split-and-retry path.
+    result = run_drill("poison-rate", stack, events=5_000, users=500, min_ratio=None)
+    assert result["malformed_per_run"] == 5 and result["batch_splits"] == 0
+    assert result["poison_events_per_s"] > 0
