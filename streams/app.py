@@ -185,7 +185,7 @@ def create_app(settings: Settings) -> faust.App:
 
     async def runtime() -> Runtime:
         await ready.wait()
-        return box["rt"]  # type: ignore[no-any-return]
+        return box["rt"]
 
     def consumer_for(topic: str, name: str, max_batch: int) -> BatchConsumer:
         """A batch consumer whose batches go through a pipeline, rejects to the sink."""
@@ -281,7 +281,7 @@ def create_app(settings: Settings) -> faust.App:
         for partition, lag in (await consumers["interactions"].lag()).items():
             rt.metrics.gauge(f"consumer.lag.p{partition}", lag)
 
-    @app.on_before_shutdown.connect  # type: ignore[misc]
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def checkpoint_on_shutdown(sender: Any, **kwargs: Any) -> None:
         for consumer in consumers.values():
             consumer.stop()

@@ -34,7 +34,7 @@ from streams.messages import RawMessage, from_record
 log = logging.getLogger(__name__)
 
 
-class _LogRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _LogRebalance(ConsumerRebalanceListener):
     def __init__(self, topic: str) -> None:
         self.topic = topic
 

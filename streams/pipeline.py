@@ -150,7 +150,7 @@ class InteractionPipeline:
             # Popularity has its own watermark (the partition anchor, written with the
             # counts): a redelivered event may be applied to the user but not counted.
             if seen is Seen.NEW and self.epochs.is_new(msg.partition, msg.offset):
-                pop_events.append((ev.item_id, float(weights.get(ev.event, 1.0)), ev.ts))
+                pop_events.append((ev.item_id, float(weights.get(ev.event, 1.0)), int(ev.ts)))
             if seen is Seen.CONFLICT:
                 result.dead_letters.append(DeadLetter(
                     msg, f"conflicting duplicate: event_id {ev.event_id!r} was applied "

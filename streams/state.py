@@ -89,7 +89,7 @@ class UserState:
             self.history.remove(event.item_id)
         self.history.append(event.item_id)
         self.n_events += 1
-        self.last_event_ms = max(self.last_event_ms, event.ts)
+        self.last_event_ms = max(self.last_event_ms, int(event.ts))
         self.partition, self.offset, self.epoch = partition, offset, epoch
         event_id = event.event_id or ""
         self.event_ids.pop(event_id, None)
