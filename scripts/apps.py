@@ -58,7 +58,7 @@ class AppManager:
 
     def __init__(self, settings: Settings, api_workers: int = 2, faiss_kind: str = "flat",
                  dim: int | None = None) -> None:
-        from streams.app import model_dim
+        from streams.model_files import model_dim
 
         self.settings = settings
         dim = dim or model_dim(settings)

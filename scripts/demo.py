@@ -45,7 +45,7 @@ from scripts.metrics_stack import REPEATER_PORT
 from scripts.readback import produce_and_count
 from scripts.replay import RUN_HEADER, Replayer, interaction_chunks
 from scripts.statsd_listener import StatsdListener
-from streams.app import bootstrap_checkpoint_dir, worker_checkpoint_dir
+from streams.model_files import bootstrap_checkpoint_dir, worker_checkpoint_dir
 
 BOOTSTRAP_FRACTION = 0.8
 LIVE_RATE = 2_000.0  # events/s for the live part of the replay

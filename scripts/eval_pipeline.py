@@ -40,7 +40,7 @@ from models.events import EventBatch
 from scripts.drill import DrillWorld
 from scripts.processes import SyncProducer, wait_for
 from scripts.stack import StackManager
-from streams.app import bootstrap_checkpoint_dir
+from streams.model_files import bootstrap_checkpoint_dir
 
 K = 10
 

@@ -28,7 +28,7 @@ from datasets.types import Interactions, Item
 from faiss_server.client import FaissClient
 from models.base import Recommender
 from models.checkpoint import load_checkpoint
-from streams.app import bootstrap_checkpoint_dir
+from streams.model_files import bootstrap_checkpoint_dir
 from streams.state import DecayedPopularity
 
 

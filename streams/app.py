@@ -25,133 +25,17 @@ import faust
 import torch
 from aiokafka import AIOKafkaProducer
 
-from common.clients import mongo_db, redis_client, statsd_client
 from common.compression import missing_codecs
 from common.errors import RecsysError
 from common.kafka import ensure_topics
 from common.settings import Settings
-from common.stores import ItemCache, UserStore
-from faiss_server.client import FaissClient
-from models import kernels
-from models.base import Recommender
-from models.checkpoint import (
-    CheckpointError,
-    latest_version,
-    load_checkpoint,
-    read_meta,
-    save_checkpoint,
-)
 from streams.dead_letters import DeadLetterSink
 from streams.direct import BatchConsumer
 from streams.messages import RawMessage
-from streams.pipeline import (
-    InteractionPipeline,
-    ItemPipeline,
-    ModelHolder,
-    Pipeline,
-    process_reliably,
-)
+from streams.pipeline import Pipeline, process_reliably
+from streams.runtime import Runtime
 
 log = logging.getLogger("streams")
-
-
-def worker_checkpoint_dir(settings: Settings) -> Path:
-    return Path(settings.model_dir) / "worker"
-
-
-def bootstrap_checkpoint_dir(settings: Settings) -> Path:
-    """Where ``python -m scripts.bootstrap`` writes its checkpoints by default."""
-    return Path(settings.model_dir) / "checkpoints"
-
-
-def load_model(settings: Settings) -> Recommender:
-    """The worker's latest checkpoint, else the bootstrap model, else a fresh model."""
-    for folder in (worker_checkpoint_dir(settings), bootstrap_checkpoint_dir(settings)):
-        try:
-            latest_version(folder)
-        except (CheckpointError, FileNotFoundError):
-            continue
-        model = load_checkpoint(folder)
-        log.info("restored model %s from %s", model.version, folder)
-        return model
-    from models.checkpoint import model_classes
-
-    cls = model_classes()[settings.worker_model]
-    log.info("no checkpoint found: starting a fresh %s model", settings.worker_model)
-    return cls(history_size=settings.worker_history_size)
-
-
-def model_dim(settings: Settings) -> int:
-    """Retrieval-vector dimension the worker will export (the FAISS index must match)."""
-    for folder in (worker_checkpoint_dir(settings), bootstrap_checkpoint_dir(settings)):
-        try:
-            meta = read_meta(folder)
-        except (CheckpointError, FileNotFoundError):
-            continue
-        dim = meta.get("dim") or meta.get("params", {}).get("dim")
-        if dim:
-            return int(dim)
-        return load_checkpoint(folder).dim
-    from models.checkpoint import model_classes
-
-    return model_classes()[settings.worker_model]().dim
-
-
-class Runtime:
-    """Clients, model and pipelines of one worker process."""
-
-    def __init__(self, settings: Settings,
-                 lookup: Any = None) -> None:
-        self.settings = settings
-        self.metrics = statsd_client(settings, "worker")
-        self.redis = redis_client(settings, timeout_s=5.0)
-        self.db = mongo_db(settings)
-        self.faiss = FaissClient.from_settings(settings, read_timeout_s=5.0)
-        model = load_model(settings)
-        log.info("learning kernels ready in %.2fs", kernels.warm_up())
-        model.stop_tracking_seen()  # unbounded per-user sets have no place in a stream
-        self.holder = ModelHolder(model)
-        self.item_cache = ItemCache(self.redis, settings.redis_prefix)
-        self.interactions = InteractionPipeline(
-            self.holder, UserStore(self.db), self.item_cache, self.metrics,
-            topic=settings.topic_interactions, dead_letter_topic=settings.topic_dead_letter,
-            history_size=settings.worker_history_size,
-            half_life_s=settings.popularity_half_life_s,
-            max_event_bytes=settings.max_event_bytes, lookup=lookup)
-        self.items = ItemPipeline(self.holder, self.item_cache, self.faiss, self.metrics,
-                                  topic=settings.topic_items,
-                                  max_event_bytes=settings.max_event_bytes)
-        self.exported_version: str | None = None
-
-    async def checkpoint(self) -> str:
-        folder = worker_checkpoint_dir(self.settings)
-        version: str = await self.holder.run(lambda m: save_checkpoint(m, folder))
-        self.metrics.incr("checkpoints")
-        log.info("checkpoint %s written to %s", version, folder)
-        return version
-
-    async def export(self) -> dict[str, Any] | None:
-        """Push the vectors of the catalogue's available items to FAISS as a new version.
-
-        Items the model learned from clicks but that never had an upsert ("ghosts", e.g.
-        a click on ``../../etc/passwd``) are left out: nothing without metadata is served.
-        """
-        t0 = time.perf_counter()
-        ids, vectors, version = await self.holder.run(
-            lambda m: (*m.item_vectors(), m.version))
-        if not ids:
-            return None
-        unavailable, known = await asyncio.to_thread(
-            lambda: (self.item_cache.unavailable(), self.item_cache.known_among(ids)))
-        keep = [j for j, i in enumerate(ids) if i in known and i not in unavailable]
-        index_version = f"{version}-{int(time.time())}"
-        info = await asyncio.to_thread(
-            self.faiss.load_version, ([ids[j] for j in keep], vectors[keep]), index_version)
-        self.exported_version = index_version
-        self.metrics.timing("export.duration_ms", (time.perf_counter() - t0) * 1000)
-        self.metrics.gauge("export.items", len(keep))
-        log.info("exported %d item vectors as index version %s", len(keep), index_version)
-        return info
 
 
 def create_app(settings: Settings) -> faust.App:

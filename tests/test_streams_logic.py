@@ -181,3 +181,13 @@ def test_a_poison_event_alone_goes_to_dead_letters() -> None:
     assert [d.message.value for d in result.dead_letters] == [b"v2"]
     assert "ZeroDivisionError" in result.dead_letters[0].reason
     assert pipe.calls == [4, 2, 2, 1, 1]  # halves, in order: the poison is isolated
+
+
+def test_importing_the_worker_app_builds_nothing() -> None:
+    """``streams.app`` reads no environment and builds no Faust app at import."""
+    import importlib
+
+    import streams.app
+
+    module = importlib.reload(streams.app)
+    assert "app" not in vars(module)  # built only on first access, for `faust -A`

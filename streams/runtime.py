@@ -1,0 +1,76 @@
+"""One worker process's clients, model and pipelines (built when the worker starts)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from common.clients import mongo_db, redis_client, statsd_client
+from common.settings import Settings
+from common.stores import ItemCache, UserStore
+from faiss_server.client import FaissClient
+from models import kernels
+from models.checkpoint import save_checkpoint
+from streams.epochs import RecordLookup
+from streams.model_files import load_model, worker_checkpoint_dir
+from streams.pipeline import InteractionPipeline, ItemPipeline, ModelHolder
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Clients, model and pipelines of one worker process."""
+
+    def __init__(self, settings: Settings, lookup: RecordLookup | None = None) -> None:
+        self.settings = settings
+        self.metrics = statsd_client(settings, "worker")
+        self.redis = redis_client(settings, timeout_s=5.0)
+        self.db = mongo_db(settings)
+        self.faiss = FaissClient.from_settings(settings, read_timeout_s=5.0)
+        model = load_model(settings)
+        log.info("learning kernels ready in %.2fs", kernels.warm_up())
+        model.stop_tracking_seen()  # unbounded per-user sets have no place in a stream
+        self.holder = ModelHolder(model)
+        self.item_cache = ItemCache(self.redis, settings.redis_prefix)
+        self.interactions = InteractionPipeline(
+            self.holder, UserStore(self.db), self.item_cache, self.metrics,
+            topic=settings.topic_interactions, dead_letter_topic=settings.topic_dead_letter,
+            history_size=settings.worker_history_size,
+            half_life_s=settings.popularity_half_life_s,
+            max_event_bytes=settings.max_event_bytes, lookup=lookup)
+        self.items = ItemPipeline(self.holder, self.item_cache, self.faiss, self.metrics,
+                                  topic=settings.topic_items,
+                                  max_event_bytes=settings.max_event_bytes)
+        self.exported_version: str | None = None
+
+    async def checkpoint(self) -> str:
+        folder = worker_checkpoint_dir(self.settings)
+        version: str = await self.holder.run(lambda m: save_checkpoint(m, folder))
+        self.metrics.incr("checkpoints")
+        log.info("checkpoint %s written to %s", version, folder)
+        return version
+
+    async def export(self) -> dict[str, Any] | None:
+        """Push the vectors of the catalogue's available items to FAISS as a new version.
+
+        Items the model learned from clicks but that never had an upsert ("ghosts", e.g.
+        a click on ``../../etc/passwd``) are left out: nothing without metadata is served.
+        """
+        t0 = time.perf_counter()
+        ids, vectors, version = await self.holder.run(
+            lambda m: (*m.item_vectors(), m.version))
+        if not ids:
+            return None
+        unavailable, known = await asyncio.to_thread(
+            lambda: (self.item_cache.unavailable(), self.item_cache.known_among(ids)))
+        keep = [j for j, i in enumerate(ids) if i in known and i not in unavailable]
+        index_version = f"{version}-{int(time.time())}"
+        info = await asyncio.to_thread(
+            self.faiss.load_version, ([ids[j] for j in keep], vectors[keep]), index_version)
+        self.exported_version = index_version
+        self.metrics.timing("export.duration_ms", (time.perf_counter() - t0) * 1000)
+        self.metrics.gauge("export.items", len(keep))
+        log.info("exported %d item vectors as index version %s", len(keep), index_version)
+        return info
