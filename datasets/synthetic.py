@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.events import EVENT_TYPES as WIRE_EVENT_TYPES
 from datasets.types import Interactions, Item
 
-EVENT_TYPES = np.array(["view", "click", "add_to_cart", "purchase"])
+#: Implicit-feedback types of the wire schema (a rating is explicit: not generated).
+EVENT_TYPES = np.array([t for t in WIRE_EVENT_TYPES if t != "rating"])
 EVENT_PROBS = np.array([0.55, 0.30, 0.10, 0.05])
 
 

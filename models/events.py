@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.events import EVENT_TYPES as WIRE_EVENT_TYPES
 from datasets.types import Interactions
 
-#: Event types the models understand, weakest signal first.
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
+#: Event types the models understand, weakest signal first (the wire schema's).
+EVENT_TYPES: tuple[str, ...] = WIRE_EVENT_TYPES
 
 #: Default weight of one event of each type in the loss. A view is a weak hint of
 #: interest, a purchase a strong one. MovieLens ratings count as plain positives

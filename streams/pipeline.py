@@ -25,13 +25,13 @@ import redis.exceptions
 import statsd
 
 from common.errors import BadEvent, RecsysError, ServiceUnavailable
+from common.events import Interaction, ItemEvent
 from common.stores import ItemCache, UserStore
 from models.base import Recommender
 from models.events import EventBatch
 from streams.dead_letters import DeadLetter
 from streams.epochs import Anchor, LogEpochs, RecordLookup
 from streams.messages import RawMessage
-from streams.records import Interaction, ItemEvent
 from streams.state import DecayedPopularity, Seen, UserState
 from streams.validation import parse_interaction, parse_item
 

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from common.events import Interaction
 from common.stores import UserDoc
-from streams.records import Interaction
 
 EVENT_ID_MEMORY = 32  # recent event ids per user: producer retries are seconds apart
 

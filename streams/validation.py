@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from common.errors import BadEvent
-from streams.records import Interaction, ItemEvent
+from common.events import Interaction, ItemEvent
 
 MIN_TS_MS = 631_152_000_000  # 1990-01-01: earlier "ms" timestamps are seconds or garbage
 MAX_FUTURE_MS = 24 * 3600 * 1000  # a day of clock skew at most
