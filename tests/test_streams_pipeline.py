@@ -1,9 +1,12 @@
-"""The worker's pipelines in-process against the real MongoDB and Redis.
+"""The worker's pipelines in-process, on in-memory stores and on the real ones.
 
 No broker and no worker process: batches of :class:`RawMessage` go straight into
 :class:`InteractionPipeline` / :class:`ItemPipeline`, so each rule (event-time order of
-item events, ghost items, duplicates, offset regressions) is checked on the real
-stores in a second. The FAISS client is an in-memory stand-in recording the index.
+item events, ghost items, duplicates, offset regressions) is checked in a second. Every
+test runs twice: on in-memory stores (``fakeredis`` with its Lua engine, so the
+project's Redis scripts really run, and a dict standing in for the users collection)
+as a unit test, and on the real MongoDB and Redis as an integration test. The FAISS
+client is an in-memory stand-in recording the index.
 """
 
 from __future__ import annotations
@@ -18,14 +21,33 @@ import statsd
 
 from common.events import interaction_json, item_json
 from common.settings import Settings
-from common.stores import ItemCache, UserStore
+from common.stores import ItemCache, UserDoc, UserStore
 from models.gmf import GMF
 from streams.messages import RawMessage
 from streams.pipeline import InteractionPipeline, ItemPipeline, ModelHolder, process_reliably
 
-pytestmark = pytest.mark.integration
-
 TS = 1_700_000_000_000
+
+
+class _Users:
+    """In-memory stand-in for :class:`UserStore` (same two calls, same documents)."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, UserDoc] = {}
+
+    def get_many(self, user_ids: Any) -> dict[str, UserDoc]:
+        return {u: self.docs[u] for u in user_ids if u in self.docs}
+
+    def upsert_many(self, docs: Any) -> int:
+        self.docs.update({d.user_id: d for d in docs})
+        return len(docs)
+
+    def find_one(self, query: dict[str, str]) -> dict[str, Any] | None:
+        doc = self.docs.get(query["_id"])
+        return None if doc is None else {"_id": doc.user_id, **doc.to_mongo()}
+
+    def find(self) -> list[dict[str, Any]]:
+        return [{"_id": d.user_id, **d.to_mongo()} for d in self.docs.values()]
 
 
 class _Index:
@@ -41,19 +63,30 @@ class _Index:
         self.ids.discard(item_id)
 
 
-@pytest.fixture
-def world(redis_client: Any, mongo_db: Any, settings: Settings) -> Iterator[dict[str, Any]]:
-    mongo_db["users"].delete_many({})
-    for key in redis_client.scan_iter(match=f"{settings.redis_prefix}*"):
-        redis_client.delete(key)
+@pytest.fixture(params=["memory", pytest.param("stack", marks=pytest.mark.integration)])
+def world(request: pytest.FixtureRequest, settings: Settings) -> Iterator[dict[str, Any]]:
+    users: Any
+    if request.param == "memory":
+        import fakeredis
+
+        r: Any = fakeredis.FakeRedis(decode_responses=True)
+        users = _Users()
+        db: Any = {"users": users}
+    else:
+        r = request.getfixturevalue("redis_client")
+        db = request.getfixturevalue("mongo_db")
+        db["users"].delete_many({})
+        for key in r.scan_iter(match=f"{settings.redis_prefix}*"):
+            r.delete(key)
+        users = UserStore(db)
     metrics = statsd.StatsClient("127.0.0.1", 9)  # discard port
     holder = ModelHolder(GMF(dim=8, negatives=8, history_size=10))
-    cache = ItemCache(redis_client, settings.redis_prefix)
+    cache = ItemCache(r, settings.redis_prefix)
     index = _Index()
     yield {
-        "cache": cache, "index": index, "db": mongo_db, "holder": holder,
+        "cache": cache, "index": index, "db": db, "holder": holder,
         "items": ItemPipeline(holder, cache, index, metrics, topic="items"),
-        "inter": InteractionPipeline(holder, UserStore(mongo_db), cache, metrics,
+        "inter": InteractionPipeline(holder, users, cache, metrics,
                                      topic="interactions", dead_letter_topic="dlq"),
     }
 
@@ -149,3 +182,36 @@ def test_offsets_from_a_replaced_log_are_applied_and_redeliveries_skipped(
     assert inter.epochs.epoch(0) == 1
     pending = f"{world['cache'].prefix}popular:pending"  # no catalogue: counts wait there
     assert all(world["cache"].r.zscore(pending, f"new{j}") for j in range(3))
+
+
+def test_the_model_has_one_writer_at_a_time(world: dict[str, Any]) -> None:
+    """Concurrent ``ModelHolder.run`` calls (agents, timers) never overlap."""
+    import threading
+    import time as _time
+
+    holder = world["holder"]
+    inside = threading.Semaphore(1)
+    overlaps: list[int] = []
+
+    def work(model: Any, n: int) -> int:
+        if not inside.acquire(blocking=False):
+            overlaps.append(n)
+            return n
+        _time.sleep(0.01)
+        inside.release()
+        return n
+
+    async def many() -> list[int]:
+        return list(await asyncio.gather(*(holder.run(work, n) for n in range(8))))
+
+    assert asyncio.run(many()) == list(range(8)) and overlaps == []
+
+
+def test_users_get_history_counts_vector_and_watermark(world: dict[str, Any]) -> None:
+    msgs = [_click("u9", f"i{j % 3}", TS + j, j, partition=2) for j in range(5)]
+    result = _run(world["inter"], msgs + [RawMessage(b"{not json", b"k", 2, 5, 0.0)])
+    assert result.applied == 5 and len(result.dead_letters) == 1
+    doc = world["db"]["users"].find_one({"_id": "u9"})
+    assert doc["history"] == ["i2", "i0", "i1"]  # de-duplicated, newest last
+    assert doc["n_events"] == 5 and doc["watermark"] == {"p": 2, "o": 4, "e": 0}
+    assert len(doc["vector"]) == 8 and all(np.isfinite(doc["vector"]))
