@@ -21,11 +21,12 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import msgspec
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
+from common.ids import path_segment
 from faiss_server.client import FaissRequestError, SearchResult, SimilarResult
 
 
@@ -173,11 +174,11 @@ class AsyncFaissClient:
 
     async def similar(self, item_id: str, k: int = 10,
                       exclude: Sequence[str] = ()) -> SimilarResult:
-        query: dict[str, Any] = {"k": int(k)}
-        if exclude:
-            query["exclude"] = ",".join(exclude)
+        # Repeated ``exclude`` parameters, each percent-encoded: an id holding a comma
+        # stays one id (the service splits only unencoded commas).
+        query: dict[str, Any] = {"k": int(k), "exclude": list(exclude)}
         status, data = await self._request(
-            "GET", f"/v1/items/{quote(item_id, safe='')}/similar?" + urlencode(query))
+            "GET", f"/v1/items/{path_segment(item_id)}/similar?" + urlencode(query, doseq=True))
         if status >= 400:
             self._check(status, data)
         try:
