@@ -54,7 +54,7 @@ class RawPathRouting:
 
 class EncodedId(falcon.routing.BaseConverter):
     """``{name:id}``: one percent-encoded path segment decoded as UTF-8 (invalid UTF-8 does
-    not match the route: 404); the handler checks the length (:func:`path_id`)."""
+    not match the route: 404); the handler checks the length (:func:`checked_id`)."""
 
     def convert(self, value: str) -> str | None:
         try:
@@ -63,7 +63,7 @@ class EncodedId(falcon.routing.BaseConverter):
             return None
 
 
-def path_id(value: str, name: str = "item_id") -> str:
+def checked_id(value: str, name: str = "item_id") -> str:
     """``value`` if it is a valid id (:func:`common.ids.valid_id`), else 400."""
     if not valid_id(value):
         raise falcon.HTTPInvalidParam(f"ids are 1..{MAX_ID_LEN} characters", name)

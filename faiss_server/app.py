@@ -34,7 +34,7 @@ import msgspec
 
 from common.http_errors import add_domain_error_handlers
 from common.http_metrics import MetricsMiddleware
-from common.http_request import int_param, path_id, read_body, use_raw_path_ids
+from common.http_request import checked_id, int_param, read_body, use_raw_path_ids
 from faiss_server.config import FaissConfig
 from faiss_server.openapi import openapi_document
 from faiss_server.service import IndexService, read_npz
@@ -147,7 +147,7 @@ class SimilarItems(_Base):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                      item_id: str) -> None:
-        path_id(item_id)
+        checked_id(item_id)
         k = int_param(req, "k", 10, 1, self.config.max_k)
         # Comma form (``exclude=a,b``) and repeated parameters both: the app splits query
         # values on unencoded commas (``auto_parse_qs_csv``); an id holding a comma is
@@ -164,7 +164,7 @@ class Item(_Base):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                      item_id: str) -> None:
-        path_id(item_id)
+        checked_id(item_id)
         idx = self.service.current
         resp.media = {"id": item_id, "version": idx.version,
                       "vector": idx.vector(item_id)[0].tolist()}
@@ -172,7 +172,7 @@ class Item(_Base):
     @falcon.before(require_api_key_async)
     async def on_put(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                      item_id: str) -> None:
-        path_id(item_id)
+        checked_id(item_id)
         body = await read_json(req, self.config.max_json_bytes, UpsertBody)
         try:
             version = self.service.upsert(item_id, body.vector)
@@ -183,7 +183,7 @@ class Item(_Base):
     @falcon.before(require_api_key_async)
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                         item_id: str) -> None:
-        path_id(item_id)
+        checked_id(item_id)
         version = self.service.delete(item_id)
         resp.media = {"id": item_id, "deleted": True, "version": version,
                       "size": len(self.service.current)}

@@ -23,22 +23,41 @@ log = logging.getLogger(__name__)
 
 
 class Breaker:
-    """After a failure, report the dependency as down for ``cooldown_s`` (no waiting on
-    timeouts meanwhile); then let requests probe it again."""
+    """Circuit breaker with half-open probing.
+
+    After a failure the dependency is reported down for ``cooldown_s`` (requests fall
+    back at once instead of waiting on timeouts). Then it is *half-open*: exactly one
+    request probes it while the others keep falling back; the probe's success closes
+    the breaker for everyone, its failure opens it for another ``cooldown_s``. A probe
+    that reports neither within ``cooldown_s`` (cancelled, or an answer that says
+    nothing about the dependency's health) lets the next request probe.
+
+    Why not let every request through after the cooldown: with a stalled dependency
+    that put all concurrent requests on its timeout at once, and the recovery of one
+    probe could not be told apart from the failures of the rest.
+    """
 
     def __init__(self, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.cooldown_s = cooldown_s
         self.clock = clock
         self.open_until = 0.0
+        self.probe_until = 0.0
 
     def allow(self) -> bool:
-        return self.clock() >= self.open_until
+        now = self.clock()
+        if self.open_until == 0.0:
+            return True
+        if now < self.open_until or now < self.probe_until:
+            return False
+        self.probe_until = now + self.cooldown_s  # this caller is the probe
+        return True
 
     def failed(self) -> None:
         self.open_until = self.clock() + self.cooldown_s
+        self.probe_until = 0.0
 
     def succeeded(self) -> None:
-        self.open_until = 0.0
+        self.open_until = self.probe_until = 0.0
 
 
 _keep: set[asyncio.Task[Any]] = set()  # strong refs to fire-and-forget tasks
@@ -102,7 +121,8 @@ class Dependencies:
             s.redis_url, decode_responses=True, socket_timeout=config.redis_timeout_s,
             socket_connect_timeout=config.redis_timeout_s)
         faiss = AsyncFaissClient(s.faiss_url, connect_timeout_s=config.faiss_connect_timeout_s,
-                                 read_timeout_s=config.faiss_read_timeout_s)
+                                 read_timeout_s=config.faiss_read_timeout_s,
+                                 max_idle_s=config.faiss_idle_s)
         mode = config.user_cache
         users = UserCache(mongo[s.mongo_db]["users"],
                           ttl_s=config.user_cache_ttl_s if mode != "off" else 0.0,

@@ -16,6 +16,8 @@ popular list and says so (``source: "popular"``, ``fallback_reason``). Reasons:
 - ``index_not_ready`` — FAISS service has no index version loaded
 - ``bad_query`` — FAISS rejected the user vector (e.g. dimension differs from the index)
 - ``no_candidates`` — every candidate was seen or unavailable
+- ``unknown_item`` — (similar items) the FAISS index does not hold the item: not an
+  error (a new item may not be indexed yet), so the answer is popular items, 200
 
 Redis errors degrade the answer (``degraded`` lists them) instead of failing it: the last
 popular list / unavailable set read stays in use, metadata is left out.
@@ -39,7 +41,7 @@ from typing import Any
 import pymongo.errors
 import redis
 
-from common.errors import IndexNotReady, ServiceUnavailable
+from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from faiss_server.client import FaissRequestError
 from recommender_server.batching import SearchBatcher
 from recommender_server.config import ApiConfig
@@ -141,23 +143,11 @@ class Recommender:
 
     # --- endpoints ----------------------------------------------------------------------
     async def recommend(self, user_id: str, k: int) -> dict[str, Any]:
-        reason: str | None = None
         degraded: list[str] = []
-        doc = None
         model_version = index_version = None
         candidates: list[tuple[str, float]] = []
-        if not self.breakers["mongo"].allow():
-            reason = "mongo_unavailable"
-        else:
-            try:
-                doc = await self.deps.users.get(user_id)
-                self.breakers["mongo"].succeeded()
-            except MONGO_ERRORS as exc:
-                self._dep_error("mongo", exc)
-                reason = "mongo_unavailable"
-        if reason is None and doc is None:
-            reason = "unknown_user"
-        elif doc is not None:
+        doc, reason = await self._user(user_id, degraded)
+        if doc is not None:
             model_version = doc.model_version or None
             if not doc.vector:
                 reason = "no_vector"
@@ -190,6 +180,28 @@ class Recommender:
             **({"degraded": sorted(set(degraded))} if degraded else {}),
         }
 
+    async def _user(self, user_id: str, degraded: list[str]) -> tuple[Any, str | None]:
+        """``(user document or None, fallback reason or None)``.
+
+        While MongoDB fails (or its breaker is open) the last copy the cache holds, even
+        one past its trust time, answers (``degraded: ["mongo"]``): a user seen a few
+        seconds ago is better served from that copy than with popular items.
+        """
+        users = self.deps.users
+        if self.breakers["mongo"].allow():
+            try:
+                doc = await users.get(user_id)
+                self.breakers["mongo"].succeeded()
+                return doc, None if doc is not None else "unknown_user"
+            except MONGO_ERRORS as exc:
+                self._dep_error("mongo", exc)
+        last = users.last_known(user_id) if hasattr(users, "last_known") else None
+        if last is None:
+            return None, "mongo_unavailable"
+        degraded.append("mongo")
+        _, doc = last
+        return doc, None if doc is not None else "unknown_user"
+
     async def _search(self, vector: list[float], history: list[str],
                       k: int) -> tuple[str | None, str | None, list[tuple[str, float]]]:
         """``(fallback reason or None, index version, candidates)``."""
@@ -200,18 +212,20 @@ class Recommender:
             res = await self.searcher.search(vector, k + self.config.candidate_slack,
                                              exclude)
         except IndexNotReady:
+            self.breakers["faiss"].succeeded()
             return "index_not_ready", None, []
         except ServiceUnavailable as exc:
             self._dep_error("faiss", exc)
             return "faiss_unavailable", None, []
         except FaissRequestError as exc:
+            self.breakers["faiss"].succeeded()
             log.warning("FAISS rejected a user vector: %s", exc)
             return "bad_query", None, []
         self.breakers["faiss"].succeeded()
         return None, res.version, res.results[0]
 
     async def similar(self, item_id: str, k: int) -> dict[str, Any]:
-        """Items like ``item_id``; ``UnknownItem`` (404) if the index lacks it."""
+        """Items like ``item_id``; popular items (``unknown_item``) if the index lacks it."""
         degraded: list[str] = []
         reason: str | None = None
         index_version = None
@@ -223,6 +237,9 @@ class Recommender:
                 res = await self.deps.faiss.similar(item_id, k + self.config.candidate_slack)
                 self.breakers["faiss"].succeeded()
                 index_version, hits = res.version, res.hits
+            except UnknownItem:
+                self.breakers["faiss"].succeeded()  # FAISS answered: it is up
+                reason = "unknown_item"
             except IndexNotReady:
                 reason = "index_not_ready"
             except ServiceUnavailable as exc:
