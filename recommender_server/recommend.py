@@ -59,7 +59,10 @@ class Recommender:
     def __init__(self, config: ApiConfig, deps: Dependencies) -> None:
         self.config = config
         self.deps = deps
-        self.breakers = {name: Breaker(config.breaker_cooldown_s)
+        # MongoDB and FAISS are probed in the background while their breaker is open (a
+        # ping, a health call): no request waits on a dependency known to be down.
+        probes = {"mongo": deps.ping_mongo, "faiss": getattr(deps.faiss, "health", None)}
+        self.breakers = {name: Breaker(config.breaker_cooldown_s, probe=probes.get(name))
                          for name in ("mongo", "redis", "faiss")}
         self.searcher: Any = deps.faiss
         if config.faiss_batch_inflight > 0:
@@ -188,6 +191,9 @@ class Recommender:
         seconds ago is better served from that copy than with popular items.
         """
         users = self.deps.users
+        cached = users.cached(user_id) if hasattr(users, "cached") else None
+        if cached is not None:  # trusted copy: MongoDB's health does not matter
+            return cached[0], None if cached[0] is not None else "unknown_user"
         if self.breakers["mongo"].allow():
             try:
                 doc = await users.get(user_id)

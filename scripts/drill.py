@@ -46,6 +46,7 @@ from common.settings import Settings
 from datasets import movielens
 from datasets.types import Interactions
 from scripts.apps import AppManager
+from scripts.drill_serving import idle_pool, stall_recovery, versions_bounded
 from scripts.malformed import malformed_interactions
 from scripts.processes import free_port, wait_for
 from scripts.replay import Replayer, interaction_chunks
@@ -333,6 +334,9 @@ DRILLS: dict[str, Callable[..., dict[str, Any]]] = {
     "mongodb-restart": lambda w, **kw: dependency_restart(w, "mongodb", **kw),
     "malformed": malformed,
     "admin-keys": admin_keys,
+    "idle-pool": idle_pool,
+    "stall-recovery": stall_recovery,
+    "versions-bounded": versions_bounded,
 }
 
 

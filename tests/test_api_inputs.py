@@ -113,3 +113,35 @@ def test_open_mongo_breaker_still_serves_users_the_cache_holds(fakes) -> None:
     rec(client)
     assert col.reads == reads  # the open breaker keeps requests off MongoDB
 
+
+
+def test_background_probe_closes_the_breaker_without_any_request_waiting() -> None:
+    import asyncio
+
+    async def run() -> list[bool]:
+        up = asyncio.Event()
+        calls = []
+
+        async def ping() -> None:
+            calls.append(1)
+            if not up.is_set():
+                raise ConnectionError("still stalled")
+
+        b = Breaker(0.01, probe=ping, probe_interval_s=0.01)
+        b.failed()
+        seen = []
+        await asyncio.sleep(0.02)
+        seen.append(b.allow())  # cooldown over: starts the probe, the request falls back
+        await asyncio.sleep(0.05)
+        seen.append(b.allow())  # probe failed: still open (maybe probing again)
+        up.set()
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            b.allow()
+            if b.open_until == 0.0:
+                break
+        seen.append(b.allow())  # a probe succeeded: closed for everyone
+        seen.append(len(calls) >= 2)
+        return seen
+
+    assert asyncio.run(run()) == [False, False, True, True]
