@@ -148,9 +148,14 @@ class Dependencies:
         stream_mongo: AsyncMongoClient[Any] = AsyncMongoClient(
             s.mongo_uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
             socketTimeoutMS=5000, connect=False)
-        r = redis.asyncio.Redis.from_url(
-            s.redis_url, decode_responses=True, socket_timeout=config.redis_timeout_s,
+        # A blocking pool: under a burst (hundreds of requests in flight per worker) a
+        # request waits briefly for one of the 100 connections instead of failing with
+        # MaxConnectionsError (which dropped the answers' metadata as "degraded").
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            s.redis_url, max_connections=100, timeout=config.redis_timeout_s,
+            decode_responses=True, socket_timeout=config.redis_timeout_s,
             socket_connect_timeout=config.redis_timeout_s)
+        r = redis.asyncio.Redis(connection_pool=pool)
         faiss = AsyncFaissClient(s.faiss_url, connect_timeout_s=config.faiss_connect_timeout_s,
                                  read_timeout_s=config.faiss_read_timeout_s,
                                  max_idle_s=config.faiss_idle_s)
