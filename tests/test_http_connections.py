@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +138,104 @@ def test_oversized_bodies_get_a_413_json_answer_not_a_reset(
     # the service is still fine
     assert requests.get((api_proc if target == "api" else faiss_proc).url + "/health",
                         timeout=5).status_code == 200
+
+
+# --- defect 6 across the topic, both services and both clients -------------------------------
+ODD_IDS = ["a/b", "x/similar", "50%", "q?x=1#f", "a,b", "..", "café ü"]
+
+
+def test_ids_the_items_topic_accepts_are_addressable_everywhere(
+        faiss_proc: ServiceProcess, api_proc: ServiceProcess) -> None:
+    import json
+
+    from streams.validation import parse_item
+
+    sync = FaissClient(faiss_proc.url, "k", read_timeout_s=5)
+    for n, item_id in enumerate(ODD_IDS):
+        event = {"item_id": item_id, "op": "upsert", "attributes": {},
+                 "ts": int(time.time() * 1000)}
+        assert parse_item(json.dumps(event).encode()).item_id == item_id  # ingest keeps it
+        vec = np.zeros(DIM, np.float32)
+        vec[n % DIM] = 100.0
+        assert sync.upsert(item_id, vec)["id"] == item_id
+        assert sync.vector(item_id)[n % DIM] == 100.0
+        assert sync.similar(item_id, 3).hits
+        assert item_id not in {i for i, _ in sync.similar("i1", 200, exclude=[item_id]).hits}
+
+        async def via_async(item_id: str = item_id) -> list[str]:
+            client = AsyncFaissClient(faiss_proc.url, read_timeout_s=5)
+            try:
+                return [i for i, _ in (await client.similar(item_id, 3)).hits]
+            finally:
+                await client.close()
+
+        assert len(asyncio.run(via_async())) == 3
+        from common.ids import path_segment
+
+        api = requests.get(f"{api_proc.url}/v1/items/{path_segment(item_id)}/similar",
+                           params={"k": 3}, timeout=5).json()
+        assert api["item_id"] == item_id and api["source"] == "similar", api
+    for item_id in ODD_IDS:
+        sync.delete(item_id)
+
+
+# --- the issue's hand-written cases against the real processes: never a 5xx -----------------
+HUGE = "9" * 400
+DEEP = "[" * 3000 + "]" * 3000
+
+
+def hostile_requests(dim: int) -> list[tuple[str, str, str, bytes, dict[str, str]]]:
+    """``(service, method, path, body, headers)`` of issue 16's attack cases."""
+    import io
+    import zipfile
+
+    zeros = ", ".join(["0"] * dim)
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w") as zf, zf.open("vectors.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (2**40, 64)})
+    key = {"X-API-Key": "k", "Content-Type": "application/json"}
+    js = {"Content-Type": "application/json"}
+    return [
+        ("faiss", "POST", "/v1/search", ('{"vectors": [[' + ", ".join([HUGE] * dim)
+                                         + "]]}").encode(), js),
+        ("faiss", "POST", "/v1/search", ('{"vectors": ' + DEEP + "}").encode(), js),
+        ("faiss", "POST", "/v1/search", ('{"vectors": [[' + zeros + ']], "x": ' + DEEP
+                                         + "}").encode(), js),
+        ("faiss", "PUT", "/v1/items/x", ('{"vector": ' + DEEP + "}").encode(), key),
+        ("faiss", "POST", "/v1/search", ('{"vectors": [["1.5"' + ", 0" * (dim - 1)
+                                         + "]]}").encode(), js),
+        ("faiss", "POST", "/v1/search", ('{"vectors": [[' + zeros + ']], "exclude": null}'
+                                         ).encode(), js),
+        ("faiss", "POST", "/v1/index/versions?version=bomb", bomb.getvalue(),
+         {"X-API-Key": "k", "Content-Type": "application/octet-stream"}),
+        ("faiss", "POST", "/v1/search", b"0" * (5 * 1024 * 1024), js),
+        ("faiss", "GET", "/v1/items/i1/similar?k=%092", b"", {}),
+        ("faiss", "GET", "/v1/items/i1/similar?k=%20%2010", b"", {}),
+        ("faiss", "GET", "/v1/items/i1/similar?exclude=" + ",".join(
+            f"x{n}" for n in range(10_001)), b"", {}),
+        ("faiss", "GET", "/v1/items/%FF/similar", b"", {}),
+        ("api", "GET", "/v1/recommendations?user_id=u1", b"0" * (8 * 1024 * 1024), {}),
+        ("api", "GET", "/v1/recommendations?user_id=u1&k=%092", b"", {}),
+        ("api", "GET", "/v1/recommendations?user_id=u1&k=%20%2010", b"", {}),
+        ("api", "GET", "/v1/items/nope/similar", b"", {}),
+        ("api", "GET", "/v1/items/a%2Fb/similar", b"", {}),
+        ("api", "GET", "/v1/items/%FF/similar", b"", {}),
+    ]
+
+
+def test_issue_16_attack_cases_get_json_answers_and_no_5xx(
+        faiss_proc: ServiceProcess, api_proc: ServiceProcess) -> None:
+    bad = []
+    for service, method, path, body, headers in hostile_requests(DIM):
+        base = faiss_proc.url if service == "faiss" else api_proc.url
+        try:
+            r = requests.request(method, base + path, data=body or None, headers=headers,
+                                 timeout=30)
+        except requests.RequestException as exc:
+            bad.append(f"{method} {path[:60]}: {exc!r}"[:200])
+            continue
+        if r.status_code >= 500 or not {"title", "description"} <= set(r.json()) \
+                and r.status_code >= 400:
+            bad.append(f"{method} {path[:60]} -> {r.status_code} {r.text[:100]}")
+    assert bad == []
