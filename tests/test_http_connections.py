@@ -239,3 +239,41 @@ def test_issue_16_attack_cases_get_json_answers_and_no_5xx(
                 and r.status_code >= 400:
             bad.append(f"{method} {path[:60]} -> {r.status_code} {r.text[:100]}")
     assert bad == []
+
+
+def send_slowly(url: str, path: str, size: int) -> bytes:
+    """POST ``size`` bytes in 256 kB pieces with pauses (a client on a slower link than
+    loopback: the server answers while the body is still arriving); the raw answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {size}\r\n\r\n".encode())
+        piece = b"0" * (256 * 1024)
+        try:
+            for _ in range(size // len(piece)):
+                sock.sendall(piece)
+                time.sleep(0.01)
+        except OSError:
+            pass  # the server stopped reading: whatever it answered is below
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError as exc:
+            return f"reset: {exc!r}".encode()
+        return answer
+
+
+@pytest.mark.parametrize("target, path, size", [
+    ("api", "/v1/recommendations?user_id=u1", 8 * 1024 * 1024),
+    ("faiss", "/v1/search", 5 * 1024 * 1024)])
+def test_a_slowly_sent_oversized_body_still_gets_its_413(
+        api_proc: ServiceProcess, faiss_proc: ServiceProcess, target: str, path: str,
+        size: int) -> None:
+    answer = send_slowly((api_proc if target == "api" else faiss_proc).url, path, size)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"description"' in answer
