@@ -140,14 +140,17 @@ class Dependencies:
         # timeoutMS bounds a whole operation (server selection, connection checkout and
         # the round trip): without it, requests caught by a stall queued behind pymongo's
         # connection set-up for seconds.
+        # heartbeatFrequencyMS: pymongo's monitor long-polls the server for up to this
+        # long (10 s by default); after a stall it is what tells the client the server is
+        # back, so keep it short (1 hello/s per client).
         mongo: AsyncMongoClient[Any] = AsyncMongoClient(
             s.mongo_uri, serverSelectionTimeoutMS=t, connectTimeoutMS=t, timeoutMS=t,
-            connect=False)
+            heartbeatFrequencyMS=1000, connect=False)
         # The change stream's getMore waits up to 200 ms server-side: its own client, so
         # the hot path's short socket timeout does not apply to it.
         stream_mongo: AsyncMongoClient[Any] = AsyncMongoClient(
             s.mongo_uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
-            socketTimeoutMS=5000, connect=False)
+            socketTimeoutMS=5000, heartbeatFrequencyMS=1000, connect=False)
         # A blocking pool: under a burst (hundreds of requests in flight per worker) a
         # request waits briefly for one of the 100 connections instead of failing with
         # MaxConnectionsError (which dropped the answers' metadata as "degraded").
