@@ -222,7 +222,8 @@ class IndexVersions(_Base):
             version: str | None = ref.version
             source: bytes | Path = self._allowed_path(ref.path)
         else:
-            version = req.get_param("version")
+            # A list when given twice or with a comma (query values are split): 400 below.
+            version = req.params.get("version")
             source = await read_body(req, self.config.max_upload_bytes)
         if not isinstance(version, str):
             raise bad("version is required (a string)")

@@ -183,29 +183,26 @@ class Sample:
 
 
 class StallLoad:
-    """``clients`` closed-loop threads; every ``fresh_every``-th request of a client asks
-    for a user nobody asked for yet (a cache miss: it needs MongoDB)."""
+    """Closed-loop clients (``clients`` threads while :meth:`running`); every
+    ``fresh_every``-th request of a client asks for a user nobody asked for yet (a cache
+    miss: it needs MongoDB), the others for one of ``hot``."""
 
-    def __init__(self, rig: Rig, clients: int = 16, fresh_every: int = 4,
-                 pause_s: float = 0.005) -> None:
+    def __init__(self, rig: Rig, fresh_every: int = 4, pause_s: float = 0.005) -> None:
         self.rig, self.pause_s, self.fresh_every = rig, pause_s, fresh_every
         self.samples: list[Sample] = []
+        self.hot = rig.users[-200:]
         self._fresh = iter(rig.users)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(j,), daemon=True)
-                         for j in range(clients)]
-        self.hot = rig.users[-200:]
 
     def _next_fresh(self) -> str | None:
         with self._lock:
             return next(self._fresh, None)
 
-    def _run(self, seed: int) -> None:
+    def _run(self, seed: int, stop: threading.Event) -> None:
         rng = random.Random(seed)
         n = 0
         with requests.Session() as http:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 n += 1
                 due = self.fresh_every > 0 and n % self.fresh_every == 0
                 user = self._next_fresh() if due else None
@@ -218,15 +215,19 @@ class StallLoad:
                                            body.get("fallback_reason"), fresh))
                 time.sleep(self.pause_s)
 
-    def __enter__(self) -> StallLoad:
-        for t in self._threads:
+    @contextmanager
+    def running(self, clients: int) -> Iterator[None]:
+        stop = threading.Event()
+        threads = [threading.Thread(target=self._run, args=(j, stop), daemon=True)
+                   for j in range(clients)]
+        for t in threads:
             t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
+        try:
+            yield
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
 
 
 def stall_recovery(world: Any, stall_s: float = 10.0, clients: int = 16,
@@ -239,12 +240,11 @@ def stall_recovery(world: Any, stall_s: float = 10.0, clients: int = 16,
     with private_mongodb(world.workdir) as (uri, mongo), \
             serving_rig(world.base, world.workdir, n_users=n_users, mongo_uri=uri,
                         api_args=("--user-cache-preload", "0")) as rig:
-        load = StallLoad(rig, clients=clients, fresh_every=fresh_every)
-        load.hot = rig.users[-200:]
+        load = StallLoad(rig, fresh_every=fresh_every)
         with requests.Session() as http:  # the hot users are cached before the stall
             for u in load.hot:
                 rig.recommend(http, u)
-        with load:
+        with load.running(clients):
             time.sleep(3.0)
             t_stop = time.monotonic()
             os.kill(mongo.pid, signal.SIGSTOP)

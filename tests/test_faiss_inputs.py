@@ -175,6 +175,16 @@ def test_search_exclude_list_is_honoured_and_bounded(client: testing.TestClient,
     assert_json_error(r, 400)
 
 
+def test_other_query_values_with_commas_are_not_silently_split(
+        client: testing.TestClient) -> None:
+    body = write_npz(["a"], np.ones((1, DIM)))
+    for query in ("version=v7,v8", "version=v7&version=v8"):
+        r = client.simulate_post("/v1/index/versions", query_string=query, body=body,
+                                 headers=UPLOAD)
+        assert_json_error(r, 400)
+    assert client.simulate_get("/v1/index").json["version"] == "v1"
+
+
 # --- defect 5: integers are digits ---------------------------------------------------------
 @pytest.mark.parametrize("k", ["%092", "%20%2010", "1_0", "+3", "-1", "3.0", "%D9%A3", "", "0",
                                "1,2", "3&k=4"])
