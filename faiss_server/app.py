@@ -219,7 +219,7 @@ class IndexVersions(_Base):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         if (req.content_type or "").startswith("application/json"):
             ref = await read_json(req, self.config.max_json_bytes, VersionRef)
-            version: str | None = ref.version
+            version: str | list[str] | None = ref.version
             source: bytes | Path = self._allowed_path(ref.path)
         else:
             # A list when given twice or with a comma (query values are split): 400 below.
