@@ -83,6 +83,11 @@ class Breaker:
         else:
             self.succeeded()
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the dependency is currently reported down (no side effect)."""
+        return self.open_until != 0.0
+
     def failed(self) -> None:
         self.open_until = self.clock() + self.cooldown_s
         self.probe_until = 0.0

@@ -66,9 +66,11 @@ class Recommender:
                          for name in ("mongo", "redis", "faiss")}
         self.searcher: Any = deps.faiss
         if config.faiss_batch_inflight > 0:
+            faiss_breaker = self.breakers["faiss"]
             self.searcher = SearchBatcher(deps.faiss, config.faiss_batch_max,
                                           config.faiss_batch_inflight,
-                                          max_history=config.faiss_batch_max_history)
+                                          max_history=config.faiss_batch_max_history,
+                                          down=lambda: faiss_breaker.is_open)
         self._counts: Counter[str] = Counter()
         self._flush_at = 0.0
         self._hits_sent = self._misses_sent = 0

@@ -145,3 +145,27 @@ def test_background_probe_closes_the_breaker_without_any_request_waiting() -> No
         return seen
 
     assert asyncio.run(run()) == [False, False, True, True]
+
+
+def test_batcher_fails_queued_queries_at_once_when_faiss_is_known_down() -> None:
+    """A stall held queued queries behind stalled batches, then sent them to wait out
+    another timeout (2 s answers); with the breaker open they now fail at once."""
+    import asyncio
+
+    from common.errors import ServiceUnavailable
+    from recommender_server.batching import SearchBatcher
+
+    faiss = FakeFaiss()
+    down = [False]
+    batcher = SearchBatcher(faiss, max_inflight=1, down=lambda: down[0])
+
+    async def run() -> list[object]:
+        tasks = [asyncio.ensure_future(batcher.search([1.0], 2)) for _ in range(3)]
+        await asyncio.sleep(0)  # the first is in flight, two are queued behind it
+        down[0] = True
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    out = asyncio.run(run())
+    assert not isinstance(out[0], Exception)
+    assert all(isinstance(o, ServiceUnavailable) for o in out[1:])
+    assert len(faiss.searches) == 1
