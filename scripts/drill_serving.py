@@ -232,14 +232,17 @@ class StallLoad:
 
 def stall_recovery(world: Any, stall_s: float = 10.0, clients: int = 16,
                    after_s: float = 5.0, n_users: int = 8_000,
-                   max_recovery_s: float = 1.0, fresh_every: int = 4) -> dict[str, Any]:
-    """SIGSTOP a private MongoDB for ``stall_s`` under ``clients`` concurrent clients,
-    SIGCONT it; ``recovery_s`` = from the resume until the last request that fell back
-    (``mongo_unavailable``) after it was answered (0 if none did). Fails above
-    ``max_recovery_s`` (issue 16's goal: 1 s)."""
+                   max_recovery_s: float = 1.0, fresh_every: int = 4,
+                   which: str = "mongodb") -> dict[str, Any]:
+    """SIGSTOP a private MongoDB (``which="faiss"``: the drill's FAISS process) for
+    ``stall_s`` under ``clients`` concurrent clients, SIGCONT it; ``recovery_s`` = from
+    the resume until the last request that fell back because of it (``mongo_unavailable``
+    / ``faiss_unavailable``) was answered (0 if none did). Fails above ``max_recovery_s``
+    (issue 16's goal: 1 s) or on any non-200 answer."""
     with private_mongodb(world.workdir) as (uri, mongo), \
             serving_rig(world.base, world.workdir, n_users=n_users, mongo_uri=uri,
                         api_args=("--user-cache-preload", "0")) as rig:
+        victim = mongo.pid if which == "mongodb" else rig.faiss.proc.pid  # type: ignore[union-attr]
         load = StallLoad(rig, fresh_every=fresh_every)
         with requests.Session() as http:  # the hot users are cached before the stall
             for u in load.hot:
@@ -247,41 +250,44 @@ def stall_recovery(world: Any, stall_s: float = 10.0, clients: int = 16,
         with load.running(clients):
             time.sleep(3.0)
             t_stop = time.monotonic()
-            os.kill(mongo.pid, signal.SIGSTOP)
+            os.kill(victim, signal.SIGSTOP)
             try:
                 time.sleep(stall_s)
             finally:
-                os.kill(mongo.pid, signal.SIGCONT)
+                os.kill(victim, signal.SIGCONT)
             t_resume = time.monotonic()
             time.sleep(after_s)
         samples = list(load.samples)
-    result = _stall_figures(samples, t_stop, t_resume, stall_s, clients, after_s)
+    reason = "mongo_unavailable" if which == "mongodb" else "faiss_unavailable"
+    result = {"which": which,
+              **_stall_figures(samples, t_stop, t_resume, stall_s, clients, after_s, reason)}
     if result["non_200"] or result["recovery_s"] > max_recovery_s or (
-            fresh_every and result["first_fresh_user_personalized_s"] is None):
-        fail(f"MongoDB stall: {result}")
+            which == "mongodb" and fresh_every
+            and result["first_fresh_user_personalized_s"] is None):
+        fail(f"{which} stall: {result}")
     return result
 
 
 def _stall_figures(samples: list[Sample], t_stop: float, t_resume: float, stall_s: float,
-                   clients: int, after_s: float) -> dict[str, Any]:
+                   clients: int, after_s: float, reason: str) -> dict[str, Any]:
     after = [s for s in samples if t_resume <= s.start <= t_resume + after_s]
     during = [s for s in samples if t_stop <= s.start < t_resume]
-    fell_back = [s for s in after if s.reason == "mongo_unavailable"]
+    fell_back = [s for s in after if s.reason == reason]
     recovery_s = max((s.end - t_resume for s in fell_back), default=0.0)
     fresh_ok = [s.end - t_resume for s in after if s.fresh and s.source == "personalized"]
     lat = [s.end - s.start for s in during]
-    result = {
+    return {
         "drill": "stall-recovery", "stall_s": stall_s, "clients": clients,
         "requests": len(samples), "non_200": sum(1 for s in samples if s.status != 200),
         "requests_during_stall": len(during),
         "personalized_during_stall": sum(1 for s in during if s.source == "personalized"),
         "p99_during_stall_ms": round(float(np.percentile(lat, 99)) * 1000, 1) if lat else None,
+        "max_during_stall_s": round(max(lat), 3) if lat else None,
         "fallbacks_after_resume": len(fell_back),
         f"requests_in_{after_s:g}s_after_resume": len(after),
         "first_fresh_user_personalized_s": round(min(fresh_ok), 3) if fresh_ok else None,
         "recovery_s": round(recovery_s, 3),
     }
-    return result
 
 
 # --- versions-bounded --------------------------------------------------------------------------

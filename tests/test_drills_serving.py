@@ -34,3 +34,10 @@ def test_saved_versions_stay_bounded_under_frequent_exports(stack: Settings) -> 
     assert result["exports"] >= 5
     assert result["max_folders"] <= result["keep_versions"] + 1
     assert result["serving"] == f"export-{result['exports'] - 1}"
+
+
+def test_faiss_stall_gives_no_errors_and_personalised_answers_return(stack: Settings) -> None:
+    result = run_drill("stall-recovery", stack, which="faiss", stall_s=3.0, after_s=3.0,
+                       n_users=500, fresh_every=0, max_recovery_s=3.0)
+    assert result["non_200"] == 0 and result["requests_during_stall"] > 0
+    assert result["recovery_s"] <= 3.0
