@@ -1,8 +1,9 @@
 """Domain errors → HTTP, in one place for both Falcon services.
 
-Every error body is JSON ``{"title": ..., "description": ...}`` (Falcon's own
-``HTTPError`` bodies already have that shape). A new :class:`~common.errors.RecsysError`
-subclass gets a status here, not in a handler.
+Every error body is JSON ``{"title": ..., "description": ...}``: domain errors through
+:data:`DOMAIN_STATUS`, Falcon's own ``HTTPError`` s (400, 404 for an unknown route, 413,
+...) through :func:`serialize_http_error`, which fills a missing description. A new
+:class:`~common.errors.RecsysError` subclass gets a status here, not in a handler.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import falcon
 import falcon.asgi
+import msgspec
 
 from common.errors import (
     BadEvent,
@@ -47,8 +49,18 @@ def _render(resp: Any, ex: RecsysError) -> None:
         resp.set_header("Retry-After", "1")
 
 
+def serialize_http_error(req: Any, resp: Any, ex: falcon.HTTPError) -> None:
+    """Falcon's error body, always JSON and always with a ``description``."""
+    body = ex.to_dict()
+    body.setdefault("description", body.get("title", "Error"))
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = msgspec.json.encode(body)
+
+
 def add_domain_error_handlers(app: falcon.App) -> None:
-    """Register the :data:`DOMAIN_STATUS` mapping on a WSGI or ASGI Falcon app."""
+    """Register the :data:`DOMAIN_STATUS` mapping and :func:`serialize_http_error` on a
+    WSGI or ASGI Falcon app."""
+    app.set_error_serializer(serialize_http_error)
     if isinstance(app, falcon.asgi.App):
 
         async def handle_async(req: Any, resp: Any, ex: RecsysError, params: Any) -> None:

@@ -47,6 +47,20 @@ class Settings:
     statsd_port: int = _doc("statsd port (UDP).", 8125)
     statsd_prefix: str = _doc("Prefix of every metric name.", "recsys")
 
+    # --- HTTP services: limits, keep-alive, saved versions ---------------------------
+    api_max_body_bytes: int = _doc("The API takes no request bodies: a larger one is "
+                                   "answered 413.", 65536)
+    api_faiss_idle_s: float = _doc("The API drops pooled FAISS connections idle this long "
+                                   "(keep it below `RECSYS_FAISS_KEEP_ALIVE_S`).", 2.0)
+    faiss_keep_alive_s: float = _doc("Seconds the FAISS service keeps an idle connection "
+                                     "open.", 5.0)
+    faiss_max_json_bytes: int = _doc("Largest JSON body (search, upsert) of the FAISS "
+                                     "service; 413 beyond.", 4 * 1024 * 1024)
+    faiss_max_npz_bytes: int = _doc("Largest uncompressed size of a version `.npz` the "
+                                    "FAISS service loads; 400 beyond.", 1024 * 1024 * 1024)
+    faiss_keep_versions: int = _doc("Saved FAISS index versions kept on disk besides the "
+                                    "serving one.", 3)
+
     # --- topics -----------------------------------------------------------------------
     topic_interactions: str = _doc("Topic of user interaction events.", "interactions")
     topic_items: str = _doc("Topic of item upsert/delete events.", "items")

@@ -7,7 +7,15 @@ speaking just enough HTTP/1.1 for the service (uvicorn always sends ``Content-Le
 with ``msgspec`` for JSON: a search round trip costs the API process ~60-80 µs of CPU.
 
 Trade-offs: no TLS, no chunked responses, no redirects (the service uses none of them;
-anything unexpected closes the connection and raises ``ServiceUnavailable``). Write
+anything unexpected closes the connection and raises ``ServiceUnavailable``).
+
+Idle connections: the service closes a keep-alive connection after
+``RECSYS_FAISS_KEEP_ALIVE_S`` (5 s) of silence. Reusing one it has closed fails at once,
+and a low-traffic API would answer ``faiss_unavailable`` fallbacks while FAISS is
+healthy (6 of 12 requests 6 s apart did). So a pooled connection idle for
+``max_idle_s`` (below the keep-alive) is closed instead of reused, and a request on a
+reused connection that is closed before any byte of the answer arrives is sent once
+more on a new connection (every call here is a read, safe to repeat). Write
 endpoints (upsert, version loads) stay on the blocking :class:`~faiss_server.client.FaissClient`.
 
 Errors are those of :class:`~faiss_server.client.FaissClient`: refused / timeout / 5xx →
@@ -18,14 +26,16 @@ other 4xx → ``FaissRequestError``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import msgspec
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
+from common.ids import path_segment
 from faiss_server.client import FaissRequestError, SearchResult, SimilarResult
 
 
@@ -51,13 +61,18 @@ _enc = msgspec.json.Encoder()
 
 
 class _Conn:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("reader", "writer", "idle_since")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.writer.close()
+
+
+class _ClosedBeforeAnswer(Exception):
+    """A reused connection was closed by the service before any byte of the answer."""
 
 
 class AsyncFaissClient:
@@ -67,15 +82,18 @@ class AsyncFaissClient:
     """
 
     def __init__(self, base_url: str, connect_timeout_s: float = 0.05,
-                 read_timeout_s: float = 0.2, max_idle: int = 64) -> None:
+                 read_timeout_s: float = 0.2, max_idle: int = 64,
+                 max_idle_s: float = 2.0) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"only http://host:port URLs are supported, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.host, self.port = parts.hostname, parts.port or 80
         self.connect_timeout_s, self.read_timeout_s = connect_timeout_s, read_timeout_s
-        self.max_idle = max_idle
+        self.max_idle, self.max_idle_s = max_idle, max_idle_s
         self._idle: deque[_Conn] = deque()
+        #: Requests sent again after a reused connection turned out closed.
+        self.retries = 0
         self._host_header = f"Host: {self.host}:{self.port}\r\n".encode()
 
     async def close(self) -> None:
@@ -91,25 +109,53 @@ class AsyncFaissClient:
             raise ServiceUnavailable(f"FAISS service {self.base_url}: {exc!r}") from exc
         return _Conn(reader, writer)
 
+    def _pooled(self) -> _Conn | None:
+        """The most recently used idle connection still worth reusing, if any."""
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.idle_since < self.max_idle_s and not conn.reader.at_eof():
+                return conn
+            conn.close()
+        return None
+
     async def _request(self, method: str, target: str, body: bytes | None = None) -> Any:
         head = f"{method} {target} HTTP/1.1\r\n".encode() + self._host_header
         if body is not None:
             head += (b"Content-Type: application/json\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\n")
         msg = head + b"\r\n" + (body or b"")
-        conn = self._idle.pop() if self._idle else await self._connect()
+        conn = self._pooled()
+        if conn is not None:
+            try:
+                return await self._exchange(conn, msg)
+            except _ClosedBeforeAnswer:
+                self.retries += 1  # closed by the service meanwhile: once more, anew
+        try:
+            return await self._exchange(await self._connect(), msg)
+        except _ClosedBeforeAnswer as exc:
+            raise ServiceUnavailable(f"FAISS service {self.base_url} closed the "
+                                     "connection before answering") from exc
+
+    async def _exchange(self, conn: _Conn, msg: bytes) -> tuple[int, bytes]:
         try:
             async with asyncio.timeout(self.read_timeout_s):
                 conn.writer.write(msg)
                 status, data, keep = await self._read_response(conn.reader)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError,
-                asyncio.LimitOverrunError) as exc:
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            conn.close()
+            partial = getattr(exc, "partial", b"")
+            if not partial:
+                raise _ClosedBeforeAnswer() from exc
+            raise ServiceUnavailable(f"FAISS service {self.base_url}: {exc!r}") from exc
+        except (OSError, TimeoutError, ValueError, asyncio.LimitOverrunError) as exc:
             conn.close()
             raise ServiceUnavailable(f"FAISS service {self.base_url}: {exc!r}") from exc
         except BaseException:
             conn.close()  # cancelled mid-response: the connection is in an unknown state
             raise
         if keep and len(self._idle) < self.max_idle:
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()
@@ -173,11 +219,11 @@ class AsyncFaissClient:
 
     async def similar(self, item_id: str, k: int = 10,
                       exclude: Sequence[str] = ()) -> SimilarResult:
-        query: dict[str, Any] = {"k": int(k)}
-        if exclude:
-            query["exclude"] = ",".join(exclude)
+        # Repeated ``exclude`` parameters, each percent-encoded: an id holding a comma
+        # stays one id (the service splits only unencoded commas).
+        query: dict[str, Any] = {"k": int(k), "exclude": list(exclude)}
         status, data = await self._request(
-            "GET", f"/v1/items/{quote(item_id, safe='')}/similar?" + urlencode(query))
+            "GET", f"/v1/items/{path_segment(item_id)}/similar?" + urlencode(query, doseq=True))
         if status >= 400:
             self._check(status, data)
         try:

@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import numpy as np
 import urllib3
 
 from common.errors import IndexNotReady, RecsysError, ServiceUnavailable, UnknownItem
+from common.ids import path_segment
 from common.settings import Settings
 from faiss_server.service import write_npz
 
@@ -126,25 +127,25 @@ class FaissClient:
                                              for hits in out["results"]])
 
     def similar(self, item_id: str, k: int = 10, exclude: Sequence[str] = ()) -> SimilarResult:
-        query: dict[str, Any] = {"k": int(k)}
-        if exclude:
-            query["exclude"] = ",".join(exclude)
-        out = self._request("GET", f"/v1/items/{quote(item_id, safe='')}/similar?"
-                            + urlencode(query))
+        # Repeated ``exclude`` parameters, each percent-encoded: an id holding a comma
+        # stays one id (the service splits only unencoded commas).
+        query: dict[str, Any] = {"k": int(k), "exclude": list(exclude)}
+        out = self._request("GET", f"/v1/items/{path_segment(item_id)}/similar?"
+                            + urlencode(query, doseq=True))
         return SimilarResult(out["version"], [(h["id"], float(h["score"]))
                                               for h in out["results"]])
 
     def vector(self, item_id: str) -> np.ndarray:
-        out = self._request("GET", f"/v1/items/{quote(item_id, safe='')}")
+        out = self._request("GET", f"/v1/items/{path_segment(item_id)}")
         return np.asarray(out["vector"], dtype=np.float32)
 
     def upsert(self, item_id: str, vector: Any) -> dict[str, Any]:
         vec = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
-        return self._request("PUT", f"/v1/items/{quote(item_id, safe='')}",
+        return self._request("PUT", f"/v1/items/{path_segment(item_id)}",
                              {"vector": vec}, write=True)
 
     def delete(self, item_id: str) -> dict[str, Any]:
-        return self._request("DELETE", f"/v1/items/{quote(item_id, safe='')}", write=True)
+        return self._request("DELETE", f"/v1/items/{path_segment(item_id)}", write=True)
 
     def load_version(
         self, path_or_arrays: str | Path | tuple[Sequence[str], Any], version: str

@@ -67,10 +67,16 @@ class FaissConfig:
     max_k: int = 1000
     max_batch: int = 256
     max_exclude: int = 10_000
-    #: Limit for JSON bodies (search, upsert).
+    #: Limit for JSON bodies (search, upsert): 413 beyond (``RECSYS_FAISS_MAX_JSON_BYTES``).
     max_json_bytes: int = 4 * 1024 * 1024
     #: Limit for an uploaded ``.npz`` version (1M × 64 float32 ≈ 256 MB + ids).
     max_upload_bytes: int = 1024 * 1024 * 1024
+    #: Limit for the *uncompressed* arrays of a version ``.npz`` (upload or path), read
+    #: from the zip directory and the ``.npy`` headers before anything is loaded: a 1 MB
+    #: zip bomb must not allocate gigabytes (``RECSYS_FAISS_MAX_NPZ_BYTES``).
+    max_npz_bytes: int = 1024 * 1024 * 1024
+    #: Saved versions kept on disk besides the serving one (``RECSYS_FAISS_KEEP_VERSIONS``).
+    keep_versions: int = 3
     #: statsd prefix suffix (``{statsd_prefix}.faiss.*``).
     metrics_suffix: str = "faiss"
 
@@ -85,6 +91,9 @@ class FaissConfig:
             "api_key": settings.faiss_api_key,
             "data_dir": settings.local_dir / "faiss",
             "load_roots": (settings.model_dir, settings.local_dir),
+            "max_json_bytes": settings.faiss_max_json_bytes,
+            "max_npz_bytes": settings.faiss_max_npz_bytes,
+            "keep_versions": settings.faiss_keep_versions,
         }
         values.update(overrides)
         return cls(**values)

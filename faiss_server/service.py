@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
+import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,42 @@ log = logging.getLogger(__name__)
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def read_npz(data: bytes | Path) -> tuple[list[str], np.ndarray]:
-    """``(ids, vectors)`` from an ``.npz`` with arrays ``ids`` (str) and ``vectors``."""
+def check_npz_size(src: io.BytesIO | Path, max_bytes: int) -> int:
+    """The uncompressed size of the arrays in an ``.npz``, read from its zip directory and
+    each ``.npy`` header (numpy's own parser), or ``ValueError`` above ``max_bytes``.
+
+    Nothing is allocated: ``np.load`` would allocate a header's full shape before
+    reading (a 2**40-row header, or a 1 MB zip of zeros unpacking to gigabytes).
+    """
+    with zipfile.ZipFile(src) as zf:
+        members = zf.infolist()
+        declared = sum(m.file_size for m in members)
+        if declared > max_bytes:
+            raise ValueError(f"the .npz unpacks to {declared} bytes; the limit is {max_bytes}")
+        total = 0
+        for m in members:
+            with zf.open(m) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version} in {m.filename}")
+            total += math.prod(shape) * dtype.itemsize
+            if total > max_bytes:
+                raise ValueError(f"the .npz arrays hold more than {max_bytes} bytes "
+                                 f"({m.filename}: shape {shape}, {dtype})")
+    if isinstance(src, io.BytesIO):
+        src.seek(0)
+    return total
+
+
+def read_npz(data: bytes | Path, max_bytes: int = 1 << 30) -> tuple[list[str], np.ndarray]:
+    """``(ids, vectors)`` from an ``.npz`` with arrays ``ids`` (str) and ``vectors``, whose
+    arrays take at most ``max_bytes`` uncompressed (:func:`check_npz_size`)."""
     src = io.BytesIO(data) if isinstance(data, bytes) else data
+    check_npz_size(src, max_bytes)
     with np.load(src, allow_pickle=False) as z:
         if "ids" not in z.files or "vectors" not in z.files:
             raise ValueError(f"the .npz must hold arrays 'ids' and 'vectors', got {z.files}")
@@ -54,9 +90,12 @@ def write_npz(ids: Sequence[str], vectors: Any) -> bytes:
 class IndexService:
     """Owns the current :class:`VectorIndex`; thread-safe."""
 
-    def __init__(self, spec: IndexSpec, data_dir: Path | None = None) -> None:
+    def __init__(self, spec: IndexSpec, data_dir: Path | None = None,
+                 keep_versions: int = 3) -> None:
         self.spec = spec
         self.data_dir = data_dir
+        #: Saved versions kept besides the serving one (older folders are deleted).
+        self.keep_versions = keep_versions
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._journal: list[tuple[str, str, np.ndarray | None]] | None = None
@@ -147,6 +186,7 @@ class IndexService:
             finally:
                 with self._lock:
                     self._journal = None
+            self.prune()
             return new.info()
 
     def _swap(self, new: VectorIndex) -> None:
@@ -176,4 +216,23 @@ class IndexService:
         tmp = self.data_dir / "CURRENT.tmp"
         tmp.write_text(idx.version)
         tmp.replace(self.data_dir / "CURRENT")
+        with self._load_lock:  # never while a load is saving its new folder
+            self.prune()
         return {**self.info(), "saved_ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+    def prune(self) -> list[str]:
+        """Delete saved versions beyond the newest ``keep_versions`` (the serving one is
+        always kept); returns the names deleted. Exports every few seconds would
+        otherwise fill the disk (165 folders, 121 MB in two hours of 30 s exports)."""
+        if self.data_dir is None or not (self.data_dir / "versions").is_dir():
+            return []
+        serving = self._current.version if self._current is not None else None
+        folders = [f for f in (self.data_dir / "versions").iterdir()
+                   if f.is_dir() and f.name != serving]
+        folders.sort(key=lambda f: f.stat().st_mtime, reverse=True)
+        doomed = folders[max(0, self.keep_versions):]
+        for folder in doomed:
+            shutil.rmtree(folder, ignore_errors=True)
+        if doomed:
+            log.info("pruned %d saved index versions", len(doomed))
+        return [f.name for f in doomed]

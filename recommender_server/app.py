@@ -21,21 +21,14 @@ import falcon.asgi
 import msgspec
 
 from common.http_errors import add_domain_error_handlers
+from common.http_request import BodyLimit, checked_id, int_param, use_raw_path_ids
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Dependencies
 from recommender_server.metrics import BatchedMetricsMiddleware
 from recommender_server.openapi import openapi_document
 from recommender_server.recommend import Recommender
 
-MAX_ID = 256
 _encode = msgspec.json.Encoder().encode
-
-
-def _id_param(value: str | None, name: str) -> str:
-    if not value or len(value) > MAX_ID:
-        raise falcon.HTTPBadRequest(title="Invalid request",
-                                    description=f"{name} must be 1..{MAX_ID} characters")
-    return value
 
 
 def _json(resp: Any, body: Any) -> None:
@@ -48,15 +41,14 @@ class _Base:
         self.rec = rec
 
     def _k(self, req: Any) -> int:
-        return req.get_param_as_int("k", min_value=1, max_value=self.rec.config.max_k,
-                                    default=10)
+        return int_param(req, "k", 10, 1, self.rec.config.max_k)
 
 
 class Recommendations(_Base):
     metric_name = "recommendations"
 
     async def on_get(self, req: Any, resp: Any) -> None:
-        user_id = _id_param(req.get_param("user_id", required=True), "user_id")
+        user_id = checked_id(req.get_param("user_id", required=True), "user_id")
         _json(resp, await self.rec.recommend(user_id, self._k(req)))
 
 
@@ -64,7 +56,7 @@ class SimilarItems(_Base):
     metric_name = "similar"
 
     async def on_get(self, req: Any, resp: Any, item_id: str) -> None:
-        _json(resp, await self.rec.similar(_id_param(item_id, "item_id"), self._k(req)))
+        _json(resp, await self.rec.similar(checked_id(item_id), self._k(req)))
 
 
 class Popular(_Base):
@@ -122,12 +114,14 @@ def create_app(config: ApiConfig, deps: Dependencies | None = None) -> falcon.as
     rec = Recommender(config, deps)
     metrics = BatchedMetricsMiddleware(deps.statsd, config.metrics_flush_s,
                                        config.metrics_timing_rate)
-    middleware: list[Any] = [Lifespan(deps, rec, metrics), metrics]
+    middleware: list[Any] = [Lifespan(deps, rec, metrics), metrics,
+                             BodyLimit(config.max_body_bytes)]
     app = falcon.asgi.App(middleware=middleware)
+    use_raw_path_ids(app)
     add_domain_error_handlers(app)
     routes = {
         "/v1/recommendations": Recommendations(rec),
-        "/v1/items/{item_id}/similar": SimilarItems(rec),
+        "/v1/items/{item_id:id}/similar": SimilarItems(rec),
         "/v1/popular": Popular(rec),
         "/health": Health(rec),
         "/ready": Ready(rec),

@@ -18,9 +18,10 @@ batches grow by themselves and a query waits at most one in-flight round trip mo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from common.errors import ServiceUnavailable
 from faiss_server.client import SearchResult
 
 
@@ -28,8 +29,12 @@ class SearchBatcher:
     """``await search(vector, k, exclude)`` → :class:`SearchResult` with one row."""
 
     def __init__(self, faiss: Any, max_batch: int = 64, max_inflight: int = 2,
-                 max_history: int = 100) -> None:
+                 max_history: int = 100, down: Callable[[], bool] = lambda: False) -> None:
         self.faiss = faiss
+        #: True while FAISS is known to be down (its breaker is open): queries queued
+        #: behind stalled batches then fail at once instead of being sent to wait out
+        #: another timeout.
+        self.down = down
         self.max_batch, self.max_inflight = max_batch, max_inflight
         self.max_history = max_history
         self._queue: list[tuple[Sequence[float], int, asyncio.Future[Any]]] = []
@@ -50,6 +55,12 @@ class SearchBatcher:
         return SearchResult(version, [hits[:k]])
 
     def _pump(self) -> None:
+        if self._queue and self.down():
+            queued, self._queue = self._queue, []
+            for _, _, fut in queued:
+                if not fut.done():
+                    fut.set_exception(ServiceUnavailable("FAISS is down (breaker open)"))
+            return
         while self._queue and self._inflight < self.max_inflight:
             # One dimension per batch: a malformed vector (FAISS answers 400) fails only
             # the queries of its own size, never its neighbours'.

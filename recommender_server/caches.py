@@ -106,6 +106,21 @@ class UserCache:
         fut.set_result(doc)
         return doc
 
+    def cached(self, user_id: str) -> tuple[UserDoc | None] | None:
+        """``(document or None if known unknown,)`` if the cache holds a trusted entry
+        (counted as a hit), else ``None``; never reads MongoDB."""
+        entry = self._entries.get(user_id)
+        if entry is not None and entry[0] > self.clock():
+            self.hits += 1
+            return (entry[1],)
+        return None
+
+    def last_known(self, user_id: str) -> tuple[bool, UserDoc | None] | None:
+        """``(True, document or None if known unknown)`` from the cache whatever its trust
+        time, or ``None`` if the cache holds nothing for ``user_id`` (MongoDB outages)."""
+        entry = self._entries.get(user_id)
+        return None if entry is None else (True, entry[1])
+
     def _put(self, user_id: str, doc: UserDoc | None, trust_s: float) -> None:
         if user_id not in self._entries and len(self._entries) >= self.max_entries:
             self._entries.pop(next(iter(self._entries)))

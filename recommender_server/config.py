@@ -51,8 +51,19 @@ class ApiConfig:
     #: Users with a longer history are searched alone with exclusions (a batched query
     #: asks for ``k + len(history)`` candidates instead).
     faiss_batch_max_history: int = 100
+    #: Pooled FAISS connections idle longer than this are closed instead of reused:
+    #: below the service's keep-alive (``RECSYS_FAISS_KEEP_ALIVE_S``), so the API never
+    #: writes to a connection the service has already closed (``RECSYS_API_FAISS_IDLE_S``).
+    faiss_idle_s: float = 2.0
+    #: The API takes no request bodies; a larger one gets 413 (``RECSYS_API_MAX_BODY_BYTES``).
+    max_body_bytes: int = 65536
     faiss_connect_timeout_s: float = 0.05
-    faiss_read_timeout_s: float = 0.2
+    #: Bound on one FAISS round trip, as the event loop sees it. Not shorter: at 500
+    #: concurrent connections a worker's loop runs ~0.2-0.5 s behind, and a 0.2 s bound
+    #: turned that lag into "FAISS unavailable" (10-20% popular answers while FAISS
+    #: was fine). A real outage costs only the requests in flight when it starts: the
+    #: breaker then answers the rest at once and probes FAISS in the background.
+    faiss_read_timeout_s: float = 1.0
     mongo_timeout_ms: int = 250
     redis_timeout_s: float = 0.25
     #: After a dependency error, skip that dependency (answer from the fallback at once)
@@ -72,4 +83,6 @@ class ApiConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ApiConfig:
-        return cls(settings=settings, **overrides)
+        values: dict[str, Any] = {"faiss_idle_s": settings.api_faiss_idle_s,
+                                  "max_body_bytes": settings.api_max_body_bytes}
+        return cls(settings=settings, **{**values, **overrides})

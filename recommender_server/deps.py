@@ -21,27 +21,79 @@ from recommender_server.caches import Catalog, UserCache
 
 log = logging.getLogger(__name__)
 
+_keep: set[asyncio.Task[Any]] = set()  # strong refs to fire-and-forget tasks
+
 
 class Breaker:
-    """After a failure, report the dependency as down for ``cooldown_s`` (no waiting on
-    timeouts meanwhile); then let requests probe it again."""
+    """Circuit breaker with half-open probing.
 
-    def __init__(self, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    After a failure the dependency is reported down for ``cooldown_s``: requests fall
+    back at once instead of waiting on timeouts. Then it is *half-open*: with a
+    ``probe`` (a coroutine factory, e.g. a MongoDB ping), the breaker runs it in the
+    background, every ``cooldown_s`` until it succeeds, while requests keep falling
+    back; its success closes the breaker for everyone, its failure (or ``probe_timeout_s``
+    without an answer) keeps it open and the next probe runs ``probe_interval_s`` later
+    (no request waits on it, so probing often costs users nothing and recovery is seen
+    within a few hundred ms). Without a ``probe``, exactly one request goes
+    through as the probe (its outcome is reported with :meth:`succeeded` /
+    :meth:`failed`); a probe that reports nothing within ``cooldown_s`` lets the next
+    request probe.
+
+    Why: when the breaker simply reopened to every request after the cooldown, a
+    stalled dependency held all of them on its timeout at once, and after it recovered
+    the answers stayed popular fallbacks for seconds (9 s after a 10 s MongoDB stall).
+    """
+
+    def __init__(self, cooldown_s: float, clock: Callable[[], float] = time.monotonic,
+                 probe: Callable[[], Awaitable[Any]] | None = None,
+                 probe_timeout_s: float = 1.0, probe_interval_s: float = 0.1) -> None:
         self.cooldown_s = cooldown_s
         self.clock = clock
+        self.probe, self.probe_timeout_s = probe, probe_timeout_s
+        self.probe_interval_s = probe_interval_s
         self.open_until = 0.0
+        self.probe_until = 0.0
+        self.probes = 0
 
     def allow(self) -> bool:
-        return self.clock() >= self.open_until
+        if self.open_until == 0.0:
+            return True
+        now = self.clock()
+        if now < self.open_until or now < self.probe_until:
+            return False
+        # At most one probe at a time: the next may start once this one has timed out.
+        self.probe_until = now + (self.probe_timeout_s if self.probe is not None
+                                  else self.cooldown_s)
+        self.probes += 1
+        if self.probe is None:
+            return True  # this request is the probe
+        task = asyncio.get_running_loop().create_task(self._run_probe(self.probe))
+        _keep.add(task)
+        task.add_done_callback(_keep.discard)
+        return False
+
+    async def _run_probe(self, probe: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            async with asyncio.timeout(self.probe_timeout_s):
+                await probe()
+        except Exception as exc:  # any probe failure keeps the dependency marked down
+            log.debug("probe failed: %s", exc)
+            self.open_until = self.clock() + self.probe_interval_s
+            self.probe_until = 0.0
+        else:
+            self.succeeded()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the dependency is currently reported down (no side effect)."""
+        return self.open_until != 0.0
 
     def failed(self) -> None:
         self.open_until = self.clock() + self.cooldown_s
+        self.probe_until = 0.0
 
     def succeeded(self) -> None:
-        self.open_until = 0.0
-
-
-_keep: set[asyncio.Task[Any]] = set()  # strong refs to fire-and-forget tasks
+        self.open_until = self.probe_until = 0.0
 
 
 async def _nothing() -> Any:
@@ -90,19 +142,31 @@ class Dependencies:
 
         s = config.settings
         t = config.mongo_timeout_ms
+        # timeoutMS bounds a whole operation (server selection, connection checkout and
+        # the round trip): without it, requests caught by a stall queued behind pymongo's
+        # connection set-up for seconds.
+        # heartbeatFrequencyMS: pymongo's monitor long-polls the server for up to this
+        # long (10 s by default); after a stall it is what tells the client the server is
+        # back, so keep it short (1 hello/s per client).
         mongo: AsyncMongoClient[Any] = AsyncMongoClient(
-            s.mongo_uri, serverSelectionTimeoutMS=t, connectTimeoutMS=t, socketTimeoutMS=t,
-            connect=False)
+            s.mongo_uri, serverSelectionTimeoutMS=t, connectTimeoutMS=t, timeoutMS=t,
+            heartbeatFrequencyMS=1000, connect=False)
         # The change stream's getMore waits up to 200 ms server-side: its own client, so
         # the hot path's short socket timeout does not apply to it.
         stream_mongo: AsyncMongoClient[Any] = AsyncMongoClient(
             s.mongo_uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
-            socketTimeoutMS=5000, connect=False)
-        r = redis.asyncio.Redis.from_url(
-            s.redis_url, decode_responses=True, socket_timeout=config.redis_timeout_s,
+            socketTimeoutMS=5000, heartbeatFrequencyMS=1000, connect=False)
+        # A blocking pool: under a burst (hundreds of requests in flight per worker) a
+        # request waits briefly for one of the 100 connections instead of failing with
+        # MaxConnectionsError (which dropped the answers' metadata as "degraded").
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            s.redis_url, max_connections=100, timeout=config.redis_timeout_s,
+            decode_responses=True, socket_timeout=config.redis_timeout_s,
             socket_connect_timeout=config.redis_timeout_s)
+        r = redis.asyncio.Redis(connection_pool=pool)
         faiss = AsyncFaissClient(s.faiss_url, connect_timeout_s=config.faiss_connect_timeout_s,
-                                 read_timeout_s=config.faiss_read_timeout_s)
+                                 read_timeout_s=config.faiss_read_timeout_s,
+                                 max_idle_s=config.faiss_idle_s)
         mode = config.user_cache
         users = UserCache(mongo[s.mongo_db]["users"],
                           ttl_s=config.user_cache_ttl_s if mode != "off" else 0.0,

@@ -7,7 +7,7 @@ from typing import Any
 from recommender_server.config import ApiConfig
 
 REASONS = ["unknown_user", "no_vector", "mongo_unavailable", "faiss_unavailable",
-           "index_not_ready", "bad_query", "no_candidates"]
+           "index_not_ready", "bad_query", "no_candidates", "unknown_item"]
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
@@ -39,8 +39,9 @@ def openapi_document(config: ApiConfig) -> dict[str, Any]:
                 "parameters": [{"name": "item_id", "in": "path", "required": True,
                                 "schema": {"type": "string", "minLength": 1,
                                            "maxLength": 256}}, k],
-                "responses": {"200": _json("Similar", "Items"), "400": bad,
-                              "404": _json("Error", "Unknown item")}}},
+                "responses": {"200": _json("Similar", "Items (popular with "
+                                                            "`unknown_item` if not indexed)"),
+                              "400": bad}}},
             "/v1/popular": {"get": {
                 "operationId": "popular", "summary": "Most popular available items",
                 "parameters": [k],

@@ -16,6 +16,8 @@ popular list and says so (``source: "popular"``, ``fallback_reason``). Reasons:
 - ``index_not_ready`` — FAISS service has no index version loaded
 - ``bad_query`` — FAISS rejected the user vector (e.g. dimension differs from the index)
 - ``no_candidates`` — every candidate was seen or unavailable
+- ``unknown_item`` — (similar items) the FAISS index does not hold the item: not an
+  error (a new item may not be indexed yet), so the answer is popular items, 200
 
 Redis errors degrade the answer (``degraded`` lists them) instead of failing it: the last
 popular list / unavailable set read stays in use, metadata is left out.
@@ -39,7 +41,7 @@ from typing import Any
 import pymongo.errors
 import redis
 
-from common.errors import IndexNotReady, ServiceUnavailable
+from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from faiss_server.client import FaissRequestError
 from recommender_server.batching import SearchBatcher
 from recommender_server.config import ApiConfig
@@ -57,13 +59,18 @@ class Recommender:
     def __init__(self, config: ApiConfig, deps: Dependencies) -> None:
         self.config = config
         self.deps = deps
-        self.breakers = {name: Breaker(config.breaker_cooldown_s)
+        # MongoDB and FAISS are probed in the background while their breaker is open (a
+        # ping, a health call): no request waits on a dependency known to be down.
+        probes = {"mongo": deps.ping_mongo, "faiss": getattr(deps.faiss, "health", None)}
+        self.breakers = {name: Breaker(config.breaker_cooldown_s, probe=probes.get(name))
                          for name in ("mongo", "redis", "faiss")}
         self.searcher: Any = deps.faiss
         if config.faiss_batch_inflight > 0:
+            faiss_breaker = self.breakers["faiss"]
             self.searcher = SearchBatcher(deps.faiss, config.faiss_batch_max,
                                           config.faiss_batch_inflight,
-                                          max_history=config.faiss_batch_max_history)
+                                          max_history=config.faiss_batch_max_history,
+                                          down=lambda: faiss_breaker.is_open)
         self._counts: Counter[str] = Counter()
         self._flush_at = 0.0
         self._hits_sent = self._misses_sent = 0
@@ -141,23 +148,11 @@ class Recommender:
 
     # --- endpoints ----------------------------------------------------------------------
     async def recommend(self, user_id: str, k: int) -> dict[str, Any]:
-        reason: str | None = None
         degraded: list[str] = []
-        doc = None
         model_version = index_version = None
         candidates: list[tuple[str, float]] = []
-        if not self.breakers["mongo"].allow():
-            reason = "mongo_unavailable"
-        else:
-            try:
-                doc = await self.deps.users.get(user_id)
-                self.breakers["mongo"].succeeded()
-            except MONGO_ERRORS as exc:
-                self._dep_error("mongo", exc)
-                reason = "mongo_unavailable"
-        if reason is None and doc is None:
-            reason = "unknown_user"
-        elif doc is not None:
+        doc, reason = await self._user(user_id, degraded)
+        if doc is not None:
             model_version = doc.model_version or None
             if not doc.vector:
                 reason = "no_vector"
@@ -190,6 +185,31 @@ class Recommender:
             **({"degraded": sorted(set(degraded))} if degraded else {}),
         }
 
+    async def _user(self, user_id: str, degraded: list[str]) -> tuple[Any, str | None]:
+        """``(user document or None, fallback reason or None)``.
+
+        While MongoDB fails (or its breaker is open) the last copy the cache holds, even
+        one past its trust time, answers (``degraded: ["mongo"]``): a user seen a few
+        seconds ago is better served from that copy than with popular items.
+        """
+        users = self.deps.users
+        cached = users.cached(user_id) if hasattr(users, "cached") else None
+        if cached is not None:  # trusted copy: MongoDB's health does not matter
+            return cached[0], None if cached[0] is not None else "unknown_user"
+        if self.breakers["mongo"].allow():
+            try:
+                doc = await users.get(user_id)
+                self.breakers["mongo"].succeeded()
+                return doc, None if doc is not None else "unknown_user"
+            except MONGO_ERRORS as exc:
+                self._dep_error("mongo", exc)
+        last = users.last_known(user_id) if hasattr(users, "last_known") else None
+        if last is None:
+            return None, "mongo_unavailable"
+        degraded.append("mongo")
+        _, doc = last
+        return doc, None if doc is not None else "unknown_user"
+
     async def _search(self, vector: list[float], history: list[str],
                       k: int) -> tuple[str | None, str | None, list[tuple[str, float]]]:
         """``(fallback reason or None, index version, candidates)``."""
@@ -200,18 +220,20 @@ class Recommender:
             res = await self.searcher.search(vector, k + self.config.candidate_slack,
                                              exclude)
         except IndexNotReady:
+            self.breakers["faiss"].succeeded()
             return "index_not_ready", None, []
         except ServiceUnavailable as exc:
             self._dep_error("faiss", exc)
             return "faiss_unavailable", None, []
         except FaissRequestError as exc:
+            self.breakers["faiss"].succeeded()
             log.warning("FAISS rejected a user vector: %s", exc)
             return "bad_query", None, []
         self.breakers["faiss"].succeeded()
         return None, res.version, res.results[0]
 
     async def similar(self, item_id: str, k: int) -> dict[str, Any]:
-        """Items like ``item_id``; ``UnknownItem`` (404) if the index lacks it."""
+        """Items like ``item_id``; popular items (``unknown_item``) if the index lacks it."""
         degraded: list[str] = []
         reason: str | None = None
         index_version = None
@@ -223,6 +245,9 @@ class Recommender:
                 res = await self.deps.faiss.similar(item_id, k + self.config.candidate_slack)
                 self.breakers["faiss"].succeeded()
                 index_version, hits = res.version, res.hits
+            except UnknownItem:
+                self.breakers["faiss"].succeeded()  # FAISS answered: it is up
+                reason = "unknown_item"
             except IndexNotReady:
                 reason = "index_not_ready"
             except ServiceUnavailable as exc:

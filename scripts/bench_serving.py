@@ -45,10 +45,25 @@ from scripts.serve import ServiceProcess
 
 WRK_LUA = """
 math.randomseed(%(seed)d)
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+init = function(args) answers = 0; personalized = 0 end
 request = function()
   -- skewed users: a few are hot, most are rare (u^2 puts ~30%% of traffic on 10%% of users)
   local u = math.floor(%(n_users)d * math.random() ^ 2)
   return wrk.format("GET", "/v1/recommendations?user_id=user" .. u .. "&k=10")
+end
+response = function(status, headers, body)
+  -- the answer's own "source" comes before its items' (msgspec keeps field order)
+  answers = answers + 1
+  if string.match(body, '"source":"(%%a+)"') == "personalized" then
+    personalized = personalized + 1
+  end
+end
+done = function(summary, latency, requests)
+  local p, n = 0, 0
+  for _, t in ipairs(threads) do p = p + t:get("personalized"); n = n + t:get("answers") end
+  io.write(string.format("personalized %%d of %%d\\n", p, n))
 end
 """
 
@@ -94,8 +109,14 @@ def parse_wrk(text: str) -> dict[str, Any]:
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
     total = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
-    return {"api_rps": round(rps, 1), "api_p50_ms": round(ms(lat["50"]), 3),
-            "api_p99_ms": round(ms(lat["99"]), 3), "errors": errors, "requests": total}
+    out: dict[str, Any] = {"api_rps": round(rps, 1), "api_p50_ms": round(ms(lat["50"]), 3),
+                           "api_p99_ms": round(ms(lat["99"]), 3), "errors": errors,
+                           "requests": total}
+    share = re.search(r"personalized (\d+) of (\d+)", text)
+    if share:  # counted by the Lua script on every answer during the run
+        out["personalized_share"] = round(int(share.group(1)) / max(1, int(share.group(2))), 4)
+        out["answers_counted"] = int(share.group(2))
+    return out
 
 
 def cpu_times() -> tuple[float, float]:
@@ -146,6 +167,28 @@ def freshness(api_url: str, store: Any, docs: list[Any], trials: int) -> dict[st
             "fresh_max_ms": round(max(finite) * 1000, 1) if finite else None}
 
 
+def catalogue(args: argparse.Namespace, settings: Settings,
+              rng: np.random.Generator) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(item ids, item vectors, user vectors)`` of the API benchmark: synthetic
+    clustered vectors (20k items / 2k users with ``--quick``, else 100k / 10k), or the
+    latest MovieLens bootstrap export (1,682 items, 943 users; ``python -m
+    scripts.bootstrap`` writes it)."""
+    if args.dataset == "movielens":
+        exports = sorted((settings.model_dir / "export").glob("*/item_vectors.npy"))
+        if not exports:
+            raise SystemExit(f"no bootstrap export under {settings.model_dir / 'export'}: "
+                             "run python -m scripts.bootstrap first")
+        folder = exports[-1].parent
+        items = [str(i) for i in json.loads((folder / "item_ids.json").read_text())]
+        x = np.load(folder / "item_vectors.npy", allow_pickle=False).astype(np.float32)
+        users = np.load(folder / "user_vectors.npy", allow_pickle=False).astype(np.float32)
+        return items, x, users
+    n_items, n_users = (20_000, 2_000) if args.quick else (100_000, 10_000)
+    vectors = clustered(n_items, 64, 200, seed=1)
+    return [f"item{i}" for i in range(n_items)], vectors, vectors[rng.integers(0, n_items,
+                                                                               n_users)]
+
+
 def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     import requests
 
@@ -160,18 +203,18 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     base = Settings.from_env()
     StackManager(base).up()
     fport, aport = free_port(), free_port()
-    s = Settings.from_env(mongo_db="recsys_bench", redis_prefix="recsys-bench:",
+    tag = os.getpid()
+    s = Settings.from_env(mongo_db=f"recsys_bench_{tag}", redis_prefix=f"recsys-bench-{tag}:",
                           statsd_prefix="recsys-bench", faiss_port=fport,
                           faiss_url=f"http://127.0.0.1:{fport}", api_port=aport)
-    n_items, n_users, dim = (20_000, 2_000, 64) if args.quick else (100_000, 10_000, 64)
     rng = np.random.default_rng(1)
-    item_ids = [f"item{i}" for i in range(n_items)]
-    vectors = clustered(n_items, dim, 200, seed=1)
+    item_ids, vectors, user_vectors = catalogue(args, base, rng)
+    n_items, n_users, dim = len(item_ids), len(user_vectors), vectors.shape[1]
     r = redis_client(s, timeout_s=5)
     cache = ItemCache(r, s.redis_prefix)
     for start in range(0, n_items, 10_000):
-        cache.put_items({i: {"title": f"Item {i}", "genre": int(i[4:]) % 20}
-                         for i in item_ids[start:start + 10_000]})
+        cache.put_items({i: {"title": f"Item {i}", "genre": n % 20}
+                         for n, i in enumerate(item_ids[start:start + 10_000], start)})
     cache.mark_unavailable(item_ids[::500])
     cache.set_popular({i: float(n_items - n) for n, i in enumerate(item_ids[:1000])})
     mc = mongo_client(s, timeout_ms=10_000)
@@ -179,7 +222,7 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     store = UserStore(mc[s.mongo_db])
     t0 = time.perf_counter()
     for start in range(0, n_users, 1000):
-        store.upsert_many([UserDoc(f"user{u}", vectors[rng.integers(n_items)].tolist(), "bench",
+        store.upsert_many([UserDoc(f"user{u}", user_vectors[u].tolist(), "bench",
                                    history=[item_ids[j] for j in rng.integers(0, n_items, 20)])
                            for u in range(start, min(n_users, start + 1000))])
     seed_s = time.perf_counter() - t0
@@ -193,15 +236,17 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
         lua = tmp / "users.lua"
         lua.write_text(WRK_LUA % {"seed": 7, "n_users": n_users})
         for mode in (["stream"] if args.quick else ["stream", "ttl"]):
+            cold = ["--user-cache-preload", "0"] if args.cold else []
             api = ServiceProcess(["api", "--workers", str(args.api_workers),
-                                  "--user-cache", mode, "--user-cache-ttl", "0.5"], aport, s,
-                                 log_path=tmp / "api.log").start()
+                                  "--user-cache", mode, "--user-cache-ttl", "0.5", *cold],
+                                 aport, s, log_path=tmp / "api.log").start()
             try:
-                with requests.Session() as http:
-                    for _ in range(200):  # warm connections and caches
-                        http.get(f"{api.url}/v1/recommendations",
-                                 params={"user_id": f"user{rng.integers(n_users)}"}, timeout=5)
-                time.sleep(1.0)  # let the stream-mode warm-up finish
+                if not args.cold:
+                    with requests.Session() as http:
+                        for _ in range(200):  # warm connections and caches
+                            http.get(f"{api.url}/v1/recommendations", timeout=5,
+                                     params={"user_id": f"user{rng.integers(n_users)}"})
+                    time.sleep(1.0)  # let the stream-mode warm-up (every user) finish
                 cpu0 = cpu_times()
                 own0 = [group_cpu_s(p.proc.pid) for p in (api, faiss)]  # type: ignore[union-attr]
                 out = subprocess.run(
@@ -218,20 +263,16 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
                 result["loadavg_1m"] = round(os.getloadavg()[0], 2)
                 fresh_docs = store.get_many([f"user{u}" for u in range(n_users - 20, n_users)])
                 result.update(freshness(api.url, store, list(fresh_docs.values()), 20))
-                sources: dict[str, int] = {}
-                for u in rng.integers(0, n_users, 100):
-                    src = requests.get(f"{api.url}/v1/recommendations",
-                                       params={"user_id": f"user{u}"}, timeout=5).json()
-                    sources[src["source"]] = sources.get(src["source"], 0) + 1
                 ready = requests.get(f"{api.url}/ready", timeout=5).json()["checks"]
                 uc = ready.get("user_cache", {})
             finally:
                 api.stop()
             hit_ratio = uc.get("hits", 0) / max(1, uc.get("hits", 0) + uc.get("misses", 0))
             emit({"bench": "api", **result, "user_cache": mode, "user_cache_ttl_s": 0.5,
+                  "user_cache_start": "cold" if args.cold else "every user preloaded",
                   "user_cache_hit_ratio_one_worker": round(hit_ratio, 3),
-                  "personalized_share": sources.get("personalized", 0) / 100,
-                  "workers": args.api_workers, "connections": args.connections,
+                  "dataset": args.dataset, "workers": args.api_workers,
+                  "connections": args.connections,
                   "duration_s": args.duration, "n_users": n_users, "n_items": n_items,
                   "faiss_index": "hnsw M16 ef64", "seed_users_s": round(seed_s, 1)})
     finally:
@@ -328,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["api", "ann"])
     p.add_argument("--duration", type=int, default=None, help="wrk seconds per run")
     p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--dataset", choices=["synthetic", "movielens"], default="synthetic",
+                   help="API catalogue: synthetic clustered, or the MovieLens bootstrap export")
+    p.add_argument("--cold", action="store_true",
+                   help="API user cache starts empty (no preload, no warm-up requests)")
     p.add_argument("--api-workers", type=int, default=2)
     p.add_argument("--queries", type=int, default=None, help="ANN queries")
     p.add_argument("--ann-kinds", default="ivf,hnsw")

@@ -46,6 +46,7 @@ from common.settings import Settings
 from datasets import movielens
 from datasets.types import Interactions
 from scripts import drill_stream
+from scripts.drill_serving import idle_pool, stall_recovery, versions_bounded
 from scripts.drill_world import DrillFailed, DrillWorld
 from scripts.malformed import malformed_interactions
 from scripts.processes import wait_for
@@ -269,6 +270,9 @@ DRILLS: dict[str, Callable[..., dict[str, Any]]] = {
     "oversize": drill_stream.oversize,
     "offset-reset": drill_stream.offset_reset,
     "poison-rate": drill_stream.poison_rate,
+    "idle-pool": idle_pool,
+    "stall-recovery": stall_recovery,
+    "versions-bounded": versions_bounded,
 }
 
 

@@ -126,7 +126,8 @@ def run_faiss(args: argparse.Namespace) -> None:
     # The setting is per thread, so version builds (in worker threads) still use every core.
     faiss.omp_set_num_threads(args.omp_threads or 1)
     config = FaissConfig.from_settings(settings, **over)
-    uvicorn.Server(_uvicorn_config(create_app(config), args.port)).run()
+    uvicorn.Server(_uvicorn_config(create_app(config), args.port,
+                                   timeout_keep_alive=settings.faiss_keep_alive_s)).run()
 
 
 def _api_worker(sock: socket.socket, args: argparse.Namespace) -> None:

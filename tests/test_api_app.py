@@ -210,8 +210,8 @@ def test_similar_items_and_fallback(client, fakes) -> None:
     r = client.simulate_get("/v1/items/x/similar", params={"k": 3})
     assert r.status_code == 200 and r.json["source"] == "similar"
     assert [i["id"] for i in r.json["items"]] == ["s0", "s1", "s2"]
-    r = client.simulate_get("/v1/items/unknown/similar")
-    assert r.status_code == 404 and r.json["title"] == "Unknown item"
+    r = client.simulate_get("/v1/items/unknown/similar")  # not indexed: popular, says so
+    assert r.status_code == 200 and r.json["fallback_reason"] == "unknown_item"
     fakes[2].fail = ServiceUnavailable("x")
     r = client.simulate_get("/v1/items/x/similar", params={"k": 3})
     assert r.status_code == 200 and r.json["fallback_reason"] == "faiss_unavailable"

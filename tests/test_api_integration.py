@@ -109,7 +109,8 @@ def test_similar_popular_health_ready(world: World) -> None:
     sim = world.get("/v1/items/it10/similar", k=5).json()
     assert sim["source"] == "similar" and len(sim["items"]) == 5
     assert "it10" not in {i["id"] for i in sim["items"]}
-    assert world.get("/v1/items/nope/similar").status_code == 404
+    nope = world.get("/v1/items/nope/similar")
+    assert nope.status_code == 200 and nope.json()["fallback_reason"] == "unknown_item"
     pop = world.get("/v1/popular", k=3).json()
     assert [i["id"] for i in pop["items"]] == ["it0", "it4", "it5"]
     assert world.get("/health").status_code == 200

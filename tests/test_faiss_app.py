@@ -49,7 +49,7 @@ def test_search_one_and_many_vectors(client: testing.TestClient) -> None:
     ({"vectors": [[0.1] * (DIM - 1)]}, "dimension"),
     ({"vectors": [[0.1] * DIM], "k": 0}, "k must be"),
     ({"vectors": [[0.1] * DIM], "k": 51}, "k must be"),
-    ({"vectors": [[0.1] * DIM], "k": "3"}, "k must be"),
+    ({"vectors": [[0.1] * DIM], "k": "3"}, "$.k"),
     ({"vectors": []}, "vectors must be"),
     ({"vectors": [[0.1] * DIM] * 5}, "vectors must be"),
     ({"vectors": [["x"] * DIM]}, ""),
