@@ -19,10 +19,10 @@ import msgspec
 
 from common.errors import BadEvent
 from common.events import Interaction, ItemEvent
+from common.ids import MAX_ID_LEN
 
 MIN_TS_MS = 631_152_000_000  # 1990-01-01: earlier "ms" timestamps are seconds or garbage
 MAX_FUTURE_MS = 24 * 3600 * 1000  # a day of clock skew at most
-MAX_ID_LEN = 256
 MAX_DEPTH = 32  # objects/arrays nested deeper than this are not events
 _INTERACTION_FIELDS = tuple(f'"{name}"'.encode() for name in Interaction.__struct_fields__)
 
@@ -113,6 +113,8 @@ def _interaction_needs_key_check(raw: bytes) -> bool:
 
 
 def _check_id(value: str, name: str) -> None:
+    """The shared id rule (:mod:`common.ids`), plus printable: ingest also refuses
+    control characters (NUL, ESC) that would end up in logs, documents and headers."""
     if not value or len(value) > MAX_ID_LEN or not value.isprintable():
         raise BadEvent(f"field {name!r} must be 1-{MAX_ID_LEN} printable characters")
 
