@@ -17,9 +17,11 @@ the full document, a few ms after the write), read-through on a miss.
 - Misses of the same user are coalesced into one read; a change event that arrives
   while a read is in flight wins over the read's (possibly older) answer.
 - Unknown users are cached too (an ``insert`` event replaces the negative entry).
-- Memory: at most ``max_entries`` documents (oldest inserted evicted first); a 64-float
-  user with 50 history ids is ~3 KB, so 200k users ≈ 600 MB per worker at worst — size
-  ``max_entries`` to the machine.
+- Memory: at most ``max_entries`` documents **and** ``max_bytes`` (estimated Python
+  memory of the cached documents), oldest inserted evicted first. A 64-float user with
+  50 history ids takes ~6 KB here; a count bound alone let a few huge documents (long
+  ids, long histories) grow a worker without limit. Only the fields the API reads are
+  kept (a change event carries the whole document, e.g. the recent event ids).
 
 :class:`Catalog` — the popular list and the unavailable (deleted) item set, re-read from
 Redis in one pipelined round trip at most every ``refresh_s`` (stale-while-revalidate:
@@ -49,20 +51,38 @@ USER_FIELDS = {"vector": 1, "model_version": 1, "history": 1}
 POPULAR_DEPTH = 1000
 
 
+def entry_bytes(user_id: str, doc: UserDoc | None) -> int:
+    """Estimated memory of one cached entry (CPython objects, not the BSON size).
+
+    >>> entry_bytes("u1", None) < entry_bytes("u1", UserDoc("u1", [0.0] * 64, "v"))
+    True
+    """
+    size = 120 + len(user_id)  # key, tuple, trust time
+    if doc is not None:
+        size += 400 + len(doc.model_version)  # the dataclass and its small fields
+        size += 56 + 32 * len(doc.vector)  # list of float objects
+        size += 56 + sum(57 + len(h) for h in doc.history)  # list of str objects
+    return size
+
+
 class UserCache:
     """User documents by id over an async ``users`` collection (see module docstring)."""
 
     def __init__(self, collection: Any, ttl_s: float = 0.5, max_age_s: float = 60.0,
                  max_entries: int = 200_000, stream_collection: Any = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_bytes: int = 256 * 1024 * 1024) -> None:
         self.col = collection
         #: The change stream's handle (its client may have a longer socket timeout than
         #: the hot path's reads); defaults to ``collection``.
         self.stream_col = stream_collection if stream_collection is not None else collection
         self.ttl_s, self.max_age_s = ttl_s, max_age_s
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.clock = clock
         self._entries: dict[str, tuple[float, UserDoc | None]] = {}
+        self._sizes: dict[str, int] = {}
+        self.bytes = 0
         self._inflight: dict[str, asyncio.Future[UserDoc | None]] = {}
         self._overtaken: set[str] = set()
         self.live = False
@@ -122,9 +142,20 @@ class UserCache:
         return None if entry is None else (True, entry[1])
 
     def _put(self, user_id: str, doc: UserDoc | None, trust_s: float) -> None:
-        if user_id not in self._entries and len(self._entries) >= self.max_entries:
-            self._entries.pop(next(iter(self._entries)))
+        if doc is not None and doc.event_ids:  # not read by the API: do not hold it
+            doc.event_ids = []
+        size = entry_bytes(user_id, doc)
+        self._drop(user_id)
+        while self._entries and (len(self._entries) >= self.max_entries
+                                 or self.bytes + size > self.max_bytes):
+            self._drop(next(iter(self._entries)))
         self._entries[user_id] = (self.clock() + trust_s, doc)
+        self._sizes[user_id] = size
+        self.bytes += size
+
+    def _drop(self, user_id: str) -> None:
+        self._entries.pop(user_id, None)
+        self.bytes -= self._sizes.pop(user_id, 0)
 
     # --- change stream ----------------------------------------------------------------------
     def apply_event(self, event: dict[str, Any]) -> None:
@@ -134,13 +165,15 @@ class UserCache:
         if op in ("insert", "replace", "update") and key is not None:
             full = event.get("fullDocument")
             if full is None:  # updated then deleted before the lookup: re-read on demand
-                self._entries.pop(str(key), None)
+                self._drop(str(key))
             else:
                 self._put(str(key), UserDoc.from_mongo(full), self.max_age_s)
         elif op == "delete" and key is not None:
             self._put(str(key), None, self.max_age_s)
         elif op in ("drop", "dropDatabase", "rename", "invalidate"):
             self._entries.clear()
+            self._sizes.clear()
+            self.bytes = 0
             self.resume_token = None
         else:
             return

@@ -30,6 +30,8 @@ class ApiConfig:
     #: Safety net in ``stream`` mode: entries are re-read at least this often anyway.
     user_cache_max_age_s: float = 60.0
     user_cache_max: int = 200_000
+    #: Bound on the estimated memory of the cached user documents, per worker.
+    user_cache_max_bytes: int = 256 * 1024 * 1024
     #: ``stream`` mode: once the stream is live, warm the cache with up to this many
     #: users in the background (0: no warm-up, every user's first request reads MongoDB).
     user_cache_preload: int = 100_000

@@ -172,6 +172,7 @@ class Dependencies:
                           ttl_s=config.user_cache_ttl_s if mode != "off" else 0.0,
                           max_age_s=config.user_cache_max_age_s,
                           max_entries=config.user_cache_max,
+                          max_bytes=config.user_cache_max_bytes,
                           stream_collection=stream_mongo[s.mongo_db]["users"])
         background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         if mode == "stream":

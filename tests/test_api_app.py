@@ -415,3 +415,28 @@ def test_batcher_separates_dimensions_and_propagates_errors() -> None:
         assert all(isinstance(o, ServiceUnavailable) for o in out)
 
     asyncio.run(run())
+
+
+def test_user_cache_is_bounded_by_bytes_not_only_entries() -> None:
+    """Huge documents (long histories of long ids) evict others instead of growing the
+    process; the recent event ids a change event carries are not held at all."""
+    from recommender_server.caches import entry_bytes
+
+    cache = UserCache(FakeCollection({}), max_entries=1_000, max_bytes=200_000)
+    small = {"vector": [0.5] * 64, "model_version": "m", "history": ["i1", "i2"]}
+    huge = {"vector": [0.5] * 64, "model_version": "m",
+            "history": [f"{'x' * 250}{j}" for j in range(200)],
+            "event_ids": [[f"e{j}" * 100, "d"] for j in range(32)]}
+    for j in range(20):
+        cache.apply_event({"operationType": "insert", "documentKey": {"_id": f"s{j}"},
+                           "fullDocument": {"_id": f"s{j}", **small}})
+    assert len(cache) == 20 and cache.bytes <= cache.max_bytes
+    for j in range(5):
+        cache.apply_event({"operationType": "replace", "documentKey": {"_id": f"h{j}"},
+                           "fullDocument": {"_id": f"h{j}", **huge}})
+        assert cache.bytes <= cache.max_bytes
+    assert 0 < len(cache) < 25  # the oldest were evicted to make room
+    kept = cache.last_known("h4")
+    assert kept is not None and kept[1] is not None and kept[1].event_ids == []
+    assert cache.bytes == sum(entry_bytes(u, cache.last_known(u)[1])  # type: ignore[index]
+                              for u in list(cache._entries))
