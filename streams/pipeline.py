@@ -176,8 +176,10 @@ class InteractionPipeline:
             result.loss, vectors, version = await self.holder.run(_learn_and_export, batch,
                                                                   dirty)
             result.learn_s = time.perf_counter() - t0
-            docs = [self.states[u].to_doc(vec.tolist(), version)
-                    for u, vec in zip(dirty, vectors, strict=True)]
+            docs = [self.states[u].doc for u in dirty]
+            for doc, vec in zip(docs, vectors, strict=True):
+                doc.vector, doc.model_version = vec.tolist(), version
+                doc.updated_at = None  # stamped when written
         else:
             docs = []
         t0 = time.perf_counter()
@@ -212,7 +214,7 @@ class InteractionPipeline:
         docs = await asyncio.to_thread(self.users.get_many, missing)
         for u in missing:
             doc = docs.get(u)
-            self.states[u] = (UserState.from_doc(doc, self.history_size) if doc
+            self.states[u] = (UserState(doc, self.history_size) if doc
                               else UserState.new(u, self.history_size))
 
     def _write_users(self, docs: list[Any]) -> None:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from enum import Enum
 
 from common.events import Interaction
@@ -39,70 +37,68 @@ def content_digest(event: Interaction) -> str:
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
-@dataclass
 class UserState:
-    """What the worker knows about one user between MongoDB writes."""
+    """The worker's rules over one user's stored document.
 
-    user_id: str
-    history: deque[str]
-    n_events: int = 0
-    last_event_ms: int = 0
-    partition: int = -1
-    offset: int = -1
-    epoch: int = 0
-    #: recent event id → content digest, oldest first (bounded by EVENT_ID_MEMORY)
-    event_ids: dict[str, str] = field(default_factory=dict)
+    There is one shape of a user: the :class:`~common.stores.UserDoc` the worker writes
+    and the API reads. This class holds that document (no copy) and applies events to
+    it; the pipeline then sets the vector and writes the same document back.
+    """
+
+    def __init__(self, doc: UserDoc, history_size: int) -> None:
+        self.doc = doc
+        self.history_size = history_size
 
     @classmethod
     def new(cls, user_id: str, history_size: int) -> UserState:
-        return cls(user_id, deque(maxlen=history_size))
+        return cls(UserDoc(user_id=user_id, vector=[], model_version=""), history_size)
 
-    @classmethod
-    def from_doc(cls, doc: UserDoc, history_size: int) -> UserState:
-        wm = doc.watermark or {}
-        ids: dict[str, str] = {}
-        for entry in doc.event_ids[-EVENT_ID_MEMORY:]:
-            if isinstance(entry, str):  # stored before digests were kept
-                ids[entry] = ""
-            else:
-                ids[str(entry[0])] = str(entry[1])
-        return cls(doc.user_id, deque(doc.history, maxlen=history_size), doc.n_events,
-                   doc.last_event_ms, int(wm.get("p", -1)), int(wm.get("o", -1)),
-                   int(wm.get("e", 0)), ids)
+    @property
+    def history(self) -> list[str]:
+        return self.doc.history
+
+    @property
+    def n_events(self) -> int:
+        return self.doc.n_events
+
+    @property
+    def watermark(self) -> tuple[int, int, int]:
+        """``(partition, offset, epoch)`` of the last applied event (``(-1, -1, 0)``)."""
+        wm = self.doc.watermark or {}
+        return int(wm.get("p", -1)), int(wm.get("o", -1)), int(wm.get("e", 0))
 
     def redelivered(self, partition: int, offset: int, epoch: int = 0) -> bool:
         """True for an event at or below the watermark of the same log: Kafka sent it again."""
-        return partition == self.partition and epoch == self.epoch and offset <= self.offset
+        p, o, e = self.watermark
+        return partition == p and epoch == e and offset <= o
 
     def seen(self, event: Interaction) -> Seen:
         """Whether this event's id was applied already, and with the same content."""
-        digest = self.event_ids.get(event.event_id or "")
-        if digest is None:
-            return Seen.NEW
-        if not digest or digest == content_digest(event):
-            return Seen.DUPLICATE
-        return Seen.CONFLICT
+        event_id = event.event_id or ""
+        for entry in self.doc.event_ids:
+            if isinstance(entry, str):  # stored before digests were kept
+                if entry == event_id:
+                    return Seen.DUPLICATE
+            elif entry[0] == event_id:
+                same = not entry[1] or entry[1] == content_digest(event)
+                return Seen.DUPLICATE if same else Seen.CONFLICT
+        return Seen.NEW
 
     def apply(self, event: Interaction, partition: int, offset: int, epoch: int = 0) -> None:
         """Record the event: bounded, de-duplicated history (newest last) and counters."""
-        if event.item_id in self.history:
-            self.history.remove(event.item_id)
-        self.history.append(event.item_id)
-        self.n_events += 1
-        self.last_event_ms = max(self.last_event_ms, int(event.ts))
-        self.partition, self.offset, self.epoch = partition, offset, epoch
+        doc = self.doc
+        if event.item_id in doc.history:
+            doc.history.remove(event.item_id)
+        doc.history.append(event.item_id)
+        del doc.history[:-self.history_size]
+        doc.n_events += 1
+        doc.last_event_ms = max(doc.last_event_ms, int(event.ts))
+        doc.watermark = {"p": partition, "o": offset, "e": epoch}
         event_id = event.event_id or ""
-        self.event_ids.pop(event_id, None)
-        self.event_ids[event_id] = content_digest(event)
-        while len(self.event_ids) > EVENT_ID_MEMORY:
-            del self.event_ids[next(iter(self.event_ids))]
-
-    def to_doc(self, vector: list[float], model_version: str) -> UserDoc:
-        return UserDoc(user_id=self.user_id, vector=vector, model_version=model_version,
-                       history=list(self.history), n_events=self.n_events,
-                       last_event_ms=self.last_event_ms,
-                       watermark={"p": self.partition, "o": self.offset, "e": self.epoch},
-                       event_ids=[[i, d] for i, d in self.event_ids.items()])
+        ids = [e for e in doc.event_ids
+               if (e if isinstance(e, str) else e[0]) != event_id]
+        ids.append([event_id, content_digest(event)])
+        doc.event_ids = ids[-EVENT_ID_MEMORY:]
 
 
 class DecayedPopularity:

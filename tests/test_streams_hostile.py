@@ -214,7 +214,7 @@ def test_same_event_id_with_other_content_is_a_conflict_not_a_duplicate() -> Non
     user.apply(ev("i1"), 0, 1)
     assert user.seen(ev("i1")) is Seen.DUPLICATE
     assert user.seen(ev("i2")) is Seen.CONFLICT and user.seen(ev("i1", TS + 1)) is Seen.CONFLICT
-    again = UserState.from_doc(user.to_doc([0.0], "v"), 5)
+    again = UserState(user.doc, 5)
     assert again.seen(ev("i2")) is Seen.CONFLICT
 
 

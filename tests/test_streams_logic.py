@@ -82,7 +82,7 @@ def test_user_state_history_is_bounded_deduplicated_newest_last() -> None:
         st.apply(parse_interaction(ev(item=item, ts=1_700_000_000_000 + off), now_ms=NOW),
                  partition=0, offset=off)
     assert list(st.history) == ["a", "c", "d"]
-    assert st.n_events == 5 and (st.partition, st.offset) == (0, 4)
+    assert st.n_events == 5 and st.watermark == (0, 4, 0)
 
 
 def test_user_state_detects_redelivery_and_producer_duplicates() -> None:
@@ -93,8 +93,7 @@ def test_user_state_detects_redelivery_and_producer_duplicates() -> None:
     assert not st.redelivered(2, 11) and not st.redelivered(1, 5)
     assert st.seen(e) is Seen.DUPLICATE
     assert st.seen(parse_interaction(ev(item="other"), now_ms=NOW)) is Seen.NEW
-    doc = st.to_doc([0.1], "v1")
-    again = UserState.from_doc(doc, history_size=5)
+    again = UserState(st.doc, history_size=5)  # as read back from MongoDB
     assert again.redelivered(2, 10) and again.seen(e) is Seen.DUPLICATE
     assert again.n_events == 1
     assert not again.redelivered(2, 10, epoch=1)  # the log was replaced: not a redelivery
