@@ -41,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from common.stores import UserDoc
+from common.stores import RedisKeys, UserDoc
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +256,10 @@ class Catalog:
     (the previous copy stays in use).
     """
 
-    def __init__(self, redis: Any, prefix: str = "recsys:", refresh_s: float = 1.0,
+    def __init__(self, redis: Any, keys: RedisKeys = RedisKeys(), refresh_s: float = 1.0,
                  meta_ttl_s: float = 30.0, meta_max: int = 500_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.r, self.prefix = redis, prefix
+        self.r, self.keys = redis, keys
         self.refresh_s, self.meta_ttl_s, self.meta_max = refresh_s, meta_ttl_s, meta_max
         self.clock = clock
         self.popular: list[tuple[str, float]] = []
@@ -290,8 +290,8 @@ class Catalog:
 
     async def refresh(self) -> None:
         pipe = self.r.pipeline(transaction=False)
-        pipe.zrevrange(f"{self.prefix}popular", 0, POPULAR_DEPTH - 1, withscores=True)
-        pipe.smembers(f"{self.prefix}items:unavailable")
+        pipe.zrevrange(self.keys.popular, 0, POPULAR_DEPTH - 1, withscores=True)
+        pipe.smembers(self.keys.unavailable)
         popular, unavailable = await pipe.execute()
         self.popular = [(i, float(s)) for i, s in popular]
         self.unavailable = frozenset(unavailable)
@@ -310,7 +310,7 @@ class Catalog:
             else:
                 missing.append(i)
         if missing:
-            raw = await self.r.mget([f"{self.prefix}item:{i}" for i in missing])
+            raw = await self.r.mget([self.keys.item(i) for i in missing])
             if len(self._meta) + len(missing) > self.meta_max:
                 self._meta.clear()
             until = self.clock() + self.meta_ttl_s

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.stores import RedisKeys
 from faiss_server.aclient import AsyncFaissClient
 from recommender_server.caches import Catalog, UserCache
 
@@ -199,7 +200,7 @@ class Dependencies:
 
         return cls(
             users=users,
-            catalog=Catalog(r, s.redis_prefix, refresh_s=config.catalog_refresh_s,
+            catalog=Catalog(r, RedisKeys(s.redis_prefix), refresh_s=config.catalog_refresh_s,
                             meta_ttl_s=config.item_meta_ttl_s),
             faiss=faiss,
             statsd=statsd_client(s, config.metrics_suffix),
