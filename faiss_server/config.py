@@ -77,6 +77,9 @@ class FaissConfig:
     max_npz_bytes: int = 1024 * 1024 * 1024
     #: Saved versions kept on disk besides the serving one (``RECSYS_FAISS_KEEP_VERSIONS``).
     keep_versions: int = 3
+    #: OpenMP threads of a search (set on the event-loop thread at start-up); version
+    #: builds run in worker threads and use every core.
+    omp_threads: int = 1
     #: statsd prefix suffix (``{statsd_prefix}.faiss.*``).
     metrics_suffix: str = "faiss"
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.errors import ServiceUnavailable
-from faiss_server.client import SearchResult
+from faiss_server.protocol import SearchResult
 
 
 class SearchBatcher:

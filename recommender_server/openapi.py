@@ -57,8 +57,9 @@ def openapi_document(config: ApiConfig) -> dict[str, Any]:
                                       "responses": {"200": {"description": "OpenAPI 3"}}}},
         },
         "components": {"schemas": {
-            "Error": {"type": "object", "required": ["title"], "properties": {
-                "title": {"type": "string"}, "description": {"type": "string"}}},
+            "Error": {"type": "object", "required": ["title", "code"], "properties": {
+                "title": {"type": "string"}, "description": {"type": "string"},
+                "code": {"type": "string"}}},
             "Item": {"type": "object", "required": ["id", "score", "source"], "properties": {
                 "id": {"type": "string"}, "score": {"type": "number"},
                 "source": {"type": "string", "enum": ["personalized", "similar", "popular"]},

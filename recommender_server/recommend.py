@@ -42,7 +42,7 @@ import pymongo.errors
 import redis
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
-from faiss_server.client import FaissRequestError
+from faiss_server.protocol import FaissRequestError
 from recommender_server.batching import SearchBatcher
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Breaker, Dependencies

@@ -14,7 +14,7 @@ from falcon import testing
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from common.settings import Settings
 from common.stores import RedisKeys, UserDoc
-from faiss_server.client import FaissRequestError, SearchResult, SimilarResult
+from faiss_server.protocol import FaissRequestError, SearchResult, SimilarResult
 from recommender_server.app import create_app
 from recommender_server.batching import SearchBatcher
 from recommender_server.caches import Catalog, UserCache
