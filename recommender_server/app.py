@@ -1,4 +1,4 @@
-"""The recommender API: Falcon ASGI resources over the async ``Recommender``.
+"""The recommender API: Falcon ASGI resources over the async ``RecommendationService``.
 
 ASGI only (``falcon.asgi`` under uvicorn + httptools + uvloop): the responders are
 coroutines over async clients, so a worker process overlaps many requests instead of
@@ -26,7 +26,7 @@ from recommender_server.config import ApiConfig
 from recommender_server.deps import Dependencies
 from recommender_server.metrics import BatchedMetricsMiddleware
 from recommender_server.openapi import openapi_document
-from recommender_server.recommend import Recommender
+from recommender_server.recommend import RecommendationService
 
 _encode = msgspec.json.Encoder().encode
 
@@ -37,7 +37,7 @@ def _json(resp: Any, body: Any) -> None:
 
 
 class _Base:
-    def __init__(self, rec: Recommender) -> None:
+    def __init__(self, rec: RecommendationService) -> None:
         self.rec = rec
 
     def _k(self, req: Any) -> int:
@@ -95,7 +95,7 @@ class OpenAPI:
 class Lifespan:
     """Falcon middleware: start/stop the dependencies' background tasks with the app."""
 
-    def __init__(self, deps: Dependencies, rec: Recommender,
+    def __init__(self, deps: Dependencies, rec: RecommendationService,
                  metrics: BatchedMetricsMiddleware) -> None:
         self.deps, self.rec, self.metrics = deps, rec, metrics
 
@@ -111,7 +111,7 @@ class Lifespan:
 def create_app(config: ApiConfig, deps: Dependencies | None = None) -> falcon.asgi.App:
     """The API app; ``deps`` defaults to real clients from ``config.settings``."""
     deps = deps or Dependencies.build(config)
-    rec = Recommender(config, deps)
+    rec = RecommendationService(config, deps)
     metrics = BatchedMetricsMiddleware(deps.statsd, config.metrics_flush_s,
                                        config.metrics_timing_rate)
     middleware: list[Any] = [Lifespan(deps, rec, metrics), metrics,

@@ -53,8 +53,11 @@ MONGO_ERRORS = (pymongo.errors.PyMongoError,)
 REDIS_ERRORS = (redis.RedisError, OSError, TimeoutError)
 
 
-class Recommender:
-    """The API's logic over :class:`Dependencies`; runs on one event loop."""
+class RecommendationService:
+    """The API's logic over :class:`Dependencies`; runs on one event loop.
+
+    (Not a model: the model contract is :class:`models.base.Recommender`.)
+    """
 
     def __init__(self, config: ApiConfig, deps: Dependencies) -> None:
         self.config = config

@@ -122,7 +122,7 @@ def run_faiss(args: argparse.Namespace) -> None:
         over["data_dir"] = None if args.data_dir == "none" else Path(args.data_dir)
     if args.omp_threads:
         over["omp_threads"] = args.omp_threads
-    config = FaissConfig.from_settings(settings, **over)
+    config = FaissConfig.from_env(settings, **over)
     uvicorn.Server(_uvicorn_config(create_app(config), args.port, lifespan="on",
                                    timeout_keep_alive=settings.faiss_keep_alive_s)).run()
 
@@ -136,7 +136,7 @@ def _api_worker(sock: socket.socket, args: argparse.Namespace) -> None:
     over: dict[str, Any] = {k: v for k, v in {
         "user_cache": args.user_cache, "user_cache_ttl_s": args.user_cache_ttl,
         "user_cache_preload": args.user_cache_preload}.items() if v is not None}
-    config = ApiConfig.from_settings(Settings.from_env(), **over)
+    config = ApiConfig.from_env(Settings.from_env(), **over)
     server = uvicorn.Server(_uvicorn_config(create_app(config), 0, lifespan="on"))
     server.run(sockets=[sock])
 

@@ -116,7 +116,7 @@ def make_client(fakes: Any, **over: Any) -> testing.TestClient:
     users, r, faiss = fakes
     deps = Dependencies(users=users, catalog=Catalog(r, RedisKeys("t:"), refresh_s=0.0),
                         faiss=faiss)
-    config = ApiConfig.from_settings(Settings.from_env(), **{"breaker_cooldown_s": 0.0, **over})
+    config = ApiConfig.from_env(Settings.from_env(), **{"breaker_cooldown_s": 0.0, **over})
     return testing.TestClient(create_app(config, deps))
 
 

@@ -144,3 +144,22 @@ def test_both_clients_raise_the_same_exception_for_the_same_answer(monkeypatch) 
 def test_npz_round_trip_keeps_ids_and_float32() -> None:
     ids, vectors = read_npz(write_npz(["a", "b,c"], np.ones((2, 3), dtype=np.float64)))
     assert ids == ["a", "b,c"] and vectors.dtype == np.float32 and vectors.shape == (2, 3)
+
+
+def test_openmp_search_threads_are_set_by_the_service_start_up(monkeypatch) -> None:
+    """The OpenMP set-up is the app's own ASGI start-up, so ``uvicorn
+    faiss_server.asgi:app`` gets it as ``scripts.serve`` does."""
+    import faiss_server.app as faiss_app
+
+    calls: list[int] = []
+    monkeypatch.setattr(faiss_app, "set_search_threads", calls.append)
+    config = FaissConfig(spec=IndexSpec(dim=DIM), data_dir=None, omp_threads=3)
+    app = create_app(config)
+    assert calls == []  # nothing at build time
+
+    async def run() -> None:
+        async with testing.ASGIConductor(app) as conductor:
+            assert (await conductor.simulate_get("/health")).status_code == 200
+
+    asyncio.run(run())
+    assert calls == [3]
