@@ -1,9 +1,14 @@
 """Domain errors → HTTP, in one place for both Falcon services.
 
-Every error body is JSON ``{"title": ..., "description": ...}``: domain errors through
-:data:`DOMAIN_STATUS`, Falcon's own ``HTTPError`` s (400, 404 for an unknown route, 413,
-...) through :func:`serialize_http_error`, which fills a missing description. A new
+Every error body is JSON ``{"title": ..., "description": ..., "code": ...}``: domain
+errors through :data:`DOMAIN_STATUS` (``code`` is the error class's
+:attr:`~common.errors.RecsysError.code`), Falcon's own ``HTTPError`` s (400, 404 for an
+unknown route, 413, ...) through :func:`serialize_http_error`, which fills a missing
+description and a missing code (:func:`status_code_name`). A new
 :class:`~common.errors.RecsysError` subclass gets a status here, not in a handler.
+
+``code`` is what clients match on (``faiss_server/protocol.py``); titles are for people
+and may change.
 """
 
 from __future__ import annotations
@@ -41,18 +46,40 @@ def status_for(ex: RecsysError) -> tuple[str, str]:
     return falcon.HTTP_500, "Internal error"
 
 
+#: ``code`` of Falcon's own errors by status (spelled here, not taken from the status
+#: phrase: Python renamed 413 between versions).
+STATUS_CODES: dict[int, str] = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict",
+    411: "length_required", 413: "payload_too_large", 414: "uri_too_long",
+    415: "unsupported_media_type", 422: "unprocessable", 429: "too_many_requests",
+    500: "internal_error", 503: "service_unavailable",
+}
+
+
+def status_code_name(status: str | int) -> str:
+    """The ``code`` of a non-domain HTTP error (``http_<status>`` if not listed).
+
+    >>> status_code_name(falcon.HTTP_413), status_code_name(404), status_code_name(418)
+    ('payload_too_large', 'not_found', 'http_418')
+    """
+    number = int(str(status)[:3])
+    return STATUS_CODES.get(number, f"http_{number}")
+
+
 def _render(resp: Any, ex: RecsysError) -> None:
     status, title = status_for(ex)
     resp.status = status
-    resp.media = {"title": title, "description": str(ex) or title}
+    resp.media = {"title": title, "description": str(ex) or title, "code": ex.code}
     if status == falcon.HTTP_503:
         resp.set_header("Retry-After", "1")
 
 
 def serialize_http_error(req: Any, resp: Any, ex: falcon.HTTPError) -> None:
-    """Falcon's error body, always JSON and always with a ``description``."""
+    """Falcon's error body, always JSON, always with a ``description`` and a ``code``."""
     body = ex.to_dict()
     body.setdefault("description", body.get("title", "Error"))
+    body.setdefault("code", status_code_name(ex.status))
     resp.content_type = falcon.MEDIA_JSON
     resp.data = msgspec.json.encode(body)
 

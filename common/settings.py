@@ -7,28 +7,54 @@ Defaults point at the local stack started by ``python -m scripts.stack up`` (all
 
 Every field's env var is ``RECSYS_`` + the upper-cased field name; the README's
 configuration table lists them all (a test keeps the two in step).
+
+The services' own configuration dataclasses (``recommender_server.config.ApiConfig``,
+``faiss_server.config.FaissConfig`` and ``IndexSpec``) are read by the same generic
+reader, :func:`env_values`, under their own prefixes (``RECSYS_API_``, ``RECSYS_FAISS_``,
+``RECSYS_FAISS_INDEX_``): each field declared with :func:`setting` (its doc is the
+README's "meaning" column), coerced to the field's annotated type, with an error naming
+the variable. Every variable has exactly one owning field (a test checks it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 ENV_PREFIX = "RECSYS_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def setting(doc: str, default: Any = dataclasses.MISSING, *,
+            default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+            env: bool = True, shown: str | None = None) -> Any:
+    """A documented dataclass field.
+
+    ``doc`` is the README's "meaning"; ``env=False`` marks a field no variable sets (it is
+    derived from another owner, e.g. :class:`Settings`); ``shown`` replaces the default
+    in the README when the real one is derived at run time.
+    """
+    metadata = {"doc": doc, "env": env, "shown": shown}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 def _doc(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"doc": text})
+    return setting(text, default)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Process configuration; immutable so it can be shared freely."""
+
+    env_prefix: ClassVar[str] = ENV_PREFIX
 
     # --- services -------------------------------------------------------------------
     kafka_url: str = _doc("Kafka bootstrap servers (`kafka://host:port[,host:port]`).",
@@ -47,19 +73,9 @@ class Settings:
     statsd_port: int = _doc("statsd port (UDP).", 8125)
     statsd_prefix: str = _doc("Prefix of every metric name.", "recsys")
 
-    # --- HTTP services: limits, keep-alive, saved versions ---------------------------
-    api_max_body_bytes: int = _doc("The API takes no request bodies: a larger one is "
-                                   "answered 413.", 65536)
-    api_faiss_idle_s: float = _doc("The API drops pooled FAISS connections idle this long "
-                                   "(keep it below `RECSYS_FAISS_KEEP_ALIVE_S`).", 2.0)
+    # --- HTTP services (their limits: ApiConfig, FaissConfig) ----------------------------
     faiss_keep_alive_s: float = _doc("Seconds the FAISS service keeps an idle connection "
                                      "open.", 5.0)
-    faiss_max_json_bytes: int = _doc("Largest JSON body (search, upsert) of the FAISS "
-                                     "service; 413 beyond.", 4 * 1024 * 1024)
-    faiss_max_npz_bytes: int = _doc("Largest uncompressed size of a version `.npz` the "
-                                    "FAISS service loads; 400 beyond.", 1024 * 1024 * 1024)
-    faiss_keep_versions: int = _doc("Saved FAISS index versions kept on disk besides the "
-                                    "serving one.", 3)
 
     # --- topics -----------------------------------------------------------------------
     topic_interactions: str = _doc("Topic of user interaction events.", "interactions")
@@ -101,15 +117,7 @@ class Settings:
         >>> Settings.from_env({"RECSYS_API_PORT": "9000"}).api_port
         9000
         """
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(env_name(f.name))
-            if raw is None:
-                continue
-            values[f.name] = _coerce(f.name, raw, type(f.default))
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**env_values(cls, env), **overrides})
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``RECSYS_*`` variables, to configure a child process."""
@@ -121,24 +129,87 @@ class Settings:
         return ",".join(part.split("://", 1)[-1] for part in self.kafka_url.split(","))
 
 
-def env_name(field_name: str) -> str:
+def env_name(field_name: str, prefix: str = ENV_PREFIX) -> str:
     """The environment variable that sets ``field_name``."""
-    return ENV_PREFIX + field_name.upper()
+    return prefix + field_name.upper()
 
 
-def documented_fields() -> list[tuple[str, str, Any]]:
-    """``(env var, description, default)`` for every setting, for docs and tests."""
-    return [(env_name(f.name), f.metadata["doc"], f.default) for f in dataclasses.fields(Settings)]
+def env_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of a config dataclass that an environment variable sets."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("env", True)]
 
 
-def _coerce(name: str, raw: str, kind: type) -> Any:
+def env_values(cls: type, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The fields of ``cls`` set in ``env`` (default ``os.environ``) under
+    ``cls.env_prefix``, each coerced to its annotated type.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Demo:
+    ...     env_prefix: ClassVar[str] = "DEMO_"
+    ...     n: int = setting("a number", 1)
+    ...     ratio: float | None = setting("a ratio", None)
+    ...     roots: tuple[Path, ...] = setting("folders", ())
+    >>> env_values(Demo, {"DEMO_N": "3", "DEMO_RATIO": "none", "DEMO_ROOTS": "/a,/b"})
+    {'n': 3, 'ratio': None, 'roots': (PosixPath('/a'), PosixPath('/b'))}
+    >>> env_values(Demo, {"DEMO_N": "three"})
+    Traceback (most recent call last):
+    ...
+    ValueError: DEMO_N='three' is not a valid int
+    """
+    env = os.environ if env is None else env
+    prefix: str = getattr(cls, "env_prefix", ENV_PREFIX)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in env_fields(cls):
+        name = env_name(f.name, prefix)
+        raw = env.get(name)
+        if raw is not None:
+            values[f.name] = _coerce(name, raw, hints[f.name])
+    return values
+
+
+def documented_fields(cls: type = Settings) -> list[tuple[str, str, Any]]:
+    """``(env var, description, default)`` for every variable of ``cls``, for docs and
+    tests (``KeyError`` for a field without a doc)."""
+    prefix: str = getattr(cls, "env_prefix", ENV_PREFIX)
+    out = []
+    for f in env_fields(cls):
+        default = f.metadata.get("shown") or (
+            f.default if f.default is not dataclasses.MISSING
+            else f.default_factory() if f.default_factory is not dataclasses.MISSING
+            else "")
+        out.append((env_name(f.name, prefix), f.metadata["doc"], default))
+    return out
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, raw: str, kind: Any) -> Any:
+    """``raw`` as ``kind`` (int, float, bool, str, Path, ``X | None``, ``tuple[X, ...]``)."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if raw.strip().lower() in ("", "none") and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(name, raw, inner)
+    if typing.get_origin(kind) is tuple:
+        return tuple(_coerce(name, part.strip(), args[0])
+                     for part in raw.split(",") if part.strip())
     try:
+        if kind is bool:
+            if raw.strip().lower() not in _TRUE | _FALSE:
+                raise ValueError(raw)
+            return raw.strip().lower() in _TRUE
         if kind is int:
             return int(raw)
         if kind is float:
             return float(raw)
-        if issubclass(kind, Path):
+        if kind is Path:
             return Path(raw).expanduser()
-        return raw
+        if kind is str:
+            return raw
     except ValueError as exc:
-        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {kind.__name__}") from exc
+        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
+    raise TypeError(f"{name}: fields of type {kind!r} cannot be set from the environment")

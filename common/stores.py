@@ -74,28 +74,70 @@ return 1
 """
 
 
+@dataclass(frozen=True)
+class RedisKeys:
+    """The Redis key layout (module docstring): the one place key names are spelled.
+
+    Used by the writer (:class:`ItemCache`, including its scripts' ``KEYS``) and the
+    API's reader (``recommender_server.caches.Catalog``).
+
+    >>> keys = RedisKeys("recsys:")
+    >>> keys.item("a/b"), keys.unavailable, keys.popular_meta
+    ('recsys:item:a/b', 'recsys:items:unavailable', 'recsys:popular:meta')
+    """
+
+    prefix: str = "recsys:"
+
+    def item(self, item_id: str) -> str:
+        """Metadata JSON of one item."""
+        return f"{self.prefix}item:{item_id}"
+
+    @property
+    def unavailable(self) -> str:
+        return f"{self.prefix}items:unavailable"
+
+    @property
+    def known(self) -> str:
+        return f"{self.prefix}items:known"
+
+    @property
+    def versions(self) -> str:
+        return f"{self.prefix}items:version"
+
+    @property
+    def popular(self) -> str:
+        return f"{self.prefix}popular"
+
+    @property
+    def popular_pending(self) -> str:
+        return f"{self.prefix}popular:pending"
+
+    @property
+    def popular_offsets(self) -> str:
+        return f"{self.prefix}popular:offsets"
+
+    @property
+    def popular_meta(self) -> str:
+        return f"{self.prefix}popular:meta"
+
+    @property
+    def popular_tmp(self) -> str:
+        """Scratch key :meth:`ItemCache.set_popular` fills before renaming it."""
+        return f"{self.prefix}popular:tmp"
+
+
 class ItemCache:
     """Item metadata, availability and the popular list in Redis."""
 
     def __init__(self, client: redis.Redis, prefix: str = "recsys:") -> None:
         self.r = client
-        self.prefix = prefix
+        self.keys = RedisKeys(prefix)
         self._add_popularity = client.register_script(_ADD_POPULARITY)
         self._admit = client.register_script(_ADMIT_ITEMS)
 
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def _item_key(self, item_id: str) -> str:
-        return f"{self.prefix}item:{item_id}"
-
     @property
-    def _unavailable_key(self) -> str:
-        return f"{self.prefix}items:unavailable"
-
-    @property
-    def _popular_key(self) -> str:
-        return f"{self.prefix}popular"
+    def prefix(self) -> str:
+        return self.keys.prefix
 
     def put_items(self, items: Mapping[str, Mapping[str, Any]],
                   versions: Mapping[str, int] | None = None) -> None:
@@ -106,20 +148,20 @@ class ItemCache:
         if not items:
             return
         pipe = self.r.pipeline(transaction=False)
-        pipe.mset({self._item_key(i): json.dumps(meta, separators=(",", ":"))
+        pipe.mset({self.keys.item(i): json.dumps(meta, separators=(",", ":"))
                    for i, meta in items.items()})
-        pipe.srem(self._unavailable_key, *items.keys())
+        pipe.srem(self.keys.unavailable, *items.keys())
         if versions:
-            pipe.hset(self._key("items:version"), mapping=_redis_mapping(versions))
+            pipe.hset(self.keys.versions, mapping=_redis_mapping(versions))
         pipe.execute()
-        self._admit(keys=[self._popular_key, self._key("popular:pending"),
-                          self._key("items:known")], args=list(items))
+        self._admit(keys=[self.keys.popular, self.keys.popular_pending,
+                          self.keys.known], args=list(items))
 
     def item_versions(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Event time of the last applied event per item (items never seen left out)."""
         if not item_ids:
             return {}
-        raw = self.r.hmget(self._key("items:version"), list(item_ids))
+        raw = self.r.hmget(self.keys.versions, list(item_ids))
         return {i: int(v) for i, v in zip(item_ids, raw, strict=True) if v is not None}
 
     def known_among(self, item_ids: Sequence[str], chunk: int = 10_000) -> set[str]:
@@ -127,7 +169,7 @@ class ItemCache:
         out: set[str] = set()
         for start in range(0, len(item_ids), chunk):
             part = list(item_ids[start:start + chunk])
-            flags = self.r.smismember(self._key("items:known"), part)
+            flags = self.r.smismember(self.keys.known, part)
             out.update(i for i, f in zip(part, flags, strict=True) if f)
         return out
 
@@ -135,7 +177,7 @@ class ItemCache:
         """Metadata for the ids that have any (missing ids are left out)."""
         if not item_ids:
             return {}
-        raw = self.r.mget([self._item_key(i) for i in item_ids])
+        raw = self.r.mget([self.keys.item(i) for i in item_ids])
         return {i: json.loads(v) for i, v in zip(item_ids, raw, strict=True) if v is not None}
 
     def mark_unavailable(self, item_ids: Iterable[str],
@@ -144,35 +186,35 @@ class ItemCache:
         if not ids:
             return
         pipe = self.r.pipeline(transaction=False)
-        pipe.sadd(self._unavailable_key, *ids)
+        pipe.sadd(self.keys.unavailable, *ids)
         if versions:
-            pipe.hset(self._key("items:version"), mapping=_redis_mapping(versions))
+            pipe.hset(self.keys.versions, mapping=_redis_mapping(versions))
         pipe.execute()
 
     def unavailable(self) -> set[str]:
         """Every deleted item id (small: deletions are rare relative to the catalogue)."""
-        return cast(set[str], self.r.smembers(self._unavailable_key))  # decoded replies
+        return cast(set[str], self.r.smembers(self.keys.unavailable))  # decoded replies
 
     def unavailable_among(self, item_ids: Sequence[str]) -> set[str]:
         if not item_ids:
             return set()
-        flags = self.r.smismember(self._unavailable_key, list(item_ids))
+        flags = self.r.smismember(self.keys.unavailable, list(item_ids))
         return {i for i, f in zip(item_ids, flags, strict=True) if f}
 
     def set_popular(
         self, scores: Mapping[str, float], meta: Mapping[str, Any] | None = None
     ) -> None:
         """Replace the popular list atomically (readers never see a half-written list)."""
-        tmp = f"{self._popular_key}:tmp"
+        tmp = self.keys.popular_tmp
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(tmp)
         if scores:
             pipe.zadd(tmp, dict(scores))
-            pipe.rename(tmp, self._popular_key)
+            pipe.rename(tmp, self.keys.popular)
         else:
-            pipe.delete(self._popular_key)
+            pipe.delete(self.keys.popular)
         if meta is not None:
-            pipe.set(f"{self._popular_key}:meta", json.dumps(dict(meta)))
+            pipe.set(self.keys.popular_meta, json.dumps(dict(meta)))
         pipe.execute()
 
     def add_popularity(self, increments: Mapping[str, float],
@@ -190,31 +232,31 @@ class ItemCache:
         for item, inc in increments.items():
             args += [item, repr(float(inc))]
         self._add_popularity(
-            keys=[self._popular_key, self._key("popular:pending"), self._key("items:known"),
-                  self._key("popular:offsets"), self._key("popular:meta")], args=args)
+            keys=[self.keys.popular, self.keys.popular_pending, self.keys.known,
+                  self.keys.popular_offsets, self.keys.popular_meta], args=args)
 
     def rescale_popularity(self, factor: float, meta: Mapping[str, Any]) -> None:
         """Multiply every score by ``factor`` (moving the decay reference time)."""
-        pending = self._key("popular:pending")
+        pending = self.keys.popular_pending
         pipe = self.r.pipeline(transaction=True)
-        pipe.zunionstore(self._popular_key, {self._popular_key: factor})
+        pipe.zunionstore(self.keys.popular, {self.keys.popular: factor})
         pipe.zunionstore(pending, {pending: factor})
-        pipe.set(f"{self._popular_key}:meta", json.dumps(dict(meta)))
+        pipe.set(self.keys.popular_meta, json.dumps(dict(meta)))
         pipe.execute()
 
     def popularity_anchors(self) -> dict[int, str]:
         """Stored anchor (see ``streams/epochs.py``) per partition of `interactions`."""
         return {int(p): str(a) for p, a in
-                self.r.hgetall(self._key("popular:offsets")).items()}
+                self.r.hgetall(self.keys.popular_offsets).items()}
 
     def popular(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` most popular item ids with their decayed scores, best first."""
         top = cast(list[tuple[str, float]],  # decoded replies, scores with withscores
-                   self.r.zrevrange(self._popular_key, 0, max(k, 1) - 1, withscores=True))
+                   self.r.zrevrange(self.keys.popular, 0, max(k, 1) - 1, withscores=True))
         return [(i, float(s)) for i, s in top]
 
     def popular_meta(self) -> dict[str, Any]:
-        raw = self.r.get(f"{self._popular_key}:meta")
+        raw = self.r.get(self.keys.popular_meta)
         return json.loads(raw) if raw else {}
 
 

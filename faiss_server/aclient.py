@@ -18,9 +18,9 @@ reused connection that is closed before any byte of the answer arrives is sent o
 more on a new connection (every call here is a read, safe to repeat). Write
 endpoints (upsert, version loads) stay on the blocking :class:`~faiss_server.client.FaissClient`.
 
-Errors are those of :class:`~faiss_server.client.FaissClient`: refused / timeout / 5xx →
-``ServiceUnavailable`` (503 "Index not ready" → ``IndexNotReady``), 404 → ``UnknownItem``,
-other 4xx → ``FaissRequestError``.
+Errors are those of :class:`~faiss_server.client.FaissClient`: refused / timeout →
+``ServiceUnavailable``; error answers → :func:`faiss_server.protocol.error_for` (by the
+body's ``code``). Wire types come from :mod:`faiss_server.protocol` (no faiss imported).
 """
 
 from __future__ import annotations
@@ -34,28 +34,16 @@ from urllib.parse import urlencode, urlsplit
 
 import msgspec
 
-from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
+from common.errors import ServiceUnavailable
 from common.ids import path_segment
-from faiss_server.client import FaissRequestError, SearchResult, SimilarResult
+from faiss_server.protocol import (
+    SearchResult,
+    SimilarResult,
+    error_for,
+    search_out_decoder,
+    similar_out_decoder,
+)
 
-
-class _Hit(msgspec.Struct):
-    id: str
-    score: float
-
-
-class _SearchOut(msgspec.Struct):
-    version: str
-    results: list[list[_Hit]]
-
-
-class _SimilarOut(msgspec.Struct):
-    version: str
-    results: list[_Hit]
-
-
-_search_dec = msgspec.json.Decoder(_SearchOut)
-_similar_dec = msgspec.json.Decoder(_SimilarOut)
 _any_dec = msgspec.json.Decoder()
 _enc = msgspec.json.Encoder()
 
@@ -119,7 +107,8 @@ class AsyncFaissClient:
             conn.close()
         return None
 
-    async def _request(self, method: str, target: str, body: bytes | None = None) -> Any:
+    async def _request(self, method: str, target: str,
+                       body: bytes | None = None) -> tuple[int, bytes]:
         head = f"{method} {target} HTTP/1.1\r\n".encode() + self._host_header
         if body is not None:
             head += (b"Content-Type: application/json\r\nContent-Length: "
@@ -182,20 +171,10 @@ class AsyncFaissClient:
         data = await reader.readexactly(length) if length else b""
         return status, data, keep
 
-    def _check(self, status: int, data: bytes) -> None:
-        try:
-            payload = _any_dec.decode(data) if data else {}
-        except msgspec.DecodeError:
-            payload = {"title": "Bad response", "description": data[:200].decode("replace")}
-        title = str(payload.get("title", "")) if isinstance(payload, dict) else ""
-        desc = str(payload.get("description", "")) if isinstance(payload, dict) else ""
-        if status == 404:
-            raise UnknownItem(desc or title)
-        if status == 503 and title == "Index not ready":
-            raise IndexNotReady(desc or title)
-        if status >= 500:
-            raise ServiceUnavailable(f"FAISS service answered {status} {title}: {desc}")
-        raise FaissRequestError(status, title, desc)
+    @staticmethod
+    def _check(status: int, data: bytes) -> None:
+        if status >= 400:
+            raise error_for(status, data)
 
     # --- API ------------------------------------------------------------------------------
     async def search(self, vector: Sequence[float], k: int = 10,
@@ -208,14 +187,11 @@ class AsyncFaissClient:
         """Top-``k`` per query vector, one HTTP request (``exclude`` applies to all)."""
         body = _enc.encode({"vectors": vectors, "k": int(k), "exclude": exclude})
         status, data = await self._request("POST", "/v1/search", body)
-        if status >= 400:
-            self._check(status, data)
+        self._check(status, data)
         try:
-            out = _search_dec.decode(data)
+            return SearchResult.from_wire(search_out_decoder.decode(data))
         except msgspec.DecodeError as exc:
             raise ServiceUnavailable(f"FAISS service sent a bad search answer: {exc}") from exc
-        return SearchResult(out.version, [[(h.id, h.score) for h in row]
-                                          for row in out.results])
 
     async def similar(self, item_id: str, k: int = 10,
                       exclude: Sequence[str] = ()) -> SimilarResult:
@@ -224,17 +200,14 @@ class AsyncFaissClient:
         query: dict[str, Any] = {"k": int(k), "exclude": list(exclude)}
         status, data = await self._request(
             "GET", f"/v1/items/{path_segment(item_id)}/similar?" + urlencode(query, doseq=True))
-        if status >= 400:
-            self._check(status, data)
+        self._check(status, data)
         try:
-            out = _similar_dec.decode(data)
+            return SimilarResult.from_wire(similar_out_decoder.decode(data))
         except msgspec.DecodeError as exc:
             raise ServiceUnavailable(f"FAISS service sent a bad answer: {exc}") from exc
-        return SimilarResult(out.version, [(h.id, h.score) for h in out.results])
 
     async def health(self) -> dict[str, Any]:
         status, data = await self._request("GET", "/health")
-        if status >= 400:
-            self._check(status, data)
+        self._check(status, data)
         out = _any_dec.decode(data) if data else {}
         return out if isinstance(out, dict) else {}

@@ -36,8 +36,18 @@ from common.http_errors import add_domain_error_handlers
 from common.http_metrics import MetricsMiddleware
 from common.http_request import checked_id, int_param, read_body, use_raw_path_ids
 from faiss_server.config import FaissConfig
+from faiss_server.index import set_search_threads
 from faiss_server.openapi import openapi_document
-from faiss_server.service import IndexService, read_npz
+from faiss_server.protocol import (
+    HitOut,
+    SearchBody,
+    SearchOut,
+    SimilarOut,
+    UpsertBody,
+    VersionRef,
+    read_npz,
+)
+from faiss_server.service import IndexService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,24 +57,6 @@ API_KEY_HEADER = "X-API-Key"
 
 def bad(description: str) -> falcon.HTTPBadRequest:
     return falcon.HTTPBadRequest(title="Invalid request", description=description)
-
-
-class SearchBody(msgspec.Struct):
-    """``POST /v1/search``: numbers and lists only, as the schema says (no ``"1.5"``,
-    ``true`` or ``null`` components, no ``null`` exclude)."""
-
-    vectors: list[list[float]]
-    k: int = 10
-    exclude: list[str] = []
-
-
-class UpsertBody(msgspec.Struct):
-    vector: list[float]
-
-
-class VersionRef(msgspec.Struct):
-    version: str
-    path: str
 
 
 _json_enc = msgspec.json.Encoder()
@@ -138,8 +130,8 @@ class Search(_Base):
             raise bad(str(exc)) from exc
         # Hot path of the recommender API: encoded with msgspec, not ``resp.media``.
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = _json_enc.encode({"version": version, "k": k, "results": [
-            [{"id": i, "score": s} for i, s in hits] for hits in results]})
+        resp.data = _json_enc.encode(SearchOut(
+            version, [[HitOut(i, s) for i, s in hits] for hits in results], k))
 
 
 class SimilarItems(_Base):
@@ -155,8 +147,9 @@ class SimilarItems(_Base):
         exclude = check_ids(req.get_param_as_list("exclude", default=[]), "exclude",
                             self.config.max_exclude)
         version, hits = self.service.similar(item_id, k, exclude)
-        resp.media = {"version": version, "item_id": item_id,
-                      "results": [{"id": i, "score": s} for i, s in hits]}
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = _json_enc.encode(SimilarOut(version, [HitOut(i, s) for i, s in hits],
+                                                item_id))
 
 
 class Item(_Base):
@@ -269,6 +262,19 @@ class OpenAPI:
         resp.media = self.document
 
 
+class Startup:
+    """Falcon middleware: the service's own start-up, whatever server runs the app
+    (``scripts.serve faiss`` or ``uvicorn faiss_server.asgi:app``; ASGI lifespan)."""
+
+    def __init__(self, config: FaissConfig) -> None:
+        self.config = config
+
+    async def process_startup(self, scope: Any, event: Any) -> None:
+        # Searches run on the event-loop thread (this one) one query at a time: no OpenMP
+        # team for them. Per thread: version builds (worker threads) still use every core.
+        set_search_threads(self.config.omp_threads)
+
+
 def create_app(
     config: FaissConfig, service: IndexService | None = None, statsd: Any = None
 ) -> falcon.asgi.App:
@@ -277,7 +283,8 @@ def create_app(
     if service is None:
         service = IndexService(config.spec, config.data_dir, config.keep_versions)
         service.start()
-    app = falcon.asgi.App(middleware=[MetricsMiddleware(statsd)])
+    middleware: list[Any] = [Startup(config), MetricsMiddleware(statsd)]
+    app = falcon.asgi.App(middleware=middleware)
     app.req_options.auto_parse_qs_csv = True  # exclude=a,b (see SimilarItems)
     use_raw_path_ids(app)
     add_domain_error_handlers(app)

@@ -2,12 +2,14 @@
 
 Built on ``urllib3`` (the transport under ``requests``, a third of its per-call CPU):
 a keep-alive connection pool, thread-safe, with short timeouts and no retries, so a dead
-or slow service fails fast. Failures become domain errors:
+or slow service fails fast. It speaks :mod:`faiss_server.protocol` only (no faiss, no
+index code is imported). Failures become domain errors:
 
-- connection refused, timeout, 5xx → :class:`~common.errors.ServiceUnavailable`
-  (503 "Index not ready" → :class:`~common.errors.IndexNotReady`)
-- 404 → :class:`~common.errors.UnknownItem`
-- other 4xx → :class:`FaissRequestError` (``status``, ``title``, ``description``)
+- connection refused, timeout → :class:`~common.errors.ServiceUnavailable`
+- error answers → :func:`faiss_server.protocol.error_for`, by the body's ``code``
+  (``unknown_item`` → :class:`~common.errors.UnknownItem`, ``index_not_ready`` →
+  :class:`~common.errors.IndexNotReady`, other 5xx → ``ServiceUnavailable``, other 4xx →
+  :class:`~faiss_server.protocol.FaissRequestError`)
 
 >>> FaissClient("http://127.0.0.1:1").base_url
 'http://127.0.0.1:1'
@@ -17,40 +19,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 import numpy as np
+import numpy.typing as npt
 import urllib3
 
-from common.errors import IndexNotReady, RecsysError, ServiceUnavailable, UnknownItem
+from common.errors import ServiceUnavailable
 from common.ids import path_segment
 from common.settings import Settings
-from faiss_server.service import write_npz
+from faiss_server.protocol import (
+    FaissRequestError,
+    Hit,
+    SearchResult,
+    SimilarResult,
+    error_for,
+    search_out_decoder,
+    similar_out_decoder,
+    write_npz,
+)
 
-Hit = tuple[str, float]
-
-
-class FaissRequestError(RecsysError):
-    """The service rejected a request (4xx other than 404)."""
-
-    def __init__(self, status: int, title: str, description: str) -> None:
-        super().__init__(f"{status} {title}: {description}")
-        self.status, self.title, self.description = status, title, description
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    version: str
-    results: list[list[Hit]]
-
-
-@dataclass(frozen=True)
-class SimilarResult:
-    version: str
-    hits: list[Hit]
+__all__ = ["FaissClient", "FaissRequestError", "Hit", "SearchResult", "SimilarResult"]
 
 
 class FaissClient:
@@ -82,8 +74,9 @@ class FaissClient:
         self._pool.close()
 
     # --- transport ----------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                 write: bool = False, timeout: urllib3.Timeout | None = None) -> Any:
+    def _send(self, method: str, path: str, body: object = None, *, raw: bytes | None = None,
+              write: bool = False, timeout: urllib3.Timeout | None = None) -> bytes:
+        """The body of a successful answer; errors raised as :func:`error_for` says."""
         headers = {"Accept": "application/json"}
         data = raw
         if body is not None:
@@ -99,47 +92,54 @@ class FaissClient:
                                       preload_content=True)
         except urllib3.exceptions.HTTPError as exc:
             raise ServiceUnavailable(f"FAISS service {self.base_url}: {exc}") from exc
+        answer: bytes = resp.data
+        if resp.status >= 400:
+            raise error_for(resp.status, answer)
+        return answer
+
+    def _request(self, method: str, path: str, body: object = None, *,
+                 raw: bytes | None = None, write: bool = False,
+                 timeout: urllib3.Timeout | None = None) -> dict[str, Any]:
+        """A successful answer's JSON object."""
+        data = self._send(method, path, body, raw=raw, write=write, timeout=timeout)
         try:
-            payload = json.loads(resp.data) if resp.data else {}
-        except ValueError:
-            payload = {"title": "Bad response", "description": resp.data[:200].decode("replace")}
-        if resp.status < 400:
-            return payload
-        title = str(payload.get("title", "")) if isinstance(payload, dict) else ""
-        desc = str(payload.get("description", "")) if isinstance(payload, dict) else ""
-        if resp.status == 404:
-            raise UnknownItem(desc or title)
-        if resp.status == 503 and title == "Index not ready":
-            raise IndexNotReady(desc or title)
-        if resp.status >= 500:
-            raise ServiceUnavailable(f"FAISS service answered {resp.status} {title}: {desc}")
-        raise FaissRequestError(resp.status, title, desc)
+            out = json.loads(data) if data else {}
+        except ValueError as exc:
+            raise ServiceUnavailable(f"FAISS service sent a bad answer: {data[:200]!r}") from exc
+        if not isinstance(out, dict):
+            raise ServiceUnavailable(f"FAISS service sent a bad answer: {data[:200]!r}")
+        return out
 
     # --- API ------------------------------------------------------------------------------
-    def search(self, vectors: Any, k: int = 10, exclude: Sequence[str] = ()) -> SearchResult:
+    def search(self, vectors: npt.ArrayLike, k: int = 10,
+               exclude: Sequence[str] = ()) -> SearchResult:
         """Top-``k`` per query row (a 1-D vector is one query)."""
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim == 1:
             x = x.reshape(1, -1)
         body = {"vectors": x.tolist(), "k": int(k), "exclude": list(exclude)}
-        out = self._request("POST", "/v1/search", body)
-        return SearchResult(out["version"], [[(h["id"], float(h["score"])) for h in hits]
-                                             for hits in out["results"]])
+        data = self._send("POST", "/v1/search", body)
+        try:
+            return SearchResult.from_wire(search_out_decoder.decode(data))
+        except msgspec.DecodeError as exc:
+            raise ServiceUnavailable(f"FAISS service sent a bad search answer: {exc}") from exc
 
     def similar(self, item_id: str, k: int = 10, exclude: Sequence[str] = ()) -> SimilarResult:
         # Repeated ``exclude`` parameters, each percent-encoded: an id holding a comma
         # stays one id (the service splits only unencoded commas).
-        query: dict[str, Any] = {"k": int(k), "exclude": list(exclude)}
-        out = self._request("GET", f"/v1/items/{path_segment(item_id)}/similar?"
-                            + urlencode(query, doseq=True))
-        return SimilarResult(out["version"], [(h["id"], float(h["score"]))
-                                              for h in out["results"]])
+        query: dict[str, object] = {"k": int(k), "exclude": list(exclude)}
+        data = self._send("GET", f"/v1/items/{path_segment(item_id)}/similar?"
+                          + urlencode(query, doseq=True))
+        try:
+            return SimilarResult.from_wire(similar_out_decoder.decode(data))
+        except msgspec.DecodeError as exc:
+            raise ServiceUnavailable(f"FAISS service sent a bad answer: {exc}") from exc
 
     def vector(self, item_id: str) -> np.ndarray:
         out = self._request("GET", f"/v1/items/{path_segment(item_id)}")
         return np.asarray(out["vector"], dtype=np.float32)
 
-    def upsert(self, item_id: str, vector: Any) -> dict[str, Any]:
+    def upsert(self, item_id: str, vector: npt.ArrayLike) -> dict[str, Any]:
         vec = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
         return self._request("PUT", f"/v1/items/{path_segment(item_id)}",
                              {"vector": vec}, write=True)
@@ -148,7 +148,7 @@ class FaissClient:
         return self._request("DELETE", f"/v1/items/{path_segment(item_id)}", write=True)
 
     def load_version(
-        self, path_or_arrays: str | Path | tuple[Sequence[str], Any], version: str
+        self, path_or_arrays: str | Path | tuple[Sequence[str], npt.ArrayLike], version: str
     ) -> dict[str, Any]:
         """Load a new version and swap it in; returns its info once it serves.
 

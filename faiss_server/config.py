@@ -1,8 +1,13 @@
 """Configuration of the FAISS service.
 
-Connection-level values (port, API key, folders) come from :class:`common.settings.Settings`
-(env vars ``RECSYS_*``); index parameters are class-attribute defaults here, overridden by
-keyword arguments (``scripts/serve.py faiss --kind hnsw ...`` passes them through).
+Every field is an environment variable: ``RECSYS_FAISS_<FIELD>`` for :class:`FaissConfig`,
+``RECSYS_FAISS_INDEX_<FIELD>`` for :class:`IndexSpec` (the README's configuration table,
+from these field docs), read by the one generic reader of :mod:`common.settings`.
+Connection-level values (port, API key, folders) come from
+:class:`common.settings.Settings`. ``FaissConfig.from_env(settings, **overrides)`` layers:
+defaults (some derived from ``settings``), the environment, then explicit ``overrides``,
+which may hold :class:`IndexSpec` fields too (``scripts/serve.py faiss --kind hnsw ...``
+passes them). ``faiss_server.asgi`` and ``scripts.serve`` both start from it.
 
 Index kinds (all inner-product):
 
@@ -16,11 +21,12 @@ Index kinds (all inner-product):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from common.settings import Settings
+from common.settings import Settings, env_values, setting
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 
@@ -29,15 +35,18 @@ INDEX_KINDS = ("flat", "hnsw", "ivf")
 class IndexSpec:
     """Shape and parameters of an index; saved with every version."""
 
-    dim: int = 64
-    kind: str = "flat"
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 64
-    hnsw_ef_search: int = 64
-    ivf_nlist: int = 4096
-    ivf_nprobe: int = 32
-    #: IVF trains k-means on at most this many vectors (≈ 40-100 per list is plenty).
-    ivf_train_size: int = 200_000
+    env_prefix: ClassVar[str] = "RECSYS_FAISS_INDEX_"
+
+    dim: int = setting("Dimension of the item vectors (1..4096).", 64)
+    kind: str = setting("Index kind: `flat` (exact), `hnsw` or `ivf` (needs a version load "
+                        "before it serves).", "flat")
+    hnsw_m: int = setting("HNSW graph degree.", 32)
+    hnsw_ef_construction: int = setting("HNSW build-time search depth.", 64)
+    hnsw_ef_search: int = setting("HNSW query-time search depth.", 64)
+    ivf_nlist: int = setting("IVF lists (k-means centroids).", 4096)
+    ivf_nprobe: int = setting("IVF lists probed per query.", 32)
+    ivf_train_size: int = setting("IVF trains k-means on at most this many vectors "
+                                  "(≈ 40-100 per list is plenty).", 200_000)
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -58,42 +67,61 @@ class IndexSpec:
 class FaissConfig:
     """Everything the FAISS service process needs."""
 
-    spec: IndexSpec = field(default_factory=IndexSpec)
-    api_key: str = "local-dev-key"
-    #: Where versions are saved (``versions/<name>/`` + ``CURRENT``); ``None``: memory only.
-    data_dir: Path | None = None
-    #: ``POST /v1/index/versions`` with a ``path`` may only read files under these folders.
-    load_roots: tuple[Path, ...] = ()
-    max_k: int = 1000
-    max_batch: int = 256
-    max_exclude: int = 10_000
-    #: Limit for JSON bodies (search, upsert): 413 beyond (``RECSYS_FAISS_MAX_JSON_BYTES``).
-    max_json_bytes: int = 4 * 1024 * 1024
-    #: Limit for an uploaded ``.npz`` version (1M × 64 float32 ≈ 256 MB + ids).
-    max_upload_bytes: int = 1024 * 1024 * 1024
-    #: Limit for the *uncompressed* arrays of a version ``.npz`` (upload or path), read
-    #: from the zip directory and the ``.npy`` headers before anything is loaded: a 1 MB
-    #: zip bomb must not allocate gigabytes (``RECSYS_FAISS_MAX_NPZ_BYTES``).
-    max_npz_bytes: int = 1024 * 1024 * 1024
-    #: Saved versions kept on disk besides the serving one (``RECSYS_FAISS_KEEP_VERSIONS``).
-    keep_versions: int = 3
-    #: statsd prefix suffix (``{statsd_prefix}.faiss.*``).
-    metrics_suffix: str = "faiss"
+    env_prefix: ClassVar[str] = "RECSYS_FAISS_"
+
+    spec: IndexSpec = setting("The index (`RECSYS_FAISS_INDEX_*`).", env=False,
+                              default_factory=IndexSpec)
+    api_key: str = setting("Key of the write endpoints (`RECSYS_FAISS_API_KEY`).",
+                           "local-dev-key", env=False)
+    data_dir: Path | None = setting(
+        "Where versions are saved (`versions/<name>/` + `CURRENT`); `none`: memory only.",
+        None, shown="RECSYS_LOCAL_DIR/faiss")
+    load_roots: tuple[Path, ...] = setting(
+        "Comma-separated folders a version load by `path` may read from.", (),
+        shown="RECSYS_MODEL_DIR,RECSYS_LOCAL_DIR")
+    max_k: int = setting("Largest `k` of a search.", 1000)
+    max_batch: int = setting("Most query vectors in one search request.", 256)
+    max_exclude: int = setting("Most ids in one `exclude` list.", 10_000)
+    max_json_bytes: int = setting(
+        "Largest JSON body (search, upsert) of the FAISS service; 413 beyond.",
+        4 * 1024 * 1024)
+    max_upload_bytes: int = setting(
+        "Largest uploaded `.npz` version on the wire (1M × 64 float32 ≈ 256 MB + ids).",
+        1024 * 1024 * 1024)
+    max_npz_bytes: int = setting(
+        "Largest uncompressed size of a version `.npz` the FAISS service loads (read from "
+        "the zip directory and `.npy` headers before anything is allocated); 400 beyond.",
+        1024 * 1024 * 1024)
+    keep_versions: int = setting(
+        "Saved FAISS index versions kept on disk besides the serving one.", 3)
+    omp_threads: int = setting(
+        "OpenMP threads of a search (set on the event-loop thread at start-up); version "
+        "builds run in worker threads and use every core.", 1)
+    metrics_suffix: str = setting("statsd prefix suffix (`{RECSYS_STATSD_PREFIX}.faiss.*`).",
+                                  "faiss")
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> FaissConfig:
-        """Defaults from ``settings``; ``overrides`` may hold :class:`IndexSpec` fields too."""
+    def from_env(cls, settings: Settings | None = None, env: Mapping[str, str] | None = None,
+                 **overrides: Any) -> FaissConfig:
+        """Defaults derived from ``settings``, then ``RECSYS_FAISS_*`` /
+        ``RECSYS_FAISS_INDEX_*`` from ``env`` (``os.environ``), then ``overrides`` (which
+        may hold :class:`IndexSpec` fields, or a whole ``spec``).
+
+        >>> c = FaissConfig.from_env(env={"RECSYS_FAISS_INDEX_KIND": "hnsw",
+        ...                               "RECSYS_FAISS_KEEP_VERSIONS": "5"}, dim=32)
+        >>> c.spec.kind, c.spec.dim, c.keep_versions
+        ('hnsw', 32, 5)
+        """
+        settings = settings if settings is not None else Settings.from_env(env)
         spec_names = {f.name for f in dataclasses.fields(IndexSpec)}
         spec_over = {k: overrides.pop(k) for k in list(overrides) if k in spec_names}
-        spec = overrides.pop("spec", None) or IndexSpec(**spec_over)
+        spec = overrides.pop("spec", None) or IndexSpec(
+            **{**env_values(IndexSpec, env), **spec_over})
         values: dict[str, Any] = {
-            "spec": spec,
             "api_key": settings.faiss_api_key,
             "data_dir": settings.local_dir / "faiss",
             "load_roots": (settings.model_dir, settings.local_dir),
-            "max_json_bytes": settings.faiss_max_json_bytes,
-            "max_npz_bytes": settings.faiss_max_npz_bytes,
-            "keep_versions": settings.faiss_keep_versions,
+            **env_values(cls, env),
+            **overrides,
         }
-        values.update(overrides)
-        return cls(**values)
+        return cls(spec=spec, **values)

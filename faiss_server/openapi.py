@@ -108,8 +108,10 @@ def openapi_document(config: FaissConfig) -> dict[str, Any]:
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header",
                                            "name": "X-API-Key"}},
             "schemas": {
-                "Error": {"type": "object", "required": ["title"], "properties": {
-                    "title": {"type": "string"}, "description": {"type": "string"}}},
+                "Error": {"type": "object", "required": ["title", "code"], "properties": {
+                    "title": {"type": "string"}, "description": {"type": "string"},
+                    "code": {"type": "string", "description": "stable error code "
+                             "(clients match on it, not on the title)"}}},
                 "Hit": {"type": "object", "required": ["id", "score"], "properties": {
                     "id": {"type": "string"}, "score": {"type": "number"}}},
                 "SearchRequest": {"type": "object", "required": ["vectors"], "properties": {

@@ -12,14 +12,11 @@ Concurrency model (why no search ever fails during a swap):
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 import re
 import shutil
 import threading
 import time
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,58 +30,6 @@ from faiss_server.index import Hit, VectorIndex, as_matrix
 log = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def check_npz_size(src: io.BytesIO | Path, max_bytes: int) -> int:
-    """The uncompressed size of the arrays in an ``.npz``, read from its zip directory and
-    each ``.npy`` header (numpy's own parser), or ``ValueError`` above ``max_bytes``.
-
-    Nothing is allocated: ``np.load`` would allocate a header's full shape before
-    reading (a 2**40-row header, or a 1 MB zip of zeros unpacking to gigabytes).
-    """
-    with zipfile.ZipFile(src) as zf:
-        members = zf.infolist()
-        declared = sum(m.file_size for m in members)
-        if declared > max_bytes:
-            raise ValueError(f"the .npz unpacks to {declared} bytes; the limit is {max_bytes}")
-        total = 0
-        for m in members:
-            with zf.open(m) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                else:
-                    raise ValueError(f"unsupported .npy format version {version} in {m.filename}")
-            total += math.prod(shape) * dtype.itemsize
-            if total > max_bytes:
-                raise ValueError(f"the .npz arrays hold more than {max_bytes} bytes "
-                                 f"({m.filename}: shape {shape}, {dtype})")
-    if isinstance(src, io.BytesIO):
-        src.seek(0)
-    return total
-
-
-def read_npz(data: bytes | Path, max_bytes: int = 1 << 30) -> tuple[list[str], np.ndarray]:
-    """``(ids, vectors)`` from an ``.npz`` with arrays ``ids`` (str) and ``vectors``, whose
-    arrays take at most ``max_bytes`` uncompressed (:func:`check_npz_size`)."""
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    check_npz_size(src, max_bytes)
-    with np.load(src, allow_pickle=False) as z:
-        if "ids" not in z.files or "vectors" not in z.files:
-            raise ValueError(f"the .npz must hold arrays 'ids' and 'vectors', got {z.files}")
-        ids = [str(i) for i in z["ids"].tolist()]
-        vectors = z["vectors"]
-    return ids, vectors
-
-
-def write_npz(ids: Sequence[str], vectors: Any) -> bytes:
-    """The upload format of :func:`read_npz`."""
-    buf = io.BytesIO()
-    np.savez(buf, ids=np.asarray(list(ids), dtype=str),
-             vectors=np.ascontiguousarray(vectors, dtype=np.float32))
-    return buf.getvalue()
 
 
 class IndexService:

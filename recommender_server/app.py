@@ -1,4 +1,4 @@
-"""The recommender API: Falcon ASGI resources over the async ``Recommender``.
+"""The recommender API: Falcon ASGI resources over the async ``RecommendationService``.
 
 ASGI only (``falcon.asgi`` under uvicorn + httptools + uvloop): the responders are
 coroutines over async clients, so a worker process overlaps many requests instead of
@@ -14,11 +14,12 @@ Metric names: see :mod:`recommender_server.recommend` and :mod:`recommender_serv
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import falcon
 import falcon.asgi
 import msgspec
+from falcon.asgi import Request, Response
 
 from common.http_errors import add_domain_error_handlers
 from common.http_request import BodyLimit, checked_id, int_param, use_raw_path_ids
@@ -26,28 +27,29 @@ from recommender_server.config import ApiConfig
 from recommender_server.deps import Dependencies
 from recommender_server.metrics import BatchedMetricsMiddleware
 from recommender_server.openapi import openapi_document
-from recommender_server.recommend import Recommender
+from recommender_server.ports import Body
+from recommender_server.recommend import RecommendationService
 
 _encode = msgspec.json.Encoder().encode
 
 
-def _json(resp: Any, body: Any) -> None:
+def _json(resp: Response, body: Body) -> None:
     resp.content_type = falcon.MEDIA_JSON
     resp.data = _encode(body)
 
 
 class _Base:
-    def __init__(self, rec: Recommender) -> None:
+    def __init__(self, rec: RecommendationService) -> None:
         self.rec = rec
 
-    def _k(self, req: Any) -> int:
+    def _k(self, req: Request) -> int:
         return int_param(req, "k", 10, 1, self.rec.config.max_k)
 
 
 class Recommendations(_Base):
     metric_name = "recommendations"
 
-    async def on_get(self, req: Any, resp: Any) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         user_id = checked_id(req.get_param("user_id", required=True), "user_id")
         _json(resp, await self.rec.recommend(user_id, self._k(req)))
 
@@ -55,28 +57,28 @@ class Recommendations(_Base):
 class SimilarItems(_Base):
     metric_name = "similar"
 
-    async def on_get(self, req: Any, resp: Any, item_id: str) -> None:
+    async def on_get(self, req: Request, resp: Response, item_id: str) -> None:
         _json(resp, await self.rec.similar(checked_id(item_id), self._k(req)))
 
 
 class Popular(_Base):
     metric_name = "popular"
 
-    async def on_get(self, req: Any, resp: Any) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         _json(resp, await self.rec.popular(self._k(req)))
 
 
 class Health(_Base):
     metric_name = "health"
 
-    async def on_get(self, req: Any, resp: Any) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         resp.media = {"status": "ok"}
 
 
 class Ready(_Base):
     metric_name = "ready"
 
-    async def on_get(self, req: Any, resp: Any) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         ok, checks = await self.rec.readiness()
         resp.status = falcon.HTTP_200 if ok else falcon.HTTP_503
         resp.media = {"status": "ready" if ok else "not_ready", "checks": checks}
@@ -85,24 +87,26 @@ class Ready(_Base):
 class OpenAPI:
     metric_name = "openapi"
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, object]) -> None:
         self.document = document
 
-    async def on_get(self, req: Any, resp: Any) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         resp.media = self.document
 
 
 class Lifespan:
     """Falcon middleware: start/stop the dependencies' background tasks with the app."""
 
-    def __init__(self, deps: Dependencies, rec: Recommender,
+    def __init__(self, deps: Dependencies, rec: RecommendationService,
                  metrics: BatchedMetricsMiddleware) -> None:
         self.deps, self.rec, self.metrics = deps, rec, metrics
 
-    async def process_startup(self, scope: Any, event: Any) -> None:
+    async def process_startup(self, scope: Mapping[str, object],
+                              event: Mapping[str, object]) -> None:
         await self.deps.start()
 
-    async def process_shutdown(self, scope: Any, event: Any) -> None:
+    async def process_shutdown(self, scope: Mapping[str, object],
+                               event: Mapping[str, object]) -> None:
         self.rec.flush_metrics(force=True)
         self.metrics.flush()
         await self.deps.stop()
@@ -111,12 +115,15 @@ class Lifespan:
 def create_app(config: ApiConfig, deps: Dependencies | None = None) -> falcon.asgi.App:
     """The API app; ``deps`` defaults to real clients from ``config.settings``."""
     deps = deps or Dependencies.build(config)
-    rec = Recommender(config, deps)
+    rec = RecommendationService(config, deps)
     metrics = BatchedMetricsMiddleware(deps.statsd, config.metrics_flush_s,
                                        config.metrics_timing_rate)
-    middleware: list[Any] = [Lifespan(deps, rec, metrics), metrics,
-                             BodyLimit(config.max_body_bytes)]
-    app = falcon.asgi.App(middleware=middleware)
+    app = falcon.asgi.App()
+    # One call each (same order as a list): falcon's middleware type is a union of
+    # protocols, and a list of three different classes only joins to ``object``.
+    app.add_middleware(Lifespan(deps, rec, metrics))
+    app.add_middleware(metrics)
+    app.add_middleware(BodyLimit(config.max_body_bytes))
     use_raw_path_ids(app)
     add_domain_error_handlers(app)
     routes = {

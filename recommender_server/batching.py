@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from common.errors import ServiceUnavailable
-from faiss_server.client import SearchResult
+from faiss_server.protocol import Hit, SearchResult
+from recommender_server.ports import FaissReader
+
+#: What a queued query waits for: ``(index version, its hits)``.
+_Answer = asyncio.Future[tuple[str, list[Hit]]]
+#: A queued query: ``(vector, candidates wanted, its future)``.
+_Query = tuple[Sequence[float], int, _Answer]
 
 
 class SearchBatcher:
     """``await search(vector, k, exclude)`` → :class:`SearchResult` with one row."""
 
-    def __init__(self, faiss: Any, max_batch: int = 64, max_inflight: int = 2,
+    def __init__(self, faiss: FaissReader, max_batch: int = 64, max_inflight: int = 2,
                  max_history: int = 100, down: Callable[[], bool] = lambda: False) -> None:
         self.faiss = faiss
         #: True while FAISS is known to be down (its breaker is open): queries queued
@@ -37,7 +42,7 @@ class SearchBatcher:
         self.down = down
         self.max_batch, self.max_inflight = max_batch, max_inflight
         self.max_history = max_history
-        self._queue: list[tuple[Sequence[float], int, asyncio.Future[Any]]] = []
+        self._queue: list[_Query] = []
         self._inflight = 0
         self.batches = self.queries = 0
 
@@ -45,7 +50,7 @@ class SearchBatcher:
                      exclude: Sequence[str] = ()) -> SearchResult:
         if len(exclude) > self.max_history:
             return await self.faiss.search(vector, k, exclude)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: _Answer = asyncio.get_running_loop().create_future()
         self._queue.append((vector, k + len(exclude), fut))
         self._pump()
         version, hits = await fut
@@ -65,8 +70,8 @@ class SearchBatcher:
             # One dimension per batch: a malformed vector (FAISS answers 400) fails only
             # the queries of its own size, never its neighbours'.
             dim = len(self._queue[0][0])
-            batch: list[tuple[Sequence[float], int, asyncio.Future[Any]]] = []
-            rest: list[tuple[Sequence[float], int, asyncio.Future[Any]]] = []
+            batch: list[_Query] = []
+            rest: list[_Query] = []
             for q in self._queue:
                 (batch if len(q[0]) == dim and len(batch) < self.max_batch else rest).append(q)
             self._queue = rest
@@ -78,7 +83,7 @@ class SearchBatcher:
         self._inflight -= 1
         self._pump()
 
-    async def _send(self, batch: list[tuple[Sequence[float], int, asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[_Query]) -> None:
         self.batches += 1
         self.queries += len(batch)
         try:
@@ -94,6 +99,6 @@ class SearchBatcher:
             if not isinstance(exc, Exception):
                 raise
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, float]:
         return {"batches": self.batches, "queries": self.queries,
                 "mean_batch": round(self.queries / max(1, self.batches), 2)}

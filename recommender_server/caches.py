@@ -38,10 +38,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import cast
 
-from common.stores import UserDoc
+from common.stores import RedisKeys, UserDoc
+from recommender_server.ports import AsyncRedis, Document, Metadata, UsersCollection
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ def entry_bytes(user_id: str, doc: UserDoc | None) -> int:
 class UserCache:
     """User documents by id over an async ``users`` collection (see module docstring)."""
 
-    def __init__(self, collection: Any, ttl_s: float = 0.5, max_age_s: float = 60.0,
-                 max_entries: int = 200_000, stream_collection: Any = None,
+    def __init__(self, collection: UsersCollection, ttl_s: float = 0.5,
+                 max_age_s: float = 60.0, max_entries: int = 200_000,
+                 stream_collection: UsersCollection | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  max_bytes: int = 256 * 1024 * 1024) -> None:
         self.col = collection
@@ -86,7 +88,7 @@ class UserCache:
         self._inflight: dict[str, asyncio.Future[UserDoc | None]] = {}
         self._overtaken: set[str] = set()
         self.live = False
-        self.resume_token: Any = None
+        self.resume_token: Mapping[str, object] | None = None
         self.hits = self.misses = self.events = self.stream_restarts = 0
         #: Monotonic time of the last applied change event (for /ready).
         self.last_event_at: float | None = None
@@ -158,14 +160,15 @@ class UserCache:
         self.bytes -= self._sizes.pop(user_id, 0)
 
     # --- change stream ----------------------------------------------------------------------
-    def apply_event(self, event: dict[str, Any]) -> None:
+    def apply_event(self, event: Document) -> None:
         """Apply one change event of ``users`` (insert / replace / update / delete)."""
         op = event.get("operationType")
-        key = (event.get("documentKey") or {}).get("_id")
+        document_key = event.get("documentKey")
+        key = document_key.get("_id") if isinstance(document_key, Mapping) else None
         if op in ("insert", "replace", "update") and key is not None:
             full = event.get("fullDocument")
-            if full is None:  # updated then deleted before the lookup: re-read on demand
-                self._drop(str(key))
+            if not isinstance(full, Mapping):  # updated then deleted before the lookup:
+                self._drop(str(key))  # re-read on demand
             else:
                 self._put(str(key), UserDoc.from_mongo(full), self.max_age_s)
         elif op == "delete" and key is not None:
@@ -242,7 +245,7 @@ class UserCache:
                 n += 1
         return n
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, int | bool]:
         return {"hits": self.hits, "misses": self.misses, "size": len(self._entries),
                 "stream_live": self.live, "events": self.events,
                 "stream_restarts": self.stream_restarts}
@@ -256,10 +259,11 @@ class Catalog:
     (the previous copy stays in use).
     """
 
-    def __init__(self, redis: Any, prefix: str = "recsys:", refresh_s: float = 1.0,
+    def __init__(self, redis: AsyncRedis, keys: RedisKeys = RedisKeys(),
+                 refresh_s: float = 1.0,
                  meta_ttl_s: float = 30.0, meta_max: int = 500_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.r, self.prefix = redis, prefix
+        self.r, self.keys = redis, keys
         self.refresh_s, self.meta_ttl_s, self.meta_max = refresh_s, meta_ttl_s, meta_max
         self.clock = clock
         self.popular: list[tuple[str, float]] = []
@@ -267,7 +271,7 @@ class Catalog:
         self.loaded = False
         self._expires = 0.0
         self._refreshing: asyncio.Future[None] | None = None
-        self._meta: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._meta: dict[str, tuple[float, Metadata | None]] = {}
 
     async def fresh(self) -> None:
         """Re-read popular + unavailable if older than ``refresh_s`` (one request waits)."""
@@ -290,18 +294,19 @@ class Catalog:
 
     async def refresh(self) -> None:
         pipe = self.r.pipeline(transaction=False)
-        pipe.zrevrange(f"{self.prefix}popular", 0, POPULAR_DEPTH - 1, withscores=True)
-        pipe.smembers(f"{self.prefix}items:unavailable")
+        pipe.zrevrange(self.keys.popular, 0, POPULAR_DEPTH - 1, withscores=True)
+        pipe.smembers(self.keys.unavailable)
         popular, unavailable = await pipe.execute()
-        self.popular = [(i, float(s)) for i, s in popular]
-        self.unavailable = frozenset(unavailable)
+        # decoded replies: (member, score) pairs and a set of members
+        self.popular = [(i, float(s)) for i, s in cast(list[tuple[str, str]], popular)]
+        self.unavailable = frozenset(cast(set[str], unavailable))
         self.loaded = True
         self._expires = self.clock() + self.refresh_s
 
-    async def metadata(self, ids: Sequence[str]) -> dict[str, Any]:
+    async def metadata(self, ids: Sequence[str]) -> dict[str, Metadata | None]:
         """Metadata of ``ids`` (missing ones map to ``None``); one MGET for the misses."""
         now = self.clock()
-        out: dict[str, Any] = {}
+        out: dict[str, Metadata | None] = {}
         missing: list[str] = []
         for i in ids:
             entry = self._meta.get(i)
@@ -310,16 +315,16 @@ class Catalog:
             else:
                 missing.append(i)
         if missing:
-            raw = await self.r.mget([f"{self.prefix}item:{i}" for i in missing])
+            raw = await self.r.mget([self.keys.item(i) for i in missing])
             if len(self._meta) + len(missing) > self.meta_max:
                 self._meta.clear()
             until = self.clock() + self.meta_ttl_s
             for i, v in zip(missing, raw, strict=True):
-                meta = json.loads(v) if v is not None else None
+                meta: Metadata | None = json.loads(v) if v is not None else None
                 self._meta[i] = (until, meta)
                 out[i] = meta
         return out
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, int | bool]:
         return {"loaded": self.loaded, "popular": len(self.popular),
                 "unavailable": len(self.unavailable), "metadata_cached": len(self._meta)}

@@ -14,14 +14,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
+from common.stores import RedisKeys
 from faiss_server.aclient import AsyncFaissClient
 from recommender_server.caches import Catalog, UserCache
+from recommender_server.config import ApiConfig
+from recommender_server.ports import FaissReader, Stats, UserLookup
 
 log = logging.getLogger(__name__)
 
-_keep: set[asyncio.Task[Any]] = set()  # strong refs to fire-and-forget tasks
+_keep: set[asyncio.Task[None]] = set()  # strong refs to fire-and-forget tasks
+
+#: A coroutine factory: a probe, a ping, a closer (its result is not used).
+Call = Callable[[], Awaitable[object]]
+#: A background task's coroutine factory (runs for the life of the app).
+Background = Callable[[], Coroutine[object, object, None]]
 
 
 class Breaker:
@@ -45,7 +52,7 @@ class Breaker:
     """
 
     def __init__(self, cooldown_s: float, clock: Callable[[], float] = time.monotonic,
-                 probe: Callable[[], Awaitable[Any]] | None = None,
+                 probe: Call | None = None,
                  probe_timeout_s: float = 1.0, probe_interval_s: float = 0.1) -> None:
         self.cooldown_s = cooldown_s
         self.clock = clock
@@ -72,7 +79,7 @@ class Breaker:
         task.add_done_callback(_keep.discard)
         return False
 
-    async def _run_probe(self, probe: Callable[[], Awaitable[Any]]) -> None:
+    async def _run_probe(self, probe: Call) -> None:
         try:
             async with asyncio.timeout(self.probe_timeout_s):
                 await probe()
@@ -96,7 +103,7 @@ class Breaker:
         self.open_until = self.probe_until = 0.0
 
 
-async def _nothing() -> Any:
+async def _nothing() -> None:
     return None
 
 
@@ -109,15 +116,15 @@ class Dependencies:
     ``background`` are coroutine factories run for the life of the app (lifespan).
     """
 
-    users: Any
-    catalog: Any
-    faiss: Any
-    statsd: Any = None
-    ping_mongo: Callable[[], Awaitable[Any]] = _nothing
-    ping_redis: Callable[[], Awaitable[Any]] = _nothing
-    background: list[Callable[[], Coroutine[Any, Any, Any]]] = field(default_factory=list)
-    closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    users: UserLookup
+    catalog: Catalog
+    faiss: FaissReader
+    statsd: Stats | None = None
+    ping_mongo: Call = _nothing
+    ping_redis: Call = _nothing
+    background: list[Background] = field(default_factory=list)
+    closers: list[Call] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(fn()) for fn in self.background]
@@ -133,7 +140,7 @@ class Dependencies:
                 log.debug("close: %s", exc)
 
     @classmethod
-    def build(cls, config: Any) -> Dependencies:
+    def build(cls, config: ApiConfig) -> Dependencies:
         """Real clients from ``config.settings`` (lazy: sockets open on first use)."""
         import redis.asyncio
         from pymongo import AsyncMongoClient
@@ -148,12 +155,12 @@ class Dependencies:
         # heartbeatFrequencyMS: pymongo's monitor long-polls the server for up to this
         # long (10 s by default); after a stall it is what tells the client the server is
         # back, so keep it short (1 hello/s per client).
-        mongo: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
             s.mongo_uri, serverSelectionTimeoutMS=t, connectTimeoutMS=t, timeoutMS=t,
             heartbeatFrequencyMS=1000, connect=False)
         # The change stream's getMore waits up to 200 ms server-side: its own client, so
         # the hot path's short socket timeout does not apply to it.
-        stream_mongo: AsyncMongoClient[Any] = AsyncMongoClient(
+        stream_mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
             s.mongo_uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
             socketTimeoutMS=5000, heartbeatFrequencyMS=1000, connect=False)
         # A blocking pool: under a burst (hundreds of requests in flight per worker) a
@@ -174,7 +181,7 @@ class Dependencies:
                           max_entries=config.user_cache_max,
                           max_bytes=config.user_cache_max_bytes,
                           stream_collection=stream_mongo[s.mongo_db]["users"])
-        background: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        background: list[Background] = []
         if mode == "stream":
             async def warm() -> None:
                 # In its own task: the stream keeps applying events during the warm-up.
@@ -190,7 +197,7 @@ class Dependencies:
 
             background.append(lambda: users.follow(on_live=warm))
 
-        async def ping_mongo() -> Any:
+        async def ping_mongo() -> object:
             return await mongo.admin.command("ping")
 
         async def close_mongo() -> None:
@@ -199,7 +206,7 @@ class Dependencies:
 
         return cls(
             users=users,
-            catalog=Catalog(r, s.redis_prefix, refresh_s=config.catalog_refresh_s,
+            catalog=Catalog(r, RedisKeys(s.redis_prefix), refresh_s=config.catalog_refresh_s,
                             meta_ttl_s=config.item_meta_ttl_s),
             faiss=faiss,
             statsd=statsd_client(s, config.metrics_suffix),

@@ -14,13 +14,16 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from typing import Any
+
+import falcon.asgi
+
+from recommender_server.ports import Stats
 
 
 class BatchedMetricsMiddleware:
     """Falcon ASGI middleware; ``statsd`` may be ``None`` (tests)."""
 
-    def __init__(self, statsd: Any | None, flush_s: float = 1.0,
+    def __init__(self, statsd: Stats | None, flush_s: float = 1.0,
                  timing_rate: float = 0.1) -> None:
         self.statsd = statsd
         self.flush_s = flush_s
@@ -29,10 +32,12 @@ class BatchedMetricsMiddleware:
         self._timings: list[tuple[str, float]] = []
         self._flush_at = time.monotonic() + flush_s
 
-    async def process_request(self, req: Any, resp: Any) -> None:
+    async def process_request(self, req: falcon.asgi.Request,
+                              resp: falcon.asgi.Response) -> None:
         req.context.t0 = time.perf_counter()
 
-    async def process_response(self, req: Any, resp: Any, resource: Any,
+    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: object,
                                req_succeeded: bool) -> None:
         if self.statsd is None:
             return

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from recommender_server.config import ApiConfig
 
 REASONS = ["unknown_user", "no_vector", "mongo_unavailable", "faiss_unavailable",
            "index_not_ready", "bad_query", "no_candidates", "unknown_item"]
 
 
-def _json(ref: str, description: str) -> dict[str, Any]:
+def _json(ref: str, description: str) -> dict[str, object]:
     return {"description": description, "content": {"application/json": {
         "schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
-def openapi_document(config: ApiConfig) -> dict[str, Any]:
+def openapi_document(config: ApiConfig) -> dict[str, object]:
     k = {"name": "k", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 1, "maximum": config.max_k, "default": 10}}
     bad = _json("Error", "Invalid parameter")
@@ -57,8 +55,9 @@ def openapi_document(config: ApiConfig) -> dict[str, Any]:
                                       "responses": {"200": {"description": "OpenAPI 3"}}}},
         },
         "components": {"schemas": {
-            "Error": {"type": "object", "required": ["title"], "properties": {
-                "title": {"type": "string"}, "description": {"type": "string"}}},
+            "Error": {"type": "object", "required": ["title", "code"], "properties": {
+                "title": {"type": "string"}, "description": {"type": "string"},
+                "code": {"type": "string"}}},
             "Item": {"type": "object", "required": ["id", "score", "source"], "properties": {
                 "id": {"type": "string"}, "score": {"type": "number"},
                 "source": {"type": "string", "enum": ["personalized", "similar", "popular"]},

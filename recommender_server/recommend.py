@@ -35,17 +35,19 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import pymongo.errors
 import redis
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
-from faiss_server.client import FaissRequestError
+from common.stores import UserDoc
+from faiss_server.protocol import FaissRequestError, Hit
 from recommender_server.batching import SearchBatcher
+from recommender_server.caches import Catalog
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Breaker, Dependencies
+from recommender_server.ports import Body, Metadata, Searcher
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +55,22 @@ MONGO_ERRORS = (pymongo.errors.PyMongoError,)
 REDIS_ERRORS = (redis.RedisError, OSError, TimeoutError)
 
 
-class Recommender:
-    """The API's logic over :class:`Dependencies`; runs on one event loop."""
+class RecommendationService:
+    """The API's logic over :class:`Dependencies`; runs on one event loop.
+
+    (Not a model: the model contract is :class:`models.base.Recommender`.)
+    """
 
     def __init__(self, config: ApiConfig, deps: Dependencies) -> None:
         self.config = config
         self.deps = deps
         # MongoDB and FAISS are probed in the background while their breaker is open (a
         # ping, a health call): no request waits on a dependency known to be down.
-        probes = {"mongo": deps.ping_mongo, "faiss": getattr(deps.faiss, "health", None)}
+        probes: dict[str, Callable[[], Awaitable[object]]] = {
+            "mongo": deps.ping_mongo, "faiss": deps.faiss.health}
         self.breakers = {name: Breaker(config.breaker_cooldown_s, probe=probes.get(name))
                          for name in ("mongo", "redis", "faiss")}
-        self.searcher: Any = deps.faiss
+        self.searcher: Searcher = deps.faiss
         if config.faiss_batch_inflight > 0:
             faiss_breaker = self.breakers["faiss"]
             self.searcher = SearchBatcher(deps.faiss, config.faiss_batch_max,
@@ -103,7 +109,7 @@ class Recommender:
         log.warning("%s error: %s", dep, f"{type(exc).__name__}: {exc}"[:300])
 
     # --- guarded catalog reads ----------------------------------------------------------
-    async def _catalog(self, degraded: list[str]) -> Any:
+    async def _catalog(self, degraded: list[str]) -> Catalog:
         """The catalog, refreshed if due; on a Redis error its last copy (``degraded``)."""
         cat = self.deps.catalog
         if not self.breakers["redis"].allow():
@@ -116,7 +122,8 @@ class Recommender:
             degraded.append("redis")
         return cat
 
-    async def _metadata(self, ids: list[str], degraded: list[str]) -> dict[str, Any]:
+    async def _metadata(self, ids: list[str],
+                        degraded: list[str]) -> dict[str, Metadata | None]:
         if not ids or not self.breakers["redis"].allow():
             return {}
         try:
@@ -127,7 +134,7 @@ class Recommender:
             return {}
 
     @staticmethod
-    def _popular_fill(cat: Any, n: int, skip: set[str]) -> list[tuple[str, float]]:
+    def _popular_fill(cat: Catalog, n: int, skip: set[str]) -> list[Hit]:
         if n <= 0:
             return []
         gone = cat.unavailable
@@ -140,14 +147,14 @@ class Recommender:
         return out
 
     async def _render(self, picked: Iterable[tuple[str, float, str]],
-                      degraded: list[str]) -> list[dict[str, Any]]:
+                      degraded: list[str]) -> list[Body]:
         picked = list(picked)
         meta = await self._metadata([i for i, _, _ in picked], degraded)
         return [{"id": i, "score": round(s, 6), "source": src, "metadata": meta.get(i)}
                 for i, s, src in picked]
 
     # --- endpoints ----------------------------------------------------------------------
-    async def recommend(self, user_id: str, k: int) -> dict[str, Any]:
+    async def recommend(self, user_id: str, k: int) -> Body:
         degraded: list[str] = []
         model_version = index_version = None
         candidates: list[tuple[str, float]] = []
@@ -185,7 +192,8 @@ class Recommender:
             **({"degraded": sorted(set(degraded))} if degraded else {}),
         }
 
-    async def _user(self, user_id: str, degraded: list[str]) -> tuple[Any, str | None]:
+    async def _user(self, user_id: str,
+                    degraded: list[str]) -> tuple[UserDoc | None, str | None]:
         """``(user document or None, fallback reason or None)``.
 
         While MongoDB fails (or its breaker is open) the last copy the cache holds, even
@@ -232,7 +240,7 @@ class Recommender:
         self.breakers["faiss"].succeeded()
         return None, res.version, res.results[0]
 
-    async def similar(self, item_id: str, k: int) -> dict[str, Any]:
+    async def similar(self, item_id: str, k: int) -> Body:
         """Items like ``item_id``; popular items (``unknown_item``) if the index lacks it."""
         degraded: list[str] = []
         reason: str | None = None
@@ -268,7 +276,7 @@ class Recommender:
                 "index_version": index_version, "items": items,
                 **({"degraded": sorted(set(degraded))} if degraded else {})}
 
-    async def popular(self, k: int) -> dict[str, Any]:
+    async def popular(self, k: int) -> Body:
         """The popular list (the last copy read if Redis fails now, marked ``degraded``);
         ``ServiceUnavailable`` (503) if Redis has never answered."""
         degraded: list[str] = []
@@ -280,19 +288,20 @@ class Recommender:
                 "items": await self._render([(i, s, "popular") for i, s in fill], degraded),
                 **({"degraded": sorted(set(degraded))} if degraded else {})}
 
-    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+    async def readiness(self) -> tuple[bool, dict[str, Mapping[str, object]]]:
         """Ask every dependency once (ignoring breakers); ``(all ok, details)``."""
-        async def probe(name: str, fn: Any) -> tuple[str, dict[str, Any]]:
+        async def probe(name: str, fn: Callable[[], Awaitable[object]]
+                        ) -> tuple[str, Mapping[str, object]]:
             try:
                 out = await asyncio.wait_for(fn(), timeout=2.0)
             except Exception as exc:  # any failure is reported as not ready (503)
                 return name, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
-            check: dict[str, Any] = {"ok": True}
-            if name == "faiss" and isinstance(out, dict):
+            check: dict[str, object] = {"ok": True}
+            if name == "faiss" and isinstance(out, Mapping):
                 check.update(version=out.get("version"), size=out.get("size"))
             return name, check
 
-        checks: dict[str, Any] = dict(await asyncio.gather(
+        checks: dict[str, Mapping[str, object]] = dict(await asyncio.gather(
             probe("mongo", self.deps.ping_mongo), probe("redis", self.deps.ping_redis),
             probe("faiss", self.deps.faiss.health)))
         for name, part in (("user_cache", self.deps.users), ("catalog", self.deps.catalog),

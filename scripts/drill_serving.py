@@ -33,6 +33,7 @@ from common.clients import mongo_client, redis_client
 from common.settings import Settings
 from common.stores import ItemCache, UserDoc, UserStore
 from faiss_server.client import FaissClient
+from faiss_server.config import FaissConfig
 from scripts.processes import free_port, wait_for
 from scripts.serve import ServiceProcess
 
@@ -317,7 +318,7 @@ def versions_bounded(world: Any, duration_s: float = 600.0, interval_s: float = 
             sizes.append(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()))
             time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
         serving = client.info()["version"]
-    keep = s.faiss_keep_versions
+    keep = FaissConfig.from_env(s).keep_versions  # what the child reads from the same env
     result = {"drill": "versions-bounded", "duration_s": duration_s, "interval_s": interval_s,
               "exports": n, "keep_versions": keep, "max_folders": max(counts),
               "final_folders": counts[-1], "max_mb": round(max(sizes) / 1e6, 2),

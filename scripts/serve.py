@@ -106,10 +106,8 @@ def _uvicorn_config(app: Any, port: int, lifespan: str = "off", **kw: Any) -> An
 
 
 def run_faiss(args: argparse.Namespace) -> None:
-    # Idle OpenMP threads must sleep, not spin: on 2 cores a spinning pool steals the CPU
-    # the API, Redis and MongoDB need (measured: 3 ms → 0.3 ms per search request).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import faiss
+    # The OpenMP set-up (wait policy, search threads) is the service's own start-up
+    # (faiss_server/index.py, faiss_server.app.Startup): the same under asgi.py.
     import uvicorn
 
     from faiss_server.app import create_app
@@ -122,11 +120,10 @@ def run_faiss(args: argparse.Namespace) -> None:
         "ivf_nlist": args.nlist, "ivf_nprobe": args.nprobe}.items() if v is not None}
     if args.data_dir:
         over["data_dir"] = None if args.data_dir == "none" else Path(args.data_dir)
-    # Searches run on the event-loop thread one query at a time: no OpenMP team for them.
-    # The setting is per thread, so version builds (in worker threads) still use every core.
-    faiss.omp_set_num_threads(args.omp_threads or 1)
-    config = FaissConfig.from_settings(settings, **over)
-    uvicorn.Server(_uvicorn_config(create_app(config), args.port,
+    if args.omp_threads:
+        over["omp_threads"] = args.omp_threads
+    config = FaissConfig.from_env(settings, **over)
+    uvicorn.Server(_uvicorn_config(create_app(config), args.port, lifespan="on",
                                    timeout_keep_alive=settings.faiss_keep_alive_s)).run()
 
 
@@ -139,7 +136,7 @@ def _api_worker(sock: socket.socket, args: argparse.Namespace) -> None:
     over: dict[str, Any] = {k: v for k, v in {
         "user_cache": args.user_cache, "user_cache_ttl_s": args.user_cache_ttl,
         "user_cache_preload": args.user_cache_preload}.items() if v is not None}
-    config = ApiConfig.from_settings(Settings.from_env(), **over)
+    config = ApiConfig.from_env(Settings.from_env(), **over)
     server = uvicorn.Server(_uvicorn_config(create_app(config), 0, lifespan="on"))
     server.run(sockets=[sock])
 

@@ -13,8 +13,8 @@ from falcon import testing
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from common.settings import Settings
-from common.stores import UserDoc
-from faiss_server.client import FaissRequestError, SearchResult, SimilarResult
+from common.stores import RedisKeys, UserDoc
+from faiss_server.protocol import FaissRequestError, SearchResult, SimilarResult
 from recommender_server.app import create_app
 from recommender_server.batching import SearchBatcher
 from recommender_server.caches import Catalog, UserCache
@@ -114,8 +114,9 @@ def fakes() -> tuple[FakeUsers, FakeRedis, FakeFaiss]:
 
 def make_client(fakes: Any, **over: Any) -> testing.TestClient:
     users, r, faiss = fakes
-    deps = Dependencies(users=users, catalog=Catalog(r, "t:", refresh_s=0.0), faiss=faiss)
-    config = ApiConfig.from_settings(Settings.from_env(), **{"breaker_cooldown_s": 0.0, **over})
+    deps = Dependencies(users=users, catalog=Catalog(r, RedisKeys("t:"), refresh_s=0.0),
+                        faiss=faiss)
+    config = ApiConfig.from_env(Settings.from_env(), **{"breaker_cooldown_s": 0.0, **over})
     return testing.TestClient(create_app(config, deps))
 
 
@@ -358,7 +359,7 @@ def test_user_cache_read_errors_reach_every_waiter() -> None:
 def test_catalog_refreshes_at_most_every_interval_and_caches_metadata() -> None:
     now = [0.0]
     r = FakeRedis()
-    cat = Catalog(r, "t:", refresh_s=1.0, meta_ttl_s=10.0, clock=lambda: now[0])
+    cat = Catalog(r, RedisKeys("t:"), refresh_s=1.0, meta_ttl_s=10.0, clock=lambda: now[0])
 
     async def run() -> None:
         await cat.fresh()

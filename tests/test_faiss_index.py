@@ -8,7 +8,8 @@ import pytest
 from common.errors import IndexNotReady, UnknownItem
 from faiss_server.config import IndexSpec
 from faiss_server.index import VectorIndex, as_matrix
-from faiss_server.service import IndexService, read_npz, write_npz
+from faiss_server.protocol import read_npz, write_npz
+from faiss_server.service import IndexService
 
 DIM = 16
 

@@ -19,7 +19,8 @@ from falcon import testing
 from common.ids import path_segment
 from faiss_server.app import create_app
 from faiss_server.config import FaissConfig, IndexSpec
-from faiss_server.service import IndexService, write_npz
+from faiss_server.protocol import write_npz
+from faiss_server.service import IndexService
 
 DIM = 8
 KEY = {"X-API-Key": "test-key"}

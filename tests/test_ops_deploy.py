@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.settings import PROJECT_ROOT, Settings, documented_fields
+from common.settings import PROJECT_ROOT, Settings
+from faiss_server.config import FaissConfig
+from recommender_server.config import ApiConfig
+from scripts.env_table import documented
 
 DEPLOY = PROJECT_ROOT / "deploy"
-KNOWN = {name for name, _, _ in documented_fields()}
+KNOWN = {name for name, _, _ in documented()}
 
 CONNECT = {"RECSYS_STATSD_HOST", "RECSYS_STATSD_PORT", "RECSYS_STATSD_PREFIX"}
 STORES = {"RECSYS_MONGO_URI", "RECSYS_MONGO_DB", "RECSYS_REDIS_URL", "RECSYS_REDIS_PREFIX"}
@@ -25,7 +28,8 @@ NEEDS = {
         "RECSYS_WORKER_APP_ID", "RECSYS_WORKER_MODEL", "RECSYS_WORKER_BATCH_SIZE",
         "RECSYS_EXPORT_INTERVAL_S", "RECSYS_CHECKPOINT_INTERVAL_S"},
     "faiss": CONNECT | {"RECSYS_FAISS_API_KEY", "RECSYS_FAISS_PORT", "RECSYS_LOCAL_DIR",
-                        "RECSYS_MODEL_DIR"},
+                        "RECSYS_MODEL_DIR", "RECSYS_FAISS_INDEX_KIND",
+                        "RECSYS_FAISS_INDEX_DIM"},
     "api": CONNECT | STORES | {"RECSYS_FAISS_URL", "RECSYS_API_PORT"},
     "bootstrap": STORES | {"RECSYS_FAISS_URL", "RECSYS_FAISS_API_KEY", "RECSYS_MODEL_DIR",
                            "RECSYS_CACHE_DIR"},
@@ -57,9 +61,21 @@ def test_every_recsys_variable_is_a_setting() -> None:
 def test_each_process_gets_its_settings(compose: dict, name: str) -> None:
     env = _env(compose["services"][name])
     assert NEEDS[name] <= set(env), f"{name} lacks {NEEDS[name] - set(env)}"
-    # values parse as the Settings field types (compose interpolations left out)
-    Settings.from_env({k: v for k, v in env.items()
-                       if k.startswith("RECSYS_") and "${" not in v})
+    # values parse as the configuration types (compose interpolations left out)
+    values = {k: v for k, v in env.items() if k.startswith("RECSYS_") and "${" not in v}
+    settings = Settings.from_env(values)
+    if name == "faiss":
+        config = FaissConfig.from_env(settings, env=values)
+        assert (config.spec.kind, str(config.spec.dim)) == (
+            env["RECSYS_FAISS_INDEX_KIND"], env["RECSYS_FAISS_INDEX_DIM"])
+        keep_alive = s_cmd(compose, name).split("--timeout-keep-alive ")[1].split()[0]
+        assert float(keep_alive) == settings.faiss_keep_alive_s
+    if name == "api":
+        ApiConfig.from_env(settings, env=values)
+
+
+def s_cmd(compose: dict, name: str) -> str:
+    return " ".join(compose["services"][name]["command"])
 
 
 def test_processes_share_one_configuration(compose: dict) -> None:

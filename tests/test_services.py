@@ -98,3 +98,39 @@ def test_redis_item_cache_round_trip(redis_client, stack: Settings) -> None:
     cache.set_popular({"i1": 5.0, "i2": 9.0, "i3": 1.0}, meta={"half_life_s": 60})
     assert cache.popular(2) == [("i2", 9.0), ("i1", 5.0)]
     assert cache.popular_meta() == {"half_life_s": 60}
+
+
+def test_api_catalog_reads_exactly_what_the_item_cache_writes(redis_client,
+                                                              stack: Settings) -> None:
+    """Writer (``ItemCache``, worker side) and reader (``Catalog``, API side) share one
+    key layout (``RedisKeys``): what one writes, the other finds, and every key written
+    is one of the layout's."""
+    import redis.asyncio
+
+    from common.stores import RedisKeys
+    from recommender_server.caches import Catalog
+
+    keys = RedisKeys(stack.redis_prefix)
+    cache = ItemCache(redis_client, stack.redis_prefix)
+    cache.put_items({"i1": {"title": "One"}, "i2": {"title": "Two"}}, versions={"i1": 5})
+    cache.add_popularity({"i1": 1.0, "ghost": 2.0}, {0: "anchor"}, {"ref_ms": 1})
+    cache.set_popular({"i1": 5.0, "i2": 9.0}, meta={"half_life_s": 60})
+    cache.mark_unavailable(["i2"])
+    written = {k for k in redis_client.scan_iter(match=f"{stack.redis_prefix}*")}
+    assert written == {keys.item("i1"), keys.item("i2"), keys.unavailable, keys.known,
+                       keys.versions, keys.popular, keys.popular_pending,
+                       keys.popular_offsets, keys.popular_meta}
+
+    async def read() -> tuple[Catalog, dict]:
+        r = redis.asyncio.Redis.from_url(stack.redis_url, decode_responses=True)
+        try:
+            cat = Catalog(r, keys, refresh_s=0.0)
+            await cat.fresh()
+            return cat, await cat.metadata(["i1", "nope"])
+        finally:
+            await r.aclose()
+
+    cat, meta = asyncio.run(read())
+    assert cat.popular == [("i2", 9.0), ("i1", 5.0)]
+    assert cat.unavailable == {"i2"}
+    assert meta == {"i1": {"title": "One"}, "nope": None}

@@ -180,7 +180,7 @@ def test_offsets_from_a_replaced_log_are_applied_and_redeliveries_skipped(
     assert result.applied == 3 and result.skipped_duplicates == 0
     assert sum(d["n_events"] for d in world["db"]["users"].find()) == 12
     assert inter.epochs.epoch(0) == 1
-    pending = f"{world['cache'].prefix}popular:pending"  # no catalogue: counts wait there
+    pending = world['cache'].keys.popular_pending  # no catalogue: counts wait there
     assert all(world["cache"].r.zscore(pending, f"new{j}") for j in range(3))
 
 
