@@ -46,14 +46,12 @@ from common.settings import Settings
 from datasets import movielens
 from datasets.types import Interactions
 from scripts.apps import AppManager
+from scripts.drill_errors import DrillFailed
+from scripts.drill_slow_db import slow_db
 from scripts.malformed import malformed_interactions
 from scripts.processes import free_port, wait_for
 from scripts.replay import Replayer, interaction_chunks
 from scripts.stack import StackManager
-
-
-class DrillFailed(AssertionError):
-    """A drill's expectation did not hold; the message says which and by how much."""
 
 
 @dataclass
@@ -333,6 +331,7 @@ DRILLS: dict[str, Callable[..., dict[str, Any]]] = {
     "mongodb-restart": lambda w, **kw: dependency_restart(w, "mongodb", **kw),
     "malformed": malformed,
     "admin-keys": admin_keys,
+    "slow-db": slow_db,
 }
 
 

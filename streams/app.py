@@ -47,6 +47,7 @@ from streams.pipeline import (
     RawMessage,
     process_reliably,
 )
+from streams.user_writes import UserWriter, WritePolicy
 
 log = logging.getLogger("streams")
 
@@ -112,7 +113,9 @@ class Runtime:
             topic=settings.topic_interactions, dead_letter_topic=settings.topic_dead_letter,
             history_size=settings.worker_history_size,
             half_life_s=settings.popularity_half_life_s,
-            max_event_bytes=settings.max_event_bytes)
+            max_event_bytes=settings.max_event_bytes,
+            user_writes=UserWriter(UserStore(self.db), self.metrics,
+                                   WritePolicy.from_settings(settings)))
         self.items = ItemPipeline(self.holder, self.item_cache, self.faiss, self.metrics,
                                   topic=settings.topic_items,
                                   max_event_bytes=settings.max_event_bytes)

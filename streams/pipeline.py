@@ -24,11 +24,13 @@ import redis.exceptions
 import statsd
 
 from common.errors import BadEvent, RecsysError, ServiceUnavailable
+from common.settings import Settings
 from common.stores import ItemCache, UserStore
 from models.base import Recommender
 from models.events import EventBatch
 from streams.records import Interaction, ItemEvent
 from streams.state import DecayedPopularity, UserState
+from streams.user_writes import UserWriter, WritePolicy
 from streams.validation import parse_interaction, parse_item
 
 log = logging.getLogger(__name__)
@@ -87,9 +89,11 @@ class InteractionPipeline:
     def __init__(self, holder: ModelHolder, users: UserStore, items: ItemCache,
                  metrics: statsd.StatsClient, *, topic: str, dead_letter_topic: str,
                  history_size: int = 50, half_life_s: float = 7 * 86400.0,
-                 max_event_bytes: int = 65536) -> None:
+                 max_event_bytes: int = 65536, user_writes: UserWriter | None = None) -> None:
         self.holder = holder
         self.users = users
+        self.user_writes = user_writes or UserWriter(
+            users, metrics, WritePolicy.from_settings(Settings()))
         self.items = items
         self.metrics = metrics
         self.topic = topic
@@ -183,7 +187,7 @@ class InteractionPipeline:
         factor = self.popularity.rescale_factor(max((ts for _, _, ts in pop_events), default=0))
         increments = self.popularity.increments(pop_events)
         # MongoDB and Redis are independent stores: write both at once.
-        await asyncio.gather(asyncio.to_thread(self._write_users, docs),
+        await asyncio.gather(self.user_writes.write(docs),  # bounded, one write in flight
                              asyncio.to_thread(self._write_popularity, increments,
                                                pop_offsets, factor))
         self.popularity.offsets.update(pop_offsets)
@@ -214,10 +218,6 @@ class InteractionPipeline:
             doc = docs.get(u)
             self.states[u] = (UserState.from_doc(doc, self.history_size) if doc
                               else UserState.new(u, self.history_size))
-
-    def _write_users(self, docs: list[Any]) -> None:
-        if docs:
-            self.users.upsert_many(docs)
 
     def _write_popularity(self, increments: dict[str, float], offsets: dict[int, int],
                           factor: float | None) -> None:
