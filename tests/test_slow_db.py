@@ -70,7 +70,7 @@ def test_every_user_write_and_probe_is_bounded_on_the_server(
     db, sent = watched_db
     store = UserStore(db)
     policy = WritePolicy(max_chunk=100, timeout_s=3.0, backoff_max_s=1.0)
-    writer = UserWriter(store, _NoMetrics(), policy,  # type: ignore[arg-type]
+    writer = UserWriter(store, _NoMetrics(), policy,
                         rng=random.Random(0))
     docs = [UserDoc(f"u{k}", [0.5], "m1", n_events=1, watermark={"p": 0, "o": k})
             for k in range(250)]

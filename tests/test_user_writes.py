@@ -149,7 +149,7 @@ def _docs(n: int, version: int = 1) -> list[UserDoc]:
 def _writer(server: FrozenServer, metrics: FakeMetrics | None = None, max_chunk: int = 500,
             seed: int = 0) -> UserWriter:
     policy = WritePolicy(max_chunk=max_chunk, timeout_s=2.0, backoff_max_s=5.0)
-    return UserWriter(server, metrics or FakeMetrics(), policy,  # type: ignore[arg-type]
+    return UserWriter(server, metrics or FakeMetrics(), policy,
                       rng=random.Random(seed), sleep=server.sleep, clock=server.clock,
                       run=_inline)
 
@@ -255,7 +255,7 @@ def test_concurrent_calls_never_have_two_writes_in_flight() -> None:
             in_flight -= 1
 
     server = FrozenServer()
-    writer = UserWriter(server, FakeMetrics(),  # type: ignore[arg-type]
+    writer = UserWriter(server, FakeMetrics(),
                         WritePolicy(max_chunk=100, timeout_s=2.0, backoff_max_s=5.0),
                         sleep=server.sleep, clock=server.clock, run=yielding)
 
