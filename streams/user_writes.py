@@ -7,8 +7,9 @@ copy kept running on the server: the database stayed busy for half an hour after
 worker had stopped. :class:`UserWriter` replaces that write with these rules:
 
 - **Bounded.** Each write (at most ``chunk`` documents) runs under ``pymongo.timeout``:
-  the socket wait is bounded and the server receives ``maxTimeMS`` (with a timeout set,
-  pymongo also drops ``wtimeout``, and ``maxTimeMS`` bounds the write-concern wait).
+  the socket wait is bounded and the server receives ``maxTimeMS`` (under a timeout
+  pymongo leaves ``wtimeout`` out of the write concern: the driver specification for
+  client-side operation timeouts relies on ``maxTimeMS`` for that wait too).
 - **One write in flight per worker.** Calls are serialised by a lock, and a timed-out
   write is *in doubt*: it may still be running, or be queued in the server's socket
   buffer, and may land later. Nothing is written again until it cannot run any more.
