@@ -15,13 +15,14 @@ worker had stopped. :class:`UserWriter` replaces that write with these rules:
   buffer, and may land later. Nothing is written again until it cannot run any more.
 - **Probe, then resend only what is missing.** After a timeout: back off (exponential,
   full jitter), then read the in-doubt documents' versions (watermark and event count)
-  under the same bound. A document whose stored version is ours has landed. When two
-  probes at least ``timeout_s`` apart, with the server answering both, see the same set
-  landed, the old write has ended: on MongoDB ``maxTimeMS`` has killed it by then, and on
-  a server that only enforces it cooperatively (SecantusDB does not stop upserts of new
-  documents) an operation still running would have landed more. Only then are the
-  missing documents sent again. Resending earlier could let the abandoned copy land
-  *after* a later batch's write of the same user and undo applied events.
+  under the same bound. A document whose stored version is ours has landed. When probes
+  ``timeout_s / 4`` apart, each answered promptly, see the same set landed for
+  ``timeout_s``, the server ran through that window and the old write has ended: on
+  MongoDB ``maxTimeMS`` has killed it by then, and on a server that only enforces it
+  cooperatively (SecantusDB does not stop upserts of new documents) an operation still
+  running would have landed more. Only then are the missing documents sent again.
+  Resending earlier could let the abandoned copy land *after* a later batch's write of
+  the same user and undo applied events.
 - **Smaller under pressure.** The chunk size halves after a timeout and grows back
   additively after each success (AIMD, as TCP does), so a slow server gets writes it can
   finish within the bound instead of ever larger retries.
@@ -210,28 +211,36 @@ class UserWriter:
 
     async def _settle(self, chunk: list[UserDoc]) -> list[UserDoc]:
         """Wait until the in-doubt write of ``chunk`` cannot run any more; return the
-        documents it did not land (to be written again)."""
+        documents it did not land (to be written again).
+
+        "Cannot run any more" is observed, not assumed: a quiet window of ``timeout_s``
+        covered by probes at most ``timeout_s / 4`` apart, each answered within that
+        gap, all seeing the same documents landed. A server frozen in between would have
+        held a probe (the window starts again), so the window is one it ran through.
+        """
         t_doubt = self.clock()
         quiet_s = self.policy.timeout_s
-        seen: tuple[float, frozenset[str]] | None = None  # first probe with this result
+        gap = quiet_s / 4
+        window: tuple[float, frozenset[str]] | None = None  # start, landed throughout
         delay = backoff_s(self.failures, self.policy.backoff_base_s,
                           self.policy.backoff_max_s, self.rng)
         while True:
             await self.sleep(delay)
+            sent = self.clock()
             landed = await self._probe(chunk)
             now = self.clock()
             if landed is None:  # frozen or down: the old write may still be queued
                 self.failures += 1
-                seen = None
+                window = None
                 delay = backoff_s(self.failures, self.policy.backoff_base_s,
                                   self.policy.backoff_max_s, self.rng)
                 continue
             missing = [d for d in chunk if d.user_id not in landed]
             if not missing:
                 break
-            if seen is None or seen[1] != landed:  # first answer, or the old write moved
-                seen = (now, landed)
-            elif now - seen[0] >= quiet_s:  # answering and unchanged: the old write ended
+            if window is None or window[1] != landed or now - sent > gap:
+                window = (now, landed)  # first answer, progress, or a stall: start again
+            elif now - window[0] >= quiet_s:  # ran through the window, nothing landed
                 pipe = self.metrics.pipeline()
                 pipe.incr("users.write.retries")
                 pipe.incr("users.write.resent", len(missing))
@@ -240,7 +249,7 @@ class UserWriter:
                 log.info("re-sending %d of %d in-doubt user documents (%d landed)",
                          len(missing), len(chunk), len(landed))
                 return missing
-            delay = max(seen[0] + quiet_s - now, 0.0) + 0.05
+            delay = gap
         self.metrics.timing("users.write.in_doubt_ms", (self.clock() - t_doubt) * 1000)
         log.info("in-doubt write of %d user documents had landed", len(chunk))
         return []
