@@ -9,9 +9,12 @@ situation and measures what is left behind:
 
 1. A **private** SecantusDB on a free port (its own data folder; the shared one on 27017
    is never touched) and a worker pointed at it through ``RECSYS_MONGO_URI``.
-2. Clicks from many users (several each, shuffled, so consecutive batches share users)
-   are produced while the database is SIGSTOPped and SIGCONTed in random bursts
-   (1-4 s frozen, 0.5-2 s running; seeded).
+2. Clicks are produced while the database is SIGSTOPped and SIGCONTed in random bursts
+   (1-4 s frozen, 0.5-2 s running; seeded). By default, as in the incident, 10,000 new
+   users click once, all within the first 5 s: the worker meets full 5,000-event
+   batches of new users. The tests send several clicks per user, shuffled and spread
+   over the bursts (``produce_s=None``), so that consecutive batches share users and an
+   abandoned write could overwrite a newer version.
 3. After the last SIGCONT the drill watches, without querying MongoDB itself, the
    server's CPU (psutil), its sockets (``CLOSE_WAIT`` = the client gave up and the
    server still holds the request) and the worker's committed offsets (lag).
@@ -170,7 +173,8 @@ async def _committed_lag(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, 
 
 
 async def _run_load(settings: Settings, db: PrivateMongo, events: list[tuple[str, bytes]],
-                    burst_s: float, seed: int, observe_cap_s: float) -> Observation:
+                    burst_s: float, produce_s: float, seed: int,
+                    observe_cap_s: float) -> Observation:
     """Produce ``events`` during the bursts, then watch the server and the worker's lag."""
     obs = Observation()
     proc = psutil.Process(db.pid)
@@ -186,7 +190,6 @@ async def _run_load(settings: Settings, db: PrivateMongo, events: list[tuple[str
     ends: dict[TopicPartition, int] = {}
     rng = random.Random(seed)
     t0 = time.monotonic()
-    produce_s = burst_s * 0.8
 
     async def produce() -> None:
         step = 0.1
@@ -274,16 +277,20 @@ def _oplog_check(client: pymongo.MongoClient[dict[str, Any]], ns: str) -> tuple[
     return redundant, stale
 
 
-def slow_db(world: DrillWorld, burst_s: float = 60.0, users: int = 3_000,
-            events_per_user: int = 4, seed: int = 1,
+def slow_db(world: DrillWorld, burst_s: float = 60.0, users: int = 10_000,
+            events_per_user: int = 1, seed: int = 1, produce_s: float | None = 5.0,
             idle_bound_s: float = IDLE_TARGET_S) -> dict[str, Any]:
     """Run the drill in ``world`` (see the module docstring); one result dict.
 
+    ``produce_s`` is how long producing takes (None: 80% of the bursts).
     Fails (:class:`~scripts.drill.DrillFailed`) if an event is lost or counted twice,
     the worker never catches up, or the database is still busy ``idle_bound_s`` after
     the last burst.
     """
     shared = world.settings
+    # A SIGTERM (e.g. ``timeout``) must still run the clean-up below: it resumes and stops
+    # the private server, which would otherwise be left frozen, and stops the worker.
+    previous_term = signal.signal(signal.SIGTERM, _exit_on_term)
     stats = StatsdListener().start()
     db = PrivateMongo(world.workdir / "slow-db-mongo", world.workdir / "slow-db-mongo.log")
     client: pymongo.MongoClient[dict[str, Any]] | None = None
@@ -294,17 +301,25 @@ def slow_db(world: DrillWorld, burst_s: float = 60.0, users: int = 3_000,
         world.apps.up(["worker"])
         events = _events(users, events_per_user, seed)
         observe_cap_s = max(60.0, 2 * burst_s)
-        obs = asyncio.run(_run_load(world.settings, db, events, burst_s, seed, observe_cap_s))
+        produce_s = burst_s * 0.8 if produce_s is None else produce_s
+        obs = asyncio.run(_run_load(world.settings, db, events, burst_s, produce_s, seed,
+                                    observe_cap_s))
         t_end = obs.bursts_end
         busy = [t for t, c in obs.cpu if t >= t_end and c >= IDLE_CPU_PERCENT]
         idle_after = round((max(busy) + 0.25 - t_end) if busy else 0.0, 2)
+        world.apps.down()  # read the final state without the worker
         client = pymongo.MongoClient(db.uri, serverSelectionTimeoutMS=5000)
         expected = Counter(key for key, _ in events)
-        got = {str(d["_id"]): int(d.get("n_events", 0)) for d in
-               client[world.settings.mongo_db]["users"].find({}, {"n_events": 1})}
+        try:
+            with pymongo.timeout(120):
+                got = {str(d["_id"]): int(d.get("n_events", 0)) for d in
+                       client[world.settings.mongo_db]["users"].find({}, {"n_events": 1})}
+                redundant, stale = _oplog_check(client, f"{world.settings.mongo_db}.users")
+        except pymongo.errors.PyMongoError as exc:
+            raise DrillFailed(f"slow-db: the database did not answer the final reads "
+                              f"within 120 s ({exc}); lag samples {obs.lag[-3:]}") from exc
         lost = sum(max(n - got.get(u, 0), 0) for u, n in expected.items())
         doubled = sum(max(got.get(u, 0) - n, 0) for u, n in expected.items())
-        redundant, stale = _oplog_check(client, f"{world.settings.mongo_db}.users")
         result = {
             "drill": "slow-db", "burst_s": burst_s, "freezes": obs.freezes,
             "frozen_s": round(obs.frozen_s, 1), "events": len(events), "users": users,
@@ -335,3 +350,8 @@ def slow_db(world: DrillWorld, burst_s: float = 60.0, users: int = 3_000,
         stats.stop()
         world.settings = shared
         world.apps = AppManager(shared)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
