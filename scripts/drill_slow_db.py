@@ -230,7 +230,7 @@ async def _run_load(settings: Settings, db: PrivateMongo, events: list[tuple[str
                 lag = await _committed_lag(lagger, dict(ends))
                 obs.lag.append((now, lag))
                 if obs.bursts_end and lag == 0 and obs.caught_up_at is None:
-                    obs.caught_up_at = now
+                    obs.caught_up_at = max(now, obs.bursts_end)  # 0: caught up during them
             if obs.bursts_end:
                 quiet_for = now - max((t for t, c in obs.cpu if c >= IDLE_CPU_PERCENT),
                                       default=obs.bursts_end)
