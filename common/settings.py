@@ -70,7 +70,7 @@ class Settings:
         "also how long the server must stay unchanged before an in-doubt write is re-sent.",
         2.0)
     worker_write_backoff_max_s: float = _doc("Longest jittered backoff before probing "
-                                             "after a MongoDB write timeout.", 5.0)
+                                             "after a MongoDB write timeout.", 2.0)
     export_interval_s: float = _doc("Seconds between full item-vector exports to FAISS.", 30.0)
     checkpoint_interval_s: float = _doc("Seconds between model checkpoints.", 60.0)
     popularity_half_life_s: float = _doc("Half-life of popularity decay, in event time.",
