@@ -335,6 +335,8 @@ def slow_db(world: DrillWorld, burst_s: float = 60.0, users: int = 10_000,
             "write_timeouts": int(stats.counter("worker.users.write.timeouts")),
             "write_retries": int(stats.counter("worker.users.write.retries")),
             "chunk_min": stats.gauge_min("worker.users.write.chunk_size"),
+            # whole-batch retries of the pipeline (e.g. the unbounded read of user states)
+            "batch_retries": int(stats.counter("worker.retries")),
         }
         if lost or doubled or obs.caught_up_at is None or idle_after > idle_bound_s:
             raise DrillFailed(f"slow-db: {result}")
