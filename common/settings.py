@@ -93,6 +93,14 @@ class Settings:
     worker_batch_within_s: float = _doc("Max wait to fill a micro-batch (seconds).", 0.05)
     worker_history_size: int = _doc("Recent items kept per user.", 50)
     worker_commit_interval_s: float = _doc("Seconds between Kafka offset commits.", 0.5)
+    worker_write_chunk: int = _doc("Max user documents per MongoDB write; halved after a "
+                                   "timeout, grown back after successes.", 500)
+    worker_write_timeout_s: float = _doc(
+        "Limit of one user-document write or probe (client wait and server `maxTimeMS`); "
+        "also how long the server must stay unchanged before an in-doubt write is re-sent.",
+        2.0)
+    worker_write_backoff_max_s: float = _doc("Longest jittered backoff before probing "
+                                             "after a MongoDB write timeout.", 2.0)
     export_interval_s: float = _doc("Seconds between full item-vector exports to FAISS.", 30.0)
     checkpoint_interval_s: float = _doc("Seconds between model checkpoints.", 60.0)
     popularity_half_life_s: float = _doc("Half-life of popularity decay, in event time.",

@@ -30,12 +30,14 @@ Keeping the layout in one module means the writer (``streams``) and the reader
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import pymongo
 import redis
 from pymongo import ReplaceOne
 from pymongo.collection import Collection
@@ -304,17 +306,36 @@ class UserStore:
     def __init__(self, db: Database, collection: str = "users") -> None:
         self.col: Collection = db[collection]
 
-    def upsert_many(self, docs: Sequence[UserDoc]) -> int:
+    def upsert_many(self, docs: Sequence[UserDoc], timeout_s: float | None = None) -> int:
         """Write many users in one round trip (SecantusDB does ~650 single upserts/s).
 
         Whole-document replaces: the worker owns every field, and a replace of a small
-        document measured twice as fast as a ``$set`` upsert on the local server.
+        document measured twice as fast as a ``$set`` upsert on the local server; being
+        idempotent, a replace can be sent again when a timeout leaves it in doubt.
+        ``timeout_s`` bounds the write on both sides (``pymongo.timeout``: socket wait,
+        and ``maxTimeMS`` sent to the server); ``streams.user_writes`` sets it.
         """
         if not docs:
             return 0
         ops = [ReplaceOne({"_id": d.user_id}, d.to_mongo(), upsert=True) for d in docs]
-        result = self.col.bulk_write(ops, ordered=False)
+        with _bounded(timeout_s):
+            result = self.col.bulk_write(ops, ordered=False)
         return result.upserted_count + result.modified_count
+
+    def landed(self, docs: Sequence[UserDoc], timeout_s: float | None = None) -> set[str]:
+        """Ids of ``docs`` stored with exactly their version (watermark and event count).
+
+        The cheap read that settles a write left in doubt by a timeout: only documents
+        not found here need sending again. Bounded like :meth:`upsert_many`.
+        """
+        if not docs:
+            return set()
+        want = {d.user_id: (d.watermark, d.n_events) for d in docs}
+        with _bounded(timeout_s):
+            rows = list(self.col.find({"_id": {"$in": list(want)}},
+                                      {"watermark": 1, "n_events": 1}))
+        return {str(r["_id"]) for r in rows
+                if (r.get("watermark"), int(r.get("n_events", 0))) == want.get(str(r["_id"]))}
 
     def get(self, user_id: str) -> UserDoc | None:
         doc = self.col.find_one({"_id": user_id})
@@ -329,3 +350,8 @@ def _redis_mapping(values: Mapping[str, int]) -> dict[Any, Any]:
     """``values`` typed as redis-py's ``hset(mapping=...)`` wants it (its key type is a
     union, and ``Mapping`` keys are invariant)."""
     return dict(values)
+
+
+def _bounded(timeout_s: float | None) -> contextlib.AbstractContextManager[object]:
+    """``pymongo.timeout(timeout_s)``, or no change when ``timeout_s`` is None."""
+    return contextlib.nullcontext() if timeout_s is None else pymongo.timeout(timeout_s)

@@ -44,6 +44,7 @@ SOURCES: dict[str, str] = {
     "streams/app.py": "worker",
     "streams/runtime.py": "worker",
     "streams/dead_letters.py": "worker",
+    "streams/user_writes.py": "worker",
     "recommender_server/metrics.py": "api",
     "recommender_server/recommend.py": "api",
     "common/http_metrics.py": "faiss",  # the FAISS service's middleware (the API batches)
@@ -76,6 +77,7 @@ class Metric:
 
 
 _W = ("streams/pipeline.py",)
+_UW = ("streams/user_writes.py",)
 _API = ("recommender_server/recommend.py",)
 
 METRICS: tuple[Metric, ...] = (
@@ -116,6 +118,21 @@ METRICS: tuple[Metric, ...] = (
     Metric("worker", "latency.click_to_vector_ms", TIMER,
            "Freshness: click published on Kafka → user vector written to MongoDB "
            "(one sample per user per batch).", _W),
+    Metric("worker", "users.write.timeouts", COUNTER,
+           "User-document writes to MongoDB that timed out or lost their connection "
+           "(outcome in doubt: probed before anything is sent again).", _UW),
+    Metric("worker", "users.write.probes", COUNTER,
+           "Bounded reads of in-doubt documents' versions after a write timeout.", _UW),
+    Metric("worker", "users.write.retries", COUNTER,
+           "In-doubt writes re-sent (only their missing documents) once the server "
+           "showed the abandoned write could not land any more.", _UW),
+    Metric("worker", "users.write.resent", COUNTER,
+           "User documents re-sent after an in-doubt write.", _UW),
+    Metric("worker", "users.write.chunk_size", GAUGE,
+           "Max user documents per MongoDB write: halved on a timeout, grown back on "
+           "success (`RECSYS_WORKER_WRITE_CHUNK` at most).", _UW),
+    Metric("worker", "users.write.in_doubt_ms", TIMER,
+           "From a write timeout until its documents were known landed or re-sent.", _UW),
     Metric("worker", "checkpoints", COUNTER, "Model checkpoints written.",
            ("streams/runtime.py",)),
     Metric("worker", "export.duration_ms", TIMER,

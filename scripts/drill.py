@@ -47,6 +47,7 @@ from datasets import movielens
 from datasets.types import Interactions
 from scripts import drill_stream
 from scripts.drill_serving import idle_pool, stall_recovery, versions_bounded
+from scripts.drill_slow_db import slow_db
 from scripts.drill_world import DrillFailed, DrillWorld
 from scripts.malformed import malformed_interactions
 from scripts.processes import wait_for
@@ -273,6 +274,7 @@ DRILLS: dict[str, Callable[..., dict[str, Any]]] = {
     "idle-pool": idle_pool,
     "stall-recovery": stall_recovery,
     "versions-bounded": versions_bounded,
+    "slow-db": slow_db,
 }
 
 

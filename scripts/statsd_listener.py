@@ -24,6 +24,7 @@ class StatsdListener:
         self.port = int(self.sock.getsockname()[1])
         self.counters: dict[str, float] = defaultdict(float)
         self.timings: dict[str, list[float]] = defaultdict(list)
+        self.gauges: dict[str, list[float]] = defaultdict(list)
         self.counter_times: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -53,10 +54,18 @@ class StatsdListener:
                         self.counter_times[name] = now
                     elif kind.startswith("ms"):
                         self.timings[name].append(v)
+                    elif kind.startswith("g"):
+                        self.gauges[name].append(v)
 
     def counter(self, suffix: str) -> float:
         with self._lock:
             return sum(v for k, v in self.counters.items() if k.endswith(suffix))
+
+    def gauge_min(self, suffix: str) -> float | None:
+        """Smallest value any gauge ending in ``suffix`` took (None if never sent)."""
+        with self._lock:
+            return min((v for k, vs in self.gauges.items() if k.endswith(suffix) for v in vs),
+                       default=None)
 
     def last_time(self, suffix: str) -> float:
         with self._lock:

@@ -26,6 +26,7 @@ import statsd
 
 from common.errors import BadEvent, RecsysError, ServiceUnavailable
 from common.events import Interaction, ItemEvent
+from common.settings import Settings
 from common.stores import ItemCache, UserStore
 from models.base import Recommender
 from models.events import EventBatch
@@ -33,6 +34,7 @@ from streams.dead_letters import DeadLetter
 from streams.epochs import Anchor, LogEpochs, RecordLookup
 from streams.messages import RawMessage
 from streams.state import DecayedPopularity, Seen, UserState
+from streams.user_writes import UserWriter, WritePolicy
 from streams.validation import parse_interaction, parse_item
 
 log = logging.getLogger(__name__)
@@ -83,9 +85,12 @@ class InteractionPipeline:
     def __init__(self, holder: ModelHolder, users: UserStore, items: ItemCache,
                  metrics: statsd.StatsClient, *, topic: str, dead_letter_topic: str,
                  history_size: int = 50, half_life_s: float = 7 * 86400.0,
-                 max_event_bytes: int = 65536, lookup: RecordLookup | None = None) -> None:
+                 max_event_bytes: int = 65536, lookup: RecordLookup | None = None,
+                 user_writes: UserWriter | None = None) -> None:
         self.holder = holder
         self.users = users
+        self.user_writes = user_writes or UserWriter(
+            users, metrics, WritePolicy.from_settings(Settings()))
         self.items = items
         self.metrics = metrics
         self.topic = topic
@@ -188,7 +193,7 @@ class InteractionPipeline:
         increments = self.popularity.increments(pop_events)
         anchors = self.epochs.advanced(messages)
         # MongoDB and Redis are independent stores: write both at once.
-        await asyncio.gather(asyncio.to_thread(self._write_users, docs),
+        await asyncio.gather(self.user_writes.write(docs),  # bounded, one write in flight
                              asyncio.to_thread(self._write_popularity, increments,
                                                anchors, factor))
         self.epochs.update(anchors)
@@ -216,10 +221,6 @@ class InteractionPipeline:
             doc = docs.get(u)
             self.states[u] = (UserState(doc, self.history_size) if doc
                               else UserState.new(u, self.history_size))
-
-    def _write_users(self, docs: list[Any]) -> None:
-        if docs:
-            self.users.upsert_many(docs)
 
     def _write_popularity(self, increments: dict[str, float], anchors: dict[int, Anchor],
                           factor: float | None) -> None:

@@ -16,6 +16,7 @@ from models.checkpoint import save_checkpoint
 from streams.epochs import RecordLookup
 from streams.model_files import load_model, worker_checkpoint_dir
 from streams.pipeline import InteractionPipeline, ItemPipeline, ModelHolder
+from streams.user_writes import UserWriter, WritePolicy
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class Runtime:
             topic=settings.topic_interactions, dead_letter_topic=settings.topic_dead_letter,
             history_size=settings.worker_history_size,
             half_life_s=settings.popularity_half_life_s,
-            max_event_bytes=settings.max_event_bytes, lookup=lookup)
+            max_event_bytes=settings.max_event_bytes, lookup=lookup,
+            user_writes=UserWriter(UserStore(self.db), self.metrics,
+                                   WritePolicy.from_settings(settings)))
         self.items = ItemPipeline(self.holder, self.item_cache, self.faiss, self.metrics,
                                   topic=settings.topic_items,
                                   max_event_bytes=settings.max_event_bytes)

@@ -12,6 +12,7 @@ client is an in-memory stand-in recording the index.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,11 +37,16 @@ class _Users:
         self.docs: dict[str, UserDoc] = {}
 
     def get_many(self, user_ids: Any) -> dict[str, UserDoc]:
-        return {u: self.docs[u] for u in user_ids if u in self.docs}
+        return {u: copy.deepcopy(self.docs[u]) for u in user_ids if u in self.docs}
 
-    def upsert_many(self, docs: Any) -> int:
-        self.docs.update({d.user_id: d for d in docs})
+    def upsert_many(self, docs: Any, timeout_s: float | None = None) -> int:
+        self.docs.update({d.user_id: copy.deepcopy(d) for d in docs})  # stored, not shared
         return len(docs)
+
+    def landed(self, docs: Any, timeout_s: float | None = None) -> set[str]:
+        return {d.user_id for d in docs if d.user_id in self.docs
+                and (self.docs[d.user_id].watermark, self.docs[d.user_id].n_events)
+                == (d.watermark, d.n_events)}
 
     def find_one(self, query: dict[str, str]) -> dict[str, Any] | None:
         doc = self.docs.get(query["_id"])
