@@ -40,8 +40,7 @@ from typing import Any
 import numpy as np
 
 from common.settings import Settings
-from scripts.processes import free_port, seconds_until
-from scripts.serve import ServiceProcess
+from devstack.processes import ServiceProcess, free_port, seconds_until
 
 WRK_LUA = """
 math.randomseed(%(seed)d)
@@ -151,8 +150,8 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
 
     from common.clients import mongo_client, redis_client
     from common.stores import ItemCache, UserDoc, UserStore
+    from devstack.stack import StackManager
     from faiss_server.client import FaissClient
-    from scripts.stack import StackManager
 
     if shutil.which("wrk") is None:
         emit({"bench": "api", "skipped": "wrk not installed (apt-get install -y wrk)"})

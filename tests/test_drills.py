@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from common.settings import Settings
-from scripts.drill import run_drill
-from scripts.processes import free_port
-from scripts.stack import StackManager
+from devstack.drills.system import run_drill
+from devstack.processes import free_port
+from devstack.stack import StackManager
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
