@@ -11,6 +11,7 @@
 - :mod:`devstack.replay`, :mod:`devstack.readback`: publish a data set, count it back;
 - :mod:`devstack.malformed`: malformed events; :mod:`devstack.statsd_listener`: statsd
   packets as a benchmark sees them; :mod:`devstack.graphs`: PNG graphs from Graphite;
+  :mod:`devstack.wrk`: the figures of a ``wrk`` report;
 - :mod:`devstack.drills`: fault drills in a namespaced world.
 
 The command lines are thin ``main()`` wrappers in ``scripts/`` (``python -m scripts.stack``,

@@ -70,7 +70,7 @@ from devstack.drills.world import DrillWorld
 from devstack.processes import SyncProducer, seconds_until, wait_for
 from devstack.replay import Replayer, ReplayStats
 from devstack.stack import StackManager
-from scripts.bench_serving import parse_wrk
+from devstack.wrk import parse_wrk
 
 WRK_LUA = """
 math.randomseed(7)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import numpy as np
 
 from common.settings import Settings
 from devstack.processes import ServiceProcess, free_port, seconds_until
+from devstack.wrk import parse_wrk
 
 WRK_LUA = """
 math.randomseed(%(seed)d)
@@ -82,21 +82,6 @@ def percentile_ms(samples: list[float], p: float) -> float:
 
 
 # --- (a) recommendations API ----------------------------------------------------------------
-def parse_wrk(text: str) -> dict[str, Any]:
-    def ms(v: str) -> float:
-        num, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()  # type: ignore[union-attr]
-        return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", text, re.M))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
-    total = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
-    return {"api_rps": round(rps, 1), "api_p50_ms": round(ms(lat["50"]), 3),
-            "api_p99_ms": round(ms(lat["99"]), 3), "errors": errors, "requests": total}
-
-
 def cpu_times() -> tuple[float, float]:
     """``(busy, total)`` jiffies of the whole machine, from ``/proc/stat``."""
     with open("/proc/stat") as f:

@@ -49,7 +49,7 @@ def private_mongo(stack: Settings, tmp_path: Path) -> Iterator[StackManager]:
     """The session's settings with MongoDB moved to a SecantusDB of this test's own.
 
     The MongoDB on 27017 is shared with other test runs and must never be restarted.
-    ``local_dir`` points at ``tmp_path``, so ``scripts.stack`` (which the drill calls)
+    ``local_dir`` points at ``tmp_path``, so ``devstack.stack`` (which the drill calls)
     finds no MongoDB answering there, starts one on a free port with its PID file under
     ``tmp_path``, and the drill may stop and restart exactly that one. Broker and Redis
     still answer on their shared ports and are reused, never started or stopped here.
