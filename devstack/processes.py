@@ -21,7 +21,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -160,62 +159,41 @@ class SyncProducer:
         self.thread.join(5)
 
 
-class ServiceProcess:
-    """A service started as a real process; ``with`` waits for ``/health``, then stops it."""
+class ServiceProcess(ChildProcess):
+    """``python -m scripts.serve faiss|api ...`` as a child process; ready once ``/health``
+    answers HTTP (a 503 counts: the FAISS service answers it before an index is loaded).
+    Stopping signals the process group, so the API's pre-forked workers stop too."""
 
     def __init__(self, args: list[str], port: int, settings: Settings,
                  log_path: Path | None = None, ready_timeout_s: float = 60.0,
                  health_path: str = "/health") -> None:
-        self.args, self.port, self.settings = args, port, settings
-        self.log_path = log_path
+        super().__init__(settings, log_path or Path(os.devnull), "scripts.serve",
+                         [*args, "--port", str(port)])
+        self.port = port
         self.ready_timeout_s = ready_timeout_s
         self.health_path = health_path
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def start(self) -> ServiceProcess:
-        env = {**os.environ, **self.settings.to_env()}
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scripts.serve", *self.args, "--port", str(self.port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready()
+    def start(self, timeout_s: float | None = None) -> ServiceProcess:
+        try:
+            super().start(self.ready_timeout_s if timeout_s is None else timeout_s)
+        except TimeoutError as exc:
+            self.stop()
+            raise RuntimeError(f"{self.args[0]} did not answer on {self.url}: {exc}") from exc
         return self
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode} "
-                                   f"(log: {self.log_path})")
-            try:
-                with urllib.request.urlopen(self.url + self.health_path, timeout=1):
-                    return
-            except urllib.error.HTTPError:
-                return  # it answers HTTP (e.g. 503 before an index is loaded)
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.args[0]} did not answer on {self.url} "
-                           f"within {self.ready_timeout_s} s")
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM the process group (the API's pre-forked workers too), then SIGKILL."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+    def _ready(self) -> bool:
+        super()._ready()  # raises if the process exited
         try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout_s)
+            with urllib.request.urlopen(self.url + self.health_path, timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answers HTTP (e.g. 503 before an index is loaded)
+        except OSError:
+            return False
 
     def __enter__(self) -> ServiceProcess:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        return self.start() if self.proc is None else self

@@ -29,3 +29,9 @@ def test_parse_wrk_units() -> None:
     text = REPORT.replace("3.40ms", "850.00us").replace("34.10ms", "1.20s")
     out = parse_wrk(text)
     assert out["api_p50_ms"] == 0.85 and out["api_p99_ms"] == 1200.0
+
+
+def test_parse_wrk_reads_the_personalised_share_when_printed() -> None:
+    out = parse_wrk(REPORT + "personalized 900 of 1000\n")
+    assert out["personalized_share"] == 0.9 and out["answers_counted"] == 1000
+    assert "personalized_share" not in parse_wrk(REPORT)
