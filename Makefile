@@ -54,7 +54,7 @@ graphs: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy  # models/, streams/, common/ and the servers (see pyproject.toml)
+	$(VENV)/bin/mypy  # models/, streams/, common/, the servers, devstack/, experiments/ (see pyproject.toml)
 
 clean-local: down
 	rm -rf .local

@@ -1,7 +1,7 @@
 """The operators' panels as Graphite targets: one list for PNG graphs and Grafana.
 
 ``$prefix`` stands for ``RECSYS_STATSD_PREFIX`` (a Grafana variable on the dashboard;
-substituted by ``scripts.graphs``). Series paths follow :mod:`ops.metrics`: counters as
+substituted by ``devstack.graphs``). Series paths follow :mod:`ops.metrics`: counters as
 ``.rate`` (per second), timers as ``.upper_99``/``.mean`` (ms per 1 s statsd flush),
 gauges as-is. statsd drops idle series (``deleteIdleStats``), so counters are wrapped in
 ``transformNull(..., 0)`` and gauges sent every few seconds in ``keepLastValue``.

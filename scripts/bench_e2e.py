@@ -65,11 +65,12 @@ from common.events import interaction_json, item_json
 from common.settings import Settings
 from datasets import movielens
 from datasets.types import Interactions
-from scripts.bench_serving import parse_wrk
-from scripts.drill import DrillWorld, _http_get
-from scripts.processes import SyncProducer, seconds_until, wait_for
-from scripts.replay import Replayer, ReplayStats
-from scripts.stack import StackManager
+from devstack.drills.system import http_get
+from devstack.drills.world import DrillWorld
+from devstack.processes import SyncProducer, seconds_until, wait_for
+from devstack.replay import Replayer, ReplayStats
+from devstack.stack import StackManager
+from devstack.wrk import parse_wrk
 
 WRK_LUA = """
 math.randomseed(7)
@@ -209,7 +210,7 @@ class Ingest:
 # --- measurements ---------------------------------------------------------------------
 def _recs(world: DrillWorld, user: str) -> list[str]:
     """The user's personalised top 10 (empty if the API fell back to popular items)."""
-    _, body = _http_get(f"{world.api}/v1/recommendations?user_id={user}&k=10")
+    _, body = http_get(f"{world.api}/v1/recommendations?user_id={user}&k=10")
     if body.get("source") != "personalized":
         return []
     return [it["id"] for it in body.get("items", [])]
@@ -287,7 +288,7 @@ def new_items(world: DrillWorld, producer: SyncProducer, n: int,
                  "genres": list(rng.choice(genres, 2, replace=False))}
 
         def servable(item: str = item) -> bool:
-            status, body = _http_get(f"{world.api}/v1/items/{item}/similar?k=5")
+            status, body = http_get(f"{world.api}/v1/items/{item}/similar?k=5")
             return status == 200 and body.get("source") != "popular" and bool(body.get("items"))
 
         t0 = time.perf_counter()
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             world.apps.up(["faiss", "api", "worker"])
             world.replay(seed)
             wait_for(lambda: applied_events(world) >= len(seed), 180, "seed events applied")
-            wait_for(lambda: _http_get(f"{world.api}/v1/recommendations?user_id="
+            wait_for(lambda: http_get(f"{world.api}/v1/recommendations?user_id="
                                        f"{seed.users[-1]}&k=5")[1].get("source")
                      == "personalized", 60, "personalised answers")
             producer = SyncProducer(world.settings)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -40,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from common.settings import Settings
-from scripts.processes import free_port, seconds_until
-from scripts.serve import ServiceProcess
+from devstack.processes import ServiceProcess, free_port, seconds_until
+from devstack.wrk import parse_wrk
 
 WRK_LUA = """
 math.randomseed(%(seed)d)
@@ -96,27 +95,6 @@ def percentile_ms(samples: list[float], p: float) -> float:
 
 
 # --- (a) recommendations API ----------------------------------------------------------------
-def parse_wrk(text: str) -> dict[str, Any]:
-    def ms(v: str) -> float:
-        num, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()  # type: ignore[union-attr]
-        return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", text, re.M))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
-    total = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
-    out: dict[str, Any] = {"api_rps": round(rps, 1), "api_p50_ms": round(ms(lat["50"]), 3),
-                           "api_p99_ms": round(ms(lat["99"]), 3), "errors": errors,
-                           "requests": total}
-    share = re.search(r"personalized (\d+) of (\d+)", text)
-    if share:  # counted by the Lua script on every answer during the run
-        out["personalized_share"] = round(int(share.group(1)) / max(1, int(share.group(2))), 4)
-        out["answers_counted"] = int(share.group(2))
-    return out
-
-
 def cpu_times() -> tuple[float, float]:
     """``(busy, total)`` jiffies of the whole machine, from ``/proc/stat``."""
     with open("/proc/stat") as f:
@@ -192,8 +170,8 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
 
     from common.clients import mongo_client, redis_client
     from common.stores import ItemCache, UserDoc, UserStore
+    from devstack.stack import StackManager
     from faiss_server.client import FaissClient
-    from scripts.stack import StackManager
 
     if shutil.which("wrk") is None:
         emit({"bench": "api", "skipped": "wrk not installed (apt-get install -y wrk)"})

@@ -31,12 +31,12 @@ import numpy as np
 from common.settings import Settings
 from datasets import movielens
 from datasets.types import Interactions
-from scripts.drill import DrillWorld
-from scripts.pidfiles import tail
-from scripts.processes import wait_for
-from scripts.replay import Replayer, interaction_chunks
-from scripts.stack import StackManager
-from scripts.statsd_listener import StatsdListener
+from devstack.drills.world import DrillWorld
+from devstack.pidfiles import tail
+from devstack.processes import wait_for
+from devstack.replay import Replayer, interaction_chunks
+from devstack.stack import StackManager
+from devstack.statsd_listener import StatsdListener
 
 
 def throughput_phase(settings: Settings, stats: StatsdListener,

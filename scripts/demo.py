@@ -37,14 +37,14 @@ from common.kafka import delete_topics, recreate_topics
 from common.settings import Settings
 from datasets import movielens
 from datasets.types import Dataset
+from devstack.apps import AppManager
+from devstack.drills.system import ApiLoad
+from devstack.graphs import GraphiteUnavailable, save_graphs
+from devstack.metrics_stack import REPEATER_PORT
+from devstack.readback import produce_and_count
+from devstack.replay import RUN_HEADER, Replayer, interaction_chunks
+from devstack.statsd_listener import StatsdListener
 from models.checkpoint import read_meta
-from scripts.apps import AppManager
-from scripts.drill import ApiLoad
-from scripts.graphs import GraphiteUnavailable, save_graphs
-from scripts.metrics_stack import REPEATER_PORT
-from scripts.readback import produce_and_count
-from scripts.replay import RUN_HEADER, Replayer, interaction_chunks
-from scripts.statsd_listener import StatsdListener
 from streams.model_files import bootstrap_checkpoint_dir, worker_checkpoint_dir
 
 BOOTSTRAP_FRACTION = 0.8
@@ -211,7 +211,7 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
                     str(BOOTSTRAP_FRACTION)], check=True)
     apps.up(["worker"])
     for row in apps.status():
-        say(f"   {row['app']:7} pid {row['pid']}  {row['url']}  (log {row['log']})")
+        say(f"   {row['service']!s:7} pid {row['managed_pid']}  {row['url']}  (log {row['log']})")
 
     inter = ds.interactions.sorted_by_time()
     split = int(len(inter) * BOOTSTRAP_FRACTION)

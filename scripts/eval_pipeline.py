@@ -33,13 +33,13 @@ from tqdm import tqdm
 from common.events import interaction_json
 from common.settings import Settings
 from datasets import movielens
+from devstack.drills.world import DrillWorld
+from devstack.processes import SyncProducer, wait_for
+from devstack.stack import StackManager
 from faiss_server.client import FaissClient
 from models.base import Recommender
 from models.checkpoint import load_checkpoint
 from models.events import EventBatch
-from scripts.drill import DrillWorld
-from scripts.processes import SyncProducer, wait_for
-from scripts.stack import StackManager
 from streams.model_files import bootstrap_checkpoint_dir
 
 K = 10

@@ -11,8 +11,8 @@ per core: each is an asyncio event loop overlapping many requests) on one listen
 socket; each builds its app (and its clients) after the fork and runs the ASGI lifespan
 (which starts its MongoDB change stream on ``users``).
 
-:class:`ServiceProcess` runs either as a child process and waits until ``/health``
-answers — the integration tests and ``scripts.bench_serving`` use it.
+:class:`devstack.processes.ServiceProcess` runs either as a child process and waits until
+``/health`` answers — the integration tests and ``scripts.bench_serving`` use it.
 """
 
 from __future__ import annotations
@@ -22,78 +22,12 @@ import multiprocessing
 import os
 import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from common.settings import Settings
 
 HOST = "127.0.0.1"
-
-
-class ServiceProcess:
-    """A service started as a real process; ``with`` waits for ``/health``, then stops it."""
-
-    def __init__(self, args: list[str], port: int, settings: Settings,
-                 log_path: Path | None = None, ready_timeout_s: float = 60.0,
-                 health_path: str = "/health") -> None:
-        self.args, self.port, self.settings = args, port, settings
-        self.log_path = log_path
-        self.ready_timeout_s = ready_timeout_s
-        self.health_path = health_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> ServiceProcess:
-        env = {**os.environ, **self.settings.to_env()}
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scripts.serve", *self.args, "--port", str(self.port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready()
-        return self
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode} "
-                                   f"(log: {self.log_path})")
-            try:
-                with urllib.request.urlopen(self.url + self.health_path, timeout=1):
-                    return
-            except urllib.error.HTTPError:
-                return  # it answers HTTP (e.g. 503 before an index is loaded)
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.args[0]} did not answer on {self.url} "
-                           f"within {self.ready_timeout_s} s")
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM the process group (the API's pre-forked workers too), then SIGKILL."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout_s)
-
-    def __enter__(self) -> ServiceProcess:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 # --- process entry points ----------------------------------------------------------------

@@ -33,8 +33,8 @@ import torch
 from common.settings import Settings
 from datasets import movielens
 from datasets.types import Dataset
+from experiments.evaluate import PROTOCOL_PARAMS, Splits, evaluate, new_model
 from models.training import DEFAULT_EPOCHS, create_model
-from scripts.evaluate import PROTOCOL_PARAMS, Splits, evaluate, new_model
 
 OUT = Path(__file__).resolve().parent.parent / "ops" / "tuning" / "movielens-100k.json"
 SEEDS = (0, 1, 2)

@@ -51,7 +51,7 @@ def settings(run_id: str) -> Settings:
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Settings:
     """Make sure broker, MongoDB and Redis answer (starting them if needed)."""
-    from scripts.stack import StackManager
+    from devstack.stack import StackManager
 
     StackManager(settings).up()
     return settings

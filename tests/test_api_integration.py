@@ -18,9 +18,8 @@ import requests
 from common.clients import mongo_client, redis_client
 from common.settings import Settings
 from common.stores import ItemCache, UserDoc, UserStore
+from devstack.processes import ServiceProcess, free_port
 from faiss_server.client import FaissClient
-from scripts.processes import free_port
-from scripts.serve import ServiceProcess
 from tests.test_faiss_process import fuzz_openapi
 
 pytestmark = pytest.mark.integration

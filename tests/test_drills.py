@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from common.settings import Settings
-from scripts.drill import run_drill
-from scripts.processes import free_port
-from scripts.stack import StackManager
+from devstack.drills.system import run_drill
+from devstack.processes import free_port
+from devstack.stack import StackManager
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,7 +49,7 @@ def private_mongo(stack: Settings, tmp_path: Path) -> Iterator[StackManager]:
     """The session's settings with MongoDB moved to a SecantusDB of this test's own.
 
     The MongoDB on 27017 is shared with other test runs and must never be restarted.
-    ``local_dir`` points at ``tmp_path``, so ``scripts.stack`` (which the drill calls)
+    ``local_dir`` points at ``tmp_path``, so ``devstack.stack`` (which the drill calls)
     finds no MongoDB answering there, starts one on a free port with its PID file under
     ``tmp_path``, and the drill may stop and restart exactly that one. Broker and Redis
     still answer on their shared ports and are reused, never started or stopped here.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.settings import Settings
-from scripts.drill import run_drill
+from devstack.drills.system import run_drill
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

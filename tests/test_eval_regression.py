@@ -17,9 +17,9 @@ import pytest
 
 from common.settings import Settings
 from datasets import movielens
+from experiments.evaluate import PREQUENTIAL_BOOTSTRAP, Splits
 from models.evaluation import interactions_digest
 from scripts import evaluate
-from scripts.evaluate import PREQUENTIAL_BOOTSTRAP, Splits
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,8 @@ import pytest
 
 from common.errors import ServiceUnavailable, UnknownItem
 from common.settings import Settings
+from devstack.processes import ServiceProcess, free_port
 from faiss_server.client import FaissClient, FaissRequestError
-from scripts.processes import free_port
-from scripts.serve import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,9 @@ import pytest
 import requests
 
 from common.settings import Settings
+from devstack.processes import ServiceProcess, free_port
 from faiss_server.aclient import AsyncFaissClient
 from faiss_server.client import FaissClient
-from scripts.processes import free_port
-from scripts.serve import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

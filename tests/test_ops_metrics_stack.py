@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from common.settings import Settings
-from scripts import graphs
-from scripts.metrics_stack import RETENTIONS, MetricsStack
-from scripts.processes import free_port
+from devstack import graphs
+from devstack.metrics_stack import RETENTIONS, MetricsStack
+from devstack.processes import free_port
+from scripts import graphs as graphs_cli
 
 
 def test_generated_config_binds_loopback(tmp_path: Path) -> None:
@@ -49,11 +50,11 @@ def test_graphs_fail_clearly_without_graphite(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(graphs.GraphiteUnavailable, match="not answering"):
         graphs.save_graphs(tmp_path, graphite=url)
-    assert graphs.main(["--out", str(tmp_path), "--graphite", url, "--from", "-5min"]) == 2
+    assert graphs_cli.main(["--out", str(tmp_path), "--graphite", url, "--from", "-5min"]) == 2
 
 
 def test_relative_times_are_accepted() -> None:
-    assert graphs._join_relative_times(["--out", "x", "--from", "-10min"]) == \
+    assert graphs_cli._join_relative_times(["--out", "x", "--from", "-10min"]) == \
         ["--out", "x", "--from=-10min"]
 
 
@@ -76,7 +77,7 @@ def test_round_trip_and_graphs(settings: Settings, tmp_path: Path) -> None:
     assert {f.name for f in files} >= {"throughput_worker.png", "consumer_lag.png",
                                         "freshness.png", "api_latency.png"}
     assert all(f.read_bytes().startswith(b"\x89PNG") for f in files)
-    from scripts.metrics_stack import fetch_json, render_url
+    from devstack.metrics_stack import fetch_json, render_url
 
     target = f"stats.timers.{settings.statsd_prefix}.worker.latency.click_to_vector_ms.upper_99"
     deadline = time.monotonic() + 10

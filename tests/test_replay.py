@@ -9,8 +9,8 @@ import pytest
 
 from common.settings import Settings
 from datasets import movielens
-from scripts.readback import produce_and_count
-from scripts.replay import RUN_HEADER, Replayer, interaction_chunks
+from devstack.readback import produce_and_count
+from devstack.replay import RUN_HEADER, Replayer, interaction_chunks
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from pymongo import monitoring
 
 from common.settings import Settings
 from common.stores import UserDoc, UserStore
-from scripts.drill import run_drill
+from devstack.drills.system import run_drill
 
 pytestmark = [pytest.mark.integration]
 

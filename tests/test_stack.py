@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from common.settings import Settings
-from scripts.pidfiles import alive
-from scripts.processes import free_port, seconds_until
-from scripts.stack import StackError, StackManager
+from devstack.pidfiles import alive
+from devstack.processes import free_port, seconds_until
+from devstack.stack import StackError, StackManager
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import BadEvent
 from common.events import interaction_json
-from scripts.malformed import KINDS, malformed_interaction, malformed_interactions
+from devstack.malformed import KINDS, malformed_interaction, malformed_interactions
 from streams.epochs import Anchor, LogEpochs
 from streams.state import DecayedPopularity, Seen, UserState
 from streams.validation import derive_event_id, parse_interaction, parse_item

@@ -18,11 +18,10 @@ from common.settings import Settings
 from common.stores import ItemCache
 from datasets import movielens
 from datasets.types import Interactions
-from scripts.malformed import malformed_interactions
-from scripts.processes import WorkerProcess, free_port, wait_for
-from scripts.readback import count_until, start_consumer
-from scripts.replay import Replayer, interaction_chunks
-from scripts.serve import ServiceProcess
+from devstack.malformed import malformed_interactions
+from devstack.processes import ServiceProcess, WorkerProcess, free_port, wait_for
+from devstack.readback import count_until, start_consumer
+from devstack.replay import Replayer, interaction_chunks
 
 pytestmark = pytest.mark.integration
 

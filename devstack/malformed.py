@@ -1,4 +1,4 @@
-"""Generators of malformed events, for tests and fault drills (``scripts/drill``).
+"""Generators of malformed events, for tests and fault drills (``python -m scripts.drill``).
 
 Each kind breaks one rule of the `interactions` schema; the worker must route every one
 to the dead-letter topic with a reason, and keep going.

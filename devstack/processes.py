@@ -1,8 +1,10 @@
-"""The worker as a child process, and a sync producer, for tests and benchmarks.
+"""Child processes for tests and benchmarks (the worker, a service), a sync producer,
+free ports and polling helpers.
 
 The worker runs as a child process configured only through ``RECSYS_*`` variables
 (exactly as in production), logs to a file under the test's temporary folder, and can be
-stopped cleanly (SIGTERM) or killed (SIGKILL) to test recovery.
+stopped cleanly (SIGTERM) or killed (SIGKILL) to test recovery. A
+:class:`ServiceProcess` is ``python -m scripts.serve faiss|api`` waited for on ``/health``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
 from common.settings import PROJECT_ROOT, Settings
+
+HOST = "127.0.0.1"
 
 
 def free_port() -> int:
@@ -139,7 +145,7 @@ class SyncProducer:
             await producer.start()
             return producer
 
-        self.producer: AIOKafkaProducer = self._call(make())  # type: ignore[assignment]
+        self.producer: AIOKafkaProducer = self._call(make())
 
     def _call(self, coro: object) -> object:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)  # type: ignore[arg-type]
@@ -151,3 +157,43 @@ class SyncProducer:
         self._call(self.producer.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+class ServiceProcess(ChildProcess):
+    """``python -m scripts.serve faiss|api ...`` as a child process; ready once ``/health``
+    answers HTTP (a 503 counts: the FAISS service answers it before an index is loaded).
+    Stopping signals the process group, so the API's pre-forked workers stop too."""
+
+    def __init__(self, args: list[str], port: int, settings: Settings,
+                 log_path: Path | None = None, ready_timeout_s: float = 60.0,
+                 health_path: str = "/health") -> None:
+        super().__init__(settings, log_path or Path(os.devnull), "scripts.serve",
+                         [*args, "--port", str(port)])
+        self.port = port
+        self.ready_timeout_s = ready_timeout_s
+        self.health_path = health_path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, timeout_s: float | None = None) -> ServiceProcess:
+        try:
+            super().start(self.ready_timeout_s if timeout_s is None else timeout_s)
+        except TimeoutError as exc:
+            self.stop()
+            raise RuntimeError(f"{self.args[0]} did not answer on {self.url}: {exc}") from exc
+        return self
+
+    def _ready(self) -> bool:
+        super()._ready()  # raises if the process exited
+        try:
+            with urllib.request.urlopen(self.url + self.health_path, timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answers HTTP (e.g. 503 before an index is loaded)
+        except OSError:
+            return False
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start() if self.proc is None else self

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,9 @@ from common.clients import redis_client
 from common.events import interaction_json, item_json
 from common.kafka import delete_topics, ensure_topics
 from common.stores import ItemCache
-from scripts.drill_world import DrillFailed, DrillWorld
-from scripts.processes import wait_for
-from scripts.readback import count_until, start_consumer
+from devstack.drills.world import DrillFailed, DrillWorld
+from devstack.processes import wait_for
+from devstack.readback import count_until, start_consumer
 
 #: What the worker logs when it splits a batch to isolate a poison event (slow path).
 SPLIT_LOG = "splitting it to isolate the poison event"
@@ -51,7 +52,7 @@ def _padded(size: int, user: str) -> bytes:
     return head + b"x" * (size - len(head) - 2) + b'"}'
 
 
-async def _produce(settings: Any, records: list[tuple[str, bytes | None, bytes]]) -> None:
+async def _produce(settings: Any, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
                                 max_request_size=BIG_REQUEST)
     await producer.start()
@@ -222,13 +223,14 @@ def poison_rate(world: DrillWorld, events: int = 20_000, users: int = 2_000,
     clean = (clean_a + clean_b) / 2
     log_file = Path(s.local_dir) / "logs" / "worker.log"
     splits = log_file.read_text(errors="replace").count(SPLIT_LOG) if log_file.exists() else -1
+    ratio = round(poisoned / clean, 3)
     result = {"drill": "poison-rate", "events_per_run": events,
               "malformed_per_run": events // poison_every, "batch_splits": splits,
               "clean_events_per_s": round(clean, 1), "poison_events_per_s": round(poisoned, 1),
-              "ratio": round(poisoned / clean, 3),
+              "ratio": ratio,
               "clean_runs_events_per_s": [round(clean_a, 1), round(clean_b, 1)],
               "measured": "produce start to all events applied (MongoDB sum), warm worker, "
                           "same worker for all three runs"}
-    if splits != 0 or (min_ratio is not None and result["ratio"] < min_ratio):
+    if splits != 0 or (min_ratio is not None and ratio < min_ratio):
         raise DrillFailed(f"poison-rate drill: {result}")
     return result

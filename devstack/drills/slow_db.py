@@ -50,13 +50,13 @@ from aiokafka.structs import TopicPartition
 from common.events import interaction_json
 from common.kafka import ensure_topics
 from common.settings import PROJECT_ROOT, Settings
-from scripts.apps import AppManager
-from scripts.drill_world import DrillFailed
-from scripts.processes import free_port, wait_for
-from scripts.statsd_listener import StatsdListener
+from devstack.apps import AppManager
+from devstack.drills.world import DrillFailed
+from devstack.processes import free_port, wait_for
+from devstack.statsd_listener import StatsdListener
 
 if TYPE_CHECKING:
-    from scripts.drill import DrillWorld
+    from devstack.drills.world import DrillWorld
 
 IDLE_CPU_PERCENT = 10.0  # of one core: heartbeats and TTL sweeps stay far below
 IDLE_TARGET_S = 10.0  # the acceptance bound

@@ -40,6 +40,9 @@ def pid_if_ours(pid_file: Path, hint: str) -> int | None:
     except FileNotFoundError:
         pid_file.unlink(missing_ok=True)
         return None
+    if not cmdline and alive(pid):
+        # mid-exec: with vfork the parent runs on before the child's command line exists
+        return None  # (nothing to compare yet); keep the file
     if hint not in cmdline or not alive(pid):
         pid_file.unlink(missing_ok=True)  # gone, or the PID was reused
         return None

@@ -32,19 +32,16 @@ import requests
 from common.clients import mongo_client, redis_client
 from common.settings import Settings
 from common.stores import ItemCache, UserDoc, UserStore
+from devstack.drills.world import DrillFailed
+from devstack.processes import ServiceProcess, free_port, wait_for
 from faiss_server.client import FaissClient
 from faiss_server.config import FaissConfig
-from scripts.processes import free_port, wait_for
-from scripts.serve import ServiceProcess
 
 DIM = 32
 
 
 def fail(message: str) -> None:
-    """Raise :class:`scripts.drill.DrillFailed` (imported here: ``scripts.drill`` imports
-    this module to register the drills), so ``main`` prints it as a failed drill."""
-    from scripts.drill import DrillFailed
-
+    """Raise :class:`DrillFailed`, so ``python -m scripts.drill`` prints a failed drill."""
     raise DrillFailed(message)
 
 
@@ -59,8 +56,8 @@ class Rig:
 
     def recommend(self, http: requests.Session, user: str) -> tuple[int, dict[str, Any]]:
         try:
-            r = http.get(f"{self.api.url}/v1/recommendations",
-                         params={"user_id": user, "k": 10}, timeout=10)
+            params: dict[str, str | int] = {"user_id": user, "k": 10}
+            r = http.get(f"{self.api.url}/v1/recommendations", params=params, timeout=10)
             return r.status_code, r.json()
         except (requests.RequestException, ValueError):
             return 0, {}

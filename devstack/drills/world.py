@@ -1,7 +1,7 @@
 """The world a drill runs in: its own settings, apps and clean-up; and its failure type.
 
-Kept apart from :mod:`scripts.drill` (the command line and the registry) so that drill
-modules (:mod:`scripts.drill_stream`, ...) import it without importing the registry.
+Kept apart from :mod:`devstack.drills.system` (the registry) so that drill modules
+(:mod:`devstack.drills.stream`, ...) import it without importing the registry.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from common.clients import mongo_client, redis_client
 from common.kafka import delete_topics
 from common.settings import Settings
 from datasets.types import Interactions, Item
-from scripts.apps import AppManager
-from scripts.processes import free_port
-from scripts.replay import Replayer, interaction_chunks
+from devstack.apps import AppManager
+from devstack.processes import free_port
+from devstack.replay import Replayer, interaction_chunks
 
 
 class DrillFailed(AssertionError):
