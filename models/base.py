@@ -34,6 +34,9 @@ class Recommender(ABC):
     kind: ClassVar[str] = ""
     #: Whether a user the model has never seen can still be served (popularity can).
     serves_unknown_users: ClassVar[bool] = False
+    #: Whether learning depends on the order of events (co-occurrence counts what
+    #: followed what): ``models.training.fit`` then makes one pass in time order.
+    learns_in_order: ClassVar[bool] = False
 
     version: str
     dim: int
@@ -132,7 +135,8 @@ class Recommender(ABC):
 
     def _record(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
                 ts_ms: np.ndarray) -> None:
-        self.history.append(users, items)
+        self._observe_sequence(users, items, weights, ts_ms)
+        self.history.append(users, items, weights)
         if self.track_seen:
             self.seen.add(users, items)
         self._count(items, weights)
@@ -143,6 +147,13 @@ class Recommender(ABC):
 
     def _count(self, items: np.ndarray, weights: np.ndarray) -> None:
         """Hook for models that keep item counts (popularity, samplers)."""
+        return None
+
+    def _observe_sequence(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                          ts_ms: np.ndarray) -> None:
+        """Hook called with every learned or observed batch *before* it enters the
+        recent histories, so a model can relate each event to what preceded it
+        (co-occurrence counts)."""
         return None
 
     # --- what subclasses define ------------------------------------------------------
@@ -165,6 +176,15 @@ class Recommender(ABC):
     def _link(self, inner: torch.Tensor) -> torch.Tensor:
         """Strictly increasing map from inner product to model score."""
         return inner
+
+    def _inner_pairs(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
+        """``query(users[j]) · item(items[j])`` (float64). A model whose vectors are
+        sparse (co-occurrence: one coordinate per item) computes it without them."""
+        return (self._query(users).double() * self._item_matrix(items).double()).sum(1)
+
+    def _inner_all(self, users: np.ndarray) -> torch.Tensor:
+        """``(n, n_items)`` inner products with every item (float64), as above."""
+        return self._query(users).double() @ self._item_matrix().double().T
 
     def _set_attributes(self, row: int, attributes: Mapping[str, object]) -> None:
         """Hook: models that use item attributes store them here."""
@@ -191,9 +211,7 @@ class Recommender(ABC):
         out = np.full(len(u), np.nan)
         ok = (i >= 0) & ((u >= 0) | self.serves_unknown_users)
         if ok.any():
-            q = self._query(u[ok]).double()
-            p = self._item_matrix(i[ok]).double()
-            out[ok] = self._link((q * p).sum(1)).numpy()
+            out[ok] = self._link(self._inner_pairs(u[ok], i[ok])).numpy()
         return out
 
     @torch.no_grad()
@@ -210,7 +228,7 @@ class Recommender(ABC):
         scores = np.full((len(rows), k), -np.inf)
         if n_items == 0 or len(rows) == 0:
             return ids.astype(str), scores
-        inner = self._query(rows).double() @ self._item_matrix().double().T
+        inner = self._inner_all(rows)
         if exclude_seen:
             r_idx: list[int] = []
             c_idx: list[int] = []
@@ -268,7 +286,9 @@ class Recommender(ABC):
     def reset_history(self, batch: EventBatch) -> None:
         """Rebuild recent histories from a time-ordered log (after epochs in random order)."""
         self.history.clear()
-        self.history.append(self.user_ids.add(batch.users), self.item_ids.add(batch.items))
+        weights = self._event_weights(batch)
+        self.history.append(self.user_ids.add(batch.users), self.item_ids.add(batch.items),
+                            weights)
 
     # --- state for checkpoints (tensors + arrays + JSON; no pickle) ------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -283,6 +303,7 @@ class Recommender(ABC):
         seen_u, seen_i = self.seen.to_arrays()
         n = len(self.user_ids)
         return {"history.buf": self.history.buf[:n].copy(),
+                "history.weight": self.history.wbuf[:n].copy(),
                 "history.count": self.history.count[:n].copy(),
                 "seen.users": seen_u, "seen.items": seen_i}
 
@@ -293,6 +314,8 @@ class Recommender(ABC):
         if buf.shape != (n, self.history_size):
             raise ValueError(f"history shape {buf.shape} != ({n}, {self.history_size})")
         self.history.buf[:n] = buf
+        # checkpoints written before event-type weights were kept: every event weighs 1
+        self.history.wbuf[:n] = arrays.get("history.weight", np.ones_like(buf, np.float32))
         self.history.count[:n] = arrays["history.count"]
         self.seen = SeenItems.from_arrays(arrays["seen.users"], arrays["seen.items"])
 

@@ -44,11 +44,12 @@ class CheckpointError(RecsysError):
 
 def model_classes() -> dict[str, type[Recommender]]:
     """Model kinds a checkpoint may name (no arbitrary classes: no pickle-like loading)."""
+    from models.cooc import Cooc
     from models.gmf import GMF
     from models.popularity import Popularity
     from models.two_tower import TwoTower
 
-    return {cls.kind: cls for cls in (GMF, TwoTower, Popularity)}
+    return {cls.kind: cls for cls in (GMF, TwoTower, Popularity, Cooc)}
 
 
 def new_version() -> str:

@@ -239,6 +239,23 @@ def ring_append(buf: np.ndarray, count: np.ndarray, users: np.ndarray,
         count[u] += 1
 
 
+@_compiled
+def ring_append_weighted(buf: np.ndarray, wbuf: np.ndarray, count: np.ndarray,
+                         users: np.ndarray, items: np.ndarray, weights: np.ndarray) -> None:
+    """:func:`ring_append` that also stores each event's weight in ``wbuf``."""
+    size = buf.shape[1]
+    if wbuf.shape[0] < buf.shape[0] or wbuf.shape[1] != size or len(weights) < len(users):
+        raise IndexError("ring_append_weighted: shapes do not match")
+    for j in range(len(users)):
+        u = users[j]
+        if u < 0 or u >= len(count) or u >= buf.shape[0]:
+            raise IndexError("ring_append_weighted: user row out of range")
+        s = count[u] % size
+        buf[u, s] = items[j]
+        wbuf[u, s] = weights[j]
+        count[u] += 1
+
+
 # --- accidental hits of shared negatives ----------------------------------------------
 def mask_hits(logits: np.ndarray, neg_rows: np.ndarray, pos_rows: np.ndarray) -> None:
     """``logits[i, j] = -inf`` wherever negative ``j`` is event ``i``'s own positive.
@@ -292,5 +309,8 @@ def warm_up() -> float:
                     np.ones((3, 4), np.float32), 0.1, 1.0, 1e-8)
     ring_append(np.zeros((2, 2), np.int32), np.zeros(2, np.int64), rows,
                 np.zeros(3, np.int32))
+    ring_append_weighted(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.float32),
+                         np.zeros(2, np.int64), rows, np.zeros(3, np.int32),
+                         np.ones(3, np.float32))
     mask_hits(np.zeros((3, 3), np.float32), rows, rows)
     return time.perf_counter() - t0

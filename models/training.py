@@ -20,7 +20,7 @@ from models.events import EventBatch
 #: Epochs over history per model kind, chosen on validation splits (see
 #: ``scripts/evaluate.py``): with the sampled-softmax defaults validation NDCG@10
 #: (full) flattens by 20 epochs for both models.
-DEFAULT_EPOCHS: dict[str, int] = {"gmf": 20, "two_tower": 20, "popularity": 1}
+DEFAULT_EPOCHS: dict[str, int] = {"gmf": 20, "two_tower": 20, "popularity": 1, "cooc": 1}
 DEFAULT_BATCH_SIZE = 256
 
 
@@ -29,14 +29,18 @@ def fit(model: Recommender, events: EventBatch, epochs: int | None = None,
         on_batch: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``model`` for ``epochs`` shuffled passes; return the mean loss per epoch.
 
-    ``events`` should be in time order (it is used to rebuild recent histories).
+    ``events`` should be in time order (it is used to rebuild recent histories). A
+    model that ``learns_in_order`` gets one pass in that order whatever ``epochs`` says.
     ``on_batch(n_events, loss)`` is called after every micro-batch (progress bars).
     """
     epochs = DEFAULT_EPOCHS.get(model.kind, 1) if epochs is None else epochs
+    if model.learns_in_order:
+        epochs = 1
     rng = np.random.default_rng(seed)
     losses: list[float] = []
     for _ in range(epochs):
-        order = rng.permutation(len(events))
+        order = (np.arange(len(events)) if model.learns_in_order
+                 else rng.permutation(len(events)))
         total, n = 0.0, 0
         for start in range(0, len(order), batch_size):
             batch = events.take(order[start: start + batch_size])

@@ -140,7 +140,7 @@ def rounded(metrics: dict[str, float | str]) -> dict[str, float | str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--protocol", choices=["loo", "full", "prequential"], required=True)
-    p.add_argument("--model", choices=["gmf", "two_tower", "popularity"], default="gmf")
+    p.add_argument("--model", choices=["gmf", "two_tower", "popularity", "cooc"], default="gmf")
     p.add_argument("--split", choices=["test", "validation"], default="test")
     p.add_argument("--epochs", type=int, default=None, help="default: per-model tuned value")
     p.add_argument("--dim", type=int, default=None)
