@@ -299,7 +299,8 @@ class Cooc(Recommender):
         rows, w = self.history.ordered(np.asarray(users, dtype=np.int64))
         s = self.cooc.scores(rows, w)
         s += self.popularity_weight * self._popularity()
-        return torch.from_numpy(s)
+        # rounded to float32 once, so the exported float32 vectors rank exactly like it
+        return torch.from_numpy(s.astype(np.float32).astype(np.float64))
 
     def _inner_pairs(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
         uniq, inverse = np.unique(users, return_inverse=True)

@@ -227,22 +227,10 @@ def _rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
 
 # --- recent history ring buffer -------------------------------------------------------
 @_compiled
-def ring_append(buf: np.ndarray, count: np.ndarray, users: np.ndarray,
-                items: np.ndarray) -> None:
-    """Append ``items[j]`` to the ring of ``users[j]``, in batch order."""
-    size = buf.shape[1]
-    for j in range(len(users)):
-        u = users[j]
-        if u < 0 or u >= len(count):  # compiled code does not bounds-check indexing
-            raise IndexError("ring_append: user row out of range")
-        buf[u, count[u] % size] = items[j]
-        count[u] += 1
-
-
-@_compiled
 def ring_append_weighted(buf: np.ndarray, wbuf: np.ndarray, count: np.ndarray,
                          users: np.ndarray, items: np.ndarray, weights: np.ndarray) -> None:
-    """:func:`ring_append` that also stores each event's weight in ``wbuf``."""
+    """Append ``items[j]`` (and its event weight ``weights[j]``) to the ring of
+    ``users[j]``, in batch order."""
     size = buf.shape[1]
     if wbuf.shape[0] < buf.shape[0] or wbuf.shape[1] != size or len(weights) < len(users):
         raise IndexError("ring_append_weighted: shapes do not match")
@@ -307,8 +295,6 @@ def warm_up() -> float:
     table_rehash(table, empty_table(16), 60)
     rowwise_adagrad(np.zeros((2, 4), np.float32), np.zeros(2, np.float32), rows,
                     np.ones((3, 4), np.float32), 0.1, 1.0, 1e-8)
-    ring_append(np.zeros((2, 2), np.int32), np.zeros(2, np.int64), rows,
-                np.zeros(3, np.int32))
     ring_append_weighted(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.float32),
                          np.zeros(2, np.int64), rows, np.zeros(3, np.int32),
                          np.ones(3, np.float32))

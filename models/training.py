@@ -23,6 +23,10 @@ from models.events import EventBatch
 DEFAULT_EPOCHS: dict[str, int] = {"gmf": 20, "two_tower": 20, "popularity": 1, "cooc": 1}
 DEFAULT_BATCH_SIZE = 256
 
+#: The model the product runs when nothing else is asked for (``scripts.evaluate``
+#: without ``--model``). It changes only to a model that meets issue 11's targets.
+PRODUCT_MODEL = "gmf"
+
 
 def fit(model: Recommender, events: EventBatch, epochs: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,

@@ -1,8 +1,12 @@
 """Evaluate a model on MovieLens 100k under one protocol; print ONE JSON line.
 
-    python -m scripts.evaluate --protocol loo|full|prequential --model gmf|two_tower|popularity
+    python -m scripts.evaluate --protocol loo|full|prequential|responsiveness
+                               [--model gmf|two_tower|popularity|cooc] [--clicks 5]
 
-Protocols are defined in ``models/evaluation.py``. ``--split validation`` applies the
+Protocols are defined in ``models/evaluation.py``; without ``--model`` the product
+default (``models.training.PRODUCT_MODEL``) is evaluated. ``responsiveness`` bootstraps
+on the first 80% of the log (time order) and measures the genre shift of issue 11
+(``models.evaluation.responsiveness``). ``--split validation`` applies the
 same protocol to data carved from the part the test run *trains* on, never from what it
 scores: loo holds out each user's second-to-last interaction (the latest is the test),
 full splits the 75% training part 75/25 again (seed 43), prequential runs on the
@@ -46,9 +50,10 @@ from models.evaluation import (
     loo_split,
     prequential,
     prequential_validation_log,
+    responsiveness,
 )
 from models.events import EventBatch
-from models.training import DEFAULT_EPOCHS, create_model, fit
+from models.training import DEFAULT_EPOCHS, PRODUCT_MODEL, create_model, fit
 
 #: Per-(model, protocol) overrides of the model defaults, each chosen on that protocol's
 #: validation split (``--split validation``); see the module docstring.
@@ -59,6 +64,9 @@ PROTOCOL_PARAMS: dict[tuple[str, str], dict[str, object]] = {
 
 #: Share of the log the prequential protocol bootstraps on (the rest is scored).
 PREQUENTIAL_BOOTSTRAP = 0.2
+
+#: Share of the log the responsiveness protocol bootstraps on (the demo's 80%).
+RESPONSIVENESS_BOOTSTRAP = 0.8
 
 
 class Splits:
@@ -92,6 +100,17 @@ class Splits:
     def prequential_validation(self) -> Interactions:
         return prequential_validation_log(self.inter, PREQUENTIAL_BOOTSTRAP)
 
+    @cached_property
+    def responsiveness_test(self) -> Interactions:
+        ordered = self.inter.sorted_by_time()
+        return ordered.take(slice(0, int(len(ordered) * RESPONSIVENESS_BOOTSTRAP)))
+
+    @cached_property
+    def responsiveness_validation(self) -> Interactions:
+        """The first 80% of the prequential validation log (itself the first 20%)."""
+        log = self.prequential_validation
+        return log.take(slice(0, int(len(log) * RESPONSIVENESS_BOOTSTRAP)))
+
 
 def new_model(kind: str, protocol: str, data: Dataset, dim: int | None = None,
               params: dict[str, object] | None = None) -> Recommender:
@@ -112,9 +131,25 @@ def train(model: Recommender, train: Interactions, epochs: int) -> None:
 
 
 def evaluate(model: Recommender, protocol: str, split: str, splits: Splits, epochs: int,
-             limit: int | None = None) -> dict[str, float | str]:
+             limit: int | None = None, data: Dataset | None = None,
+             clicks: int = 5) -> dict[str, float | str]:
     """Train ``model`` on the chosen split's training part and score it; the metrics
-    plus ``split_sha256`` (see :func:`models.evaluation.digest`)."""
+    plus ``split_sha256`` (see :func:`models.evaluation.digest`). ``responsiveness``
+    needs ``data`` (the item genres) and takes ``clicks``."""
+    if protocol == "responsiveness":
+        if data is None:
+            raise ValueError("the responsiveness protocol needs the data set's items")
+        boot = (splits.responsiveness_validation if split == "validation"
+                else splits.responsiveness_test)
+        train(model, boot, epochs)
+        counts: dict[str, float] = {}
+        for item in boot.items.tolist():
+            counts[item] = counts.get(item, 0.0) + 1.0
+        genres = {item.item_id: list(item.genres) for item in data.iter_items()}
+        out = responsiveness(model, genres, counts, clicks=clicks,
+                             ts_ms=int(boot.ts_ms.max()) + 1)
+        return {**out, "split_sha256": digest(interactions_digest(boot),
+                                              RESPONSIVENESS_BOOTSTRAP)}
     if protocol == "loo":
         lsplit = splits.loo_validation if split == "validation" else splits.loo_test
         train(model, lsplit.train, epochs)
@@ -133,14 +168,20 @@ def evaluate(model: Recommender, protocol: str, split: str, splits: Splits, epoc
 
 def rounded(metrics: dict[str, float | str]) -> dict[str, float | str]:
     """Metrics to 4 decimals (throughput to 1), as printed and committed."""
-    return {k: v if isinstance(v, str) else round(v, 1 if k == "learn_events_per_s" else 4)
-            for k, v in metrics.items()}
+    whole = ("users", "clicks")
+    return {k: v if isinstance(v, str) else int(v) if k in whole else
+            round(v, 1 if k == "learn_events_per_s" else 4) for k, v in metrics.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--protocol", choices=["loo", "full", "prequential"], required=True)
-    p.add_argument("--model", choices=["gmf", "two_tower", "popularity", "cooc"], default="gmf")
+    p.add_argument("--protocol", choices=["loo", "full", "prequential", "responsiveness"],
+                   required=True)
+    p.add_argument("--model", choices=["gmf", "two_tower", "popularity", "cooc"],
+                   default=PRODUCT_MODEL,
+                   help=f"default: the product default model ({PRODUCT_MODEL})")
+    p.add_argument("--clicks", type=int, default=5,
+                   help="responsiveness: clicks per user in the new genre")
     p.add_argument("--split", choices=["test", "validation"], default="test")
     p.add_argument("--epochs", type=int, default=None, help="default: per-model tuned value")
     p.add_argument("--dim", type=int, default=None)
@@ -156,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     epochs = DEFAULT_EPOCHS[args.model] if args.epochs is None else args.epochs
     model = new_model(args.model, args.protocol, data, args.dim, json.loads(args.params))
     metrics = evaluate(model, args.protocol, args.split, Splits(data.interactions), epochs,
-                       args.limit)
+                       args.limit, data, args.clicks)
     return {"model": args.model, "protocol": args.protocol, "split": args.split,
             **rounded(metrics)}
 

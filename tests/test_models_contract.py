@@ -9,6 +9,7 @@ import torch
 from common.errors import BadEvent, UnknownUser
 from datasets.synthetic import SyntheticConfig, SyntheticGenerator
 from models.base import Recommender
+from models.cooc import Cooc
 from models.events import EventBatch
 from models.gmf import GMF
 from models.popularity import Popularity
@@ -23,6 +24,8 @@ def make(kind: str) -> Recommender:
         return GMF(dim=16, lr=0.1, l2=0.01, negatives=4, seed=0)
     if kind == "two_tower":
         return TwoTower(dim=16, lr=0.1, l2=0.01, negatives=4, n_buckets=64, seed=0)
+    if kind == "cooc":
+        return Cooc(neighbours=16, window=5)
     return Popularity()
 
 
@@ -33,7 +36,7 @@ def data() -> tuple[SyntheticGenerator, EventBatch, EventBatch]:
     return gen, events.take(slice(0, 10_000)), events.take(slice(10_000, None))
 
 
-@pytest.fixture(scope="module", params=["gmf", "two_tower"])
+@pytest.fixture(scope="module", params=["gmf", "two_tower", "cooc"])
 def trained(request: pytest.FixtureRequest, data: tuple) -> Recommender:
     gen, train, _ = data
     model = make(request.param)
@@ -65,7 +68,7 @@ def test_untrained_model_is_near_chance(data: tuple) -> None:
     assert 0.35 < auc(model, held) < 0.65
 
 
-@pytest.mark.parametrize("kind", ["gmf", "two_tower", "popularity"])
+@pytest.mark.parametrize("kind", ["gmf", "two_tower", "popularity", "cooc"])
 def test_learn_many_grows_for_unseen_ids_and_returns_loss(kind: str) -> None:
     model = make(kind)
     loss = model.learn_many(EventBatch.of(["a", "b"], ["x", "y"]))
@@ -77,7 +80,7 @@ def test_learn_many_grows_for_unseen_ids_and_returns_loss(kind: str) -> None:
     assert model.recent_history("a") == ["x"]
 
 
-@pytest.mark.parametrize("kind", ["gmf", "two_tower", "popularity"])
+@pytest.mark.parametrize("kind", ["gmf", "two_tower", "popularity", "cooc"])
 def test_unknown_event_type_is_a_bad_event(kind: str) -> None:
     with pytest.raises(BadEvent, match="unknown event type 'like'"):
         make(kind).learn_many(EventBatch.of(["a"], ["x"], event="like"))
