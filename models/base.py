@@ -23,7 +23,7 @@ import torch
 
 from common.errors import BadEvent, UnknownItem, UnknownUser
 from models.events import DEFAULT_EVENT_WEIGHTS, EventBatch
-from models.history import RecentHistory, SeenItems
+from models.history import HistoryContext, RecentHistory, SeenItems
 from models.ids import IdMap
 
 
@@ -37,6 +37,9 @@ class Recommender(ABC):
     #: Whether learning depends on the order of events (co-occurrence counts what
     #: followed what): ``models.training.fit`` then makes one pass in time order.
     learns_in_order: ClassVar[bool] = False
+    #: Whether ``learn_many`` uses a ``context`` (each event's preceding history):
+    #: ``models.training.fit`` then computes it from the time-ordered log.
+    trains_on_context: ClassVar[bool] = False
 
     version: str
     dim: int
@@ -79,18 +82,25 @@ class Recommender(ABC):
         return type(self)(**self.get_params())
 
     # --- learning --------------------------------------------------------------------
-    def learn_many(self, batch: EventBatch) -> float:
+    def learn_many(self, batch: EventBatch, context: HistoryContext | None = None) -> float:
         """Learn from a micro-batch of positive events; return the mean loss.
 
         Unseen users and items get new rows first (tables grow in amortised steps).
         The events are recorded in the users' histories only after learning, so a model
-        never sees an event in the history it is being trained to predict.
+        never sees an event in the history it is being trained to predict; afterwards
+        :meth:`user_vectors` already includes them (session-aware models: a click moves
+        the query at once). ``context`` (offline training, see ``models.training.fit``)
+        gives each event the history that preceded it in the log, instead of the live
+        ring; only models with ``trains_on_context`` use it.
         """
         if len(batch) == 0:
             return 0.0
-        weights = self._event_weights(batch)
+        weights = self.event_weights_of(batch)
         users, items = self._register(batch)
-        loss = self._learn(users, items, torch.from_numpy(weights))
+        if context is not None and self.trains_on_context:
+            loss = self._learn_in_context(users, items, torch.from_numpy(weights), context)
+        else:
+            loss = self._learn(users, items, torch.from_numpy(weights))
         self._record(users, items, weights, batch.ts_ms)
         return loss
 
@@ -98,7 +108,7 @@ class Recommender(ABC):
         """Record events (ids, history, seen items, counts) without a gradient step."""
         if len(batch) == 0:
             return
-        weights = self._event_weights(batch)
+        weights = self.event_weights_of(batch)
         users, items = self._register(batch)
         self._record(users, items, weights, batch.ts_ms)
 
@@ -108,7 +118,7 @@ class Recommender(ABC):
         self.item_ids.add(items)
         self._resize()
 
-    def _event_weights(self, batch: EventBatch) -> np.ndarray:
+    def event_weights_of(self, batch: EventBatch) -> np.ndarray:
         """Loss weight of each event, by type (vectorised: a binary search over the
         few known type names instead of a sort of the batch's strings)."""
         names = sorted(self.event_weights)
@@ -164,6 +174,11 @@ class Recommender(ABC):
     @abstractmethod
     def _learn(self, users: np.ndarray, items: np.ndarray, weights: torch.Tensor) -> float:
         """One update from positive (user row, item row) pairs; return the mean loss."""
+
+    def _learn_in_context(self, users: np.ndarray, items: np.ndarray, weights: torch.Tensor,
+                          context: HistoryContext) -> float:
+        """:meth:`_learn` with each event's preceding history given (see ``learn_many``)."""
+        return self._learn(users, items, weights)
 
     @abstractmethod
     def _query(self, users: np.ndarray) -> torch.Tensor:
@@ -286,7 +301,7 @@ class Recommender(ABC):
     def reset_history(self, batch: EventBatch) -> None:
         """Rebuild recent histories from a time-ordered log (after epochs in random order)."""
         self.history.clear()
-        weights = self._event_weights(batch)
+        weights = self.event_weights_of(batch)
         self.history.append(self.user_ids.add(batch.users), self.item_ids.add(batch.items),
                             weights)
 

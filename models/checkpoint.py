@@ -47,9 +47,9 @@ def model_classes() -> dict[str, type[Recommender]]:
     from models.cooc import Cooc
     from models.gmf import GMF
     from models.popularity import Popularity
-    from models.two_tower import TwoTower
+    from models.two_tower import SessionTwoTower, TwoTower
 
-    return {cls.kind: cls for cls in (GMF, TwoTower, Popularity, Cooc)}
+    return {cls.kind: cls for cls in (GMF, TwoTower, SessionTwoTower, Popularity, Cooc)}
 
 
 def new_version() -> str:

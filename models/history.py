@@ -8,10 +8,28 @@ array, so a million users cost ``4 × size`` MB and an append is vectorised per 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
 from models import kernels
+
+
+@dataclass(frozen=True)
+class HistoryContext:
+    """What each event's user had done before it: ``(n, size)`` item rows (``-1``:
+    empty slot), their event weights and ages (0 = the event just before).
+
+    Training a session-aware query offline needs it: when epochs visit a log in random
+    order, the live ring holds other events than the ones that preceded each event.
+    """
+
+    rows: np.ndarray  # int32
+    weights: np.ndarray  # float32
+    ages: np.ndarray  # int64
+
+    def take(self, idx: np.ndarray | slice) -> HistoryContext:
+        return HistoryContext(self.rows[idx], self.weights[idx], self.ages[idx])
 
 
 class RecentHistory:
@@ -73,6 +91,21 @@ class RecentHistory:
     def matrix(self, users: np.ndarray) -> np.ndarray:
         """``(len(users), size)`` item rows, ``-1`` where a user has fewer events."""
         return self.buf[users]
+
+    def contexts(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray
+                 ) -> HistoryContext:
+        """The context of every event of a time-ordered log, as this ring (from empty)
+        would hold it just before the event (does not touch this ring)."""
+        n_users = int(users.max()) + 1 if len(users) else 0
+        rows, w, ages = kernels.ring_contexts(self.size, n_users,
+                                              np.asarray(users, dtype=np.int64),
+                                              np.asarray(items, dtype=np.int32),
+                                              np.asarray(weights, dtype=np.float32))
+        return HistoryContext(rows, w, ages)
+
+    def context(self, users: np.ndarray) -> HistoryContext:
+        """The live context of ``users`` (what :meth:`contexts` gives during a replay)."""
+        return HistoryContext(self.buf[users], self.wbuf[users], self.ages(users))
 
     def weights(self, users: np.ndarray) -> np.ndarray:
         """Event weights aligned with :meth:`matrix` (meaningless where it is ``-1``)."""

@@ -244,6 +244,35 @@ def ring_append_weighted(buf: np.ndarray, wbuf: np.ndarray, count: np.ndarray,
         count[u] += 1
 
 
+@_compiled
+def ring_contexts(size: int, n_users: int, users: np.ndarray, items: np.ndarray,
+                  weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replay a time-ordered log through empty rings of ``size``: for each event, the
+    ring of its user *before* the event (rows, weights, ages; ``-1`` rows where empty).
+    """
+    n = len(users)
+    buf = np.full((n_users, max(size, 1)), -1, dtype=np.int32)
+    wbuf = np.ones((n_users, max(size, 1)), dtype=np.float32)
+    count = np.zeros(n_users, dtype=np.int64)
+    out_rows = np.full((n, size), -1, dtype=np.int32)
+    out_w = np.ones((n, size), dtype=np.float32)
+    out_age = np.zeros((n, size), dtype=np.int64)
+    for j in range(n):
+        u = users[j]
+        if u < 0 or u >= n_users:
+            raise IndexError("ring_contexts: user row out of range")
+        c = count[u]
+        for s in range(size):
+            out_rows[j, s] = buf[u, s]
+            out_w[j, s] = wbuf[u, s]
+            out_age[j, s] = (c - 1 - s) % size
+        if size > 0:
+            buf[u, c % size] = items[j]
+            wbuf[u, c % size] = weights[j]
+        count[u] = c + 1
+    return out_rows, out_w, out_age
+
+
 # --- accidental hits of shared negatives ----------------------------------------------
 def mask_hits(logits: np.ndarray, neg_rows: np.ndarray, pos_rows: np.ndarray) -> None:
     """``logits[i, j] = -inf`` wherever negative ``j`` is event ``i``'s own positive.
@@ -298,5 +327,6 @@ def warm_up() -> float:
     ring_append_weighted(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.float32),
                          np.zeros(2, np.int64), rows, np.zeros(3, np.int32),
                          np.ones(3, np.float32))
+    ring_contexts(2, 2, rows, np.zeros(3, np.int32), np.ones(3, np.float32))
     mask_hits(np.zeros((3, 3), np.float32), rows, rows)
     return time.perf_counter() - t0

@@ -54,6 +54,7 @@ from models.evaluation import (
 )
 from models.events import EventBatch
 from models.training import DEFAULT_EPOCHS, PRODUCT_MODEL, create_model, fit
+from models.two_tower import TwoTower
 
 #: Per-(model, protocol) overrides of the model defaults, each chosen on that protocol's
 #: validation split (``--split validation``); see the module docstring.
@@ -117,7 +118,7 @@ def new_model(kind: str, protocol: str, data: Dataset, dim: int | None = None,
     """A fresh ``kind`` model with the defaults, the protocol's overrides and ``params``."""
     merged = {**PROTOCOL_PARAMS.get((kind, protocol), {}), **(params or {})}
     model = create_model(kind, dim=dim, **merged)
-    if kind == "two_tower":  # item attributes arrive before clicks (cold start)
+    if isinstance(model, TwoTower):  # item attributes arrive before clicks (cold start)
         for item in data.iter_items():
             model.upsert_item(item.item_id, item.attributes)
     return model
@@ -177,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--protocol", choices=["loo", "full", "prequential", "responsiveness"],
                    required=True)
-    p.add_argument("--model", choices=["gmf", "two_tower", "popularity", "cooc"],
+    p.add_argument("--model", choices=["gmf", "two_tower", "session", "popularity", "cooc"],
                    default=PRODUCT_MODEL,
                    help=f"default: the product default model ({PRODUCT_MODEL})")
     p.add_argument("--clicks", type=int, default=5,
