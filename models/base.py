@@ -101,7 +101,9 @@ class Recommender(ABC):
             loss = self._learn_in_context(users, items, torch.from_numpy(weights), context)
         else:
             loss = self._learn(users, items, torch.from_numpy(weights))
-        self._record(users, items, weights, batch.ts_ms)
+        # offline epochs in context revisit the log in random order: nothing to count
+        # about what followed what (``reset_history`` recounts it in time order)
+        self._record(users, items, weights, batch.ts_ms, sequence=context is None)
         return loss
 
     def observe(self, batch: EventBatch) -> None:
@@ -144,8 +146,9 @@ class Recommender(ABC):
         self._resize_tables(len(self.user_ids), len(self.item_ids))
 
     def _record(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
-                ts_ms: np.ndarray) -> None:
-        self._observe_sequence(users, items, weights, ts_ms)
+                ts_ms: np.ndarray, sequence: bool = True) -> None:
+        if sequence:
+            self._observe_sequence(users, items, weights, ts_ms)
         self.history.append(users, items, weights)
         if self.track_seen:
             self.seen.add(users, items)
@@ -299,11 +302,25 @@ class Recommender(ABC):
         return self.item_ids.ids_of(self.history.of(int(rows[0])).tolist())
 
     def reset_history(self, batch: EventBatch) -> None:
-        """Rebuild recent histories from a time-ordered log (after epochs in random order)."""
+        """Rebuild recent histories from a time-ordered log (after epochs in random order).
+
+        Models that count sequences (``_observe_sequence``) recount them here."""
         self.history.clear()
         weights = self.event_weights_of(batch)
         self.history.append(self.user_ids.add(batch.users), self.item_ids.add(batch.items),
                             weights)
+
+    # --- sparse part of the query (hybrid models) -------------------------------------
+    def user_sparse_vectors(self, users: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
+        """The sparse part of each user's query: ``(item ids, float32 values)``.
+
+        A hybrid model's exact inner product is ``user_vectors · item_vectors`` plus this
+        value for the items listed (0 for the others); purely dense models list nothing.
+        Serving merges the ANN candidates of the dense query with these items and scores
+        both the same way, so ranking stays exactly ``score``'s.
+        """
+        self._user_rows(users)
+        return [([], np.zeros(0, np.float32)) for _ in users]
 
     # --- state for checkpoints (tensors + arrays + JSON; no pickle) ------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:

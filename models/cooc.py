@@ -214,6 +214,38 @@ class CoOccurrence:
                            np.ascontiguousarray(hist_w, dtype=np.float32), self.n_items,
                            self.window, self.recency)
 
+    def user_scores(self, history: RecentHistory, users: np.ndarray) -> np.ndarray:
+        """``(n, n_items)`` scores of user rows from their recent ``history``, rounded
+        to float32 once (so exported float32 values rank exactly like them)."""
+        rows, w = history.ordered(np.asarray(users, dtype=np.int64))
+        return _f32(self.scores(rows, w))
+
+    def pair_scores(self, history: RecentHistory, users: np.ndarray, items: np.ndarray
+                    ) -> np.ndarray:
+        """:meth:`user_scores` of ``(users[j], items[j])`` pairs, in bounded blocks."""
+        uniq, inverse = np.unique(users, return_inverse=True)
+        out = np.empty(len(users))
+        for start in range(0, len(uniq), 256):  # (256, n_items) at a time
+            block = self.user_scores(history, uniq[start: start + 256])
+            sel = (inverse >= start) & (inverse < start + 256)
+            out[sel] = block[inverse[sel] - start, items[sel]]
+        return out
+
+    def recount(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                ts_ms: np.ndarray, history_size: int) -> None:
+        """Forget every count and count a time-ordered log again (after offline epochs
+        that visited it in random order)."""
+        self.nbr[:] = -1
+        self.wt[:] = 0.0
+        self.cnt[:] = 0.0
+        self.ref_ms = None
+        ring = RecentHistory(history_size)
+        ring.resize(int(users.max()) + 1 if len(users) else 0)
+        for start in range(0, len(users), 256):
+            part = slice(start, start + 256)
+            self.update(users[part], items[part], weights[part], ts_ms[part], ring)
+            ring.append(users[part], items[part], weights[part])
+
     def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` partners of item row ``item`` by cosine: ``(rows, scores)``.
 
@@ -296,20 +328,15 @@ class Cooc(Recommender):
         return share if items is None else share[items]
 
     def _inner_all(self, users: np.ndarray) -> torch.Tensor:
-        rows, w = self.history.ordered(np.asarray(users, dtype=np.int64))
-        s = self.cooc.scores(rows, w)
-        s += self.popularity_weight * self._popularity()
-        # rounded to float32 once, so the exported float32 vectors rank exactly like it
-        return torch.from_numpy(s.astype(np.float32).astype(np.float64))
+        s = self.cooc.user_scores(self.history, users)
+        # the popularity share, rounded to float32 like the rest of the query
+        pop = (self.popularity_weight * self._popularity()).astype(np.float32)
+        return torch.from_numpy(_f32(s + pop))
 
     def _inner_pairs(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
-        uniq, inverse = np.unique(users, return_inverse=True)
-        out = np.empty(len(users))
-        for start in range(0, len(uniq), 256):  # bounded (256, n_items) blocks
-            block = self._inner_all(uniq[start: start + 256]).numpy()
-            sel = (inverse >= start) & (inverse < start + 256)
-            out[sel] = block[inverse[sel] - start, items[sel]]
-        return torch.from_numpy(out)
+        s = self.cooc.pair_scores(self.history, users, items)
+        pop = (self.popularity_weight * self._popularity(items)).astype(np.float32)
+        return torch.from_numpy(_f32(s + pop))
 
     def _query(self, users: np.ndarray) -> torch.Tensor:
         return self._inner_all(users)
@@ -335,3 +362,9 @@ class Cooc(Recommender):
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         super().load_state_arrays(arrays)
         self.cooc.load_state_arrays("cooc", arrays)
+
+
+def _f32(values: np.ndarray) -> np.ndarray:
+    """Float64 values rounded to float32 once: the exported float32 vectors then hold
+    exactly the values ``score`` ranks by."""
+    return values.astype(np.float32).astype(np.float64)

@@ -21,7 +21,7 @@ from models.events import EventBatch
 #: ``scripts/evaluate.py``): with the sampled-softmax defaults validation NDCG@10
 #: (full) flattens by 20 epochs for both models.
 DEFAULT_EPOCHS: dict[str, int] = {"gmf": 20, "two_tower": 20, "popularity": 1, "cooc": 1,
-                                  "session": 20}
+                                  "session": 20, "hybrid": 20}
 DEFAULT_BATCH_SIZE = 256
 
 #: The model the product runs when nothing else is asked for (``scripts.evaluate``

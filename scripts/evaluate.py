@@ -178,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--protocol", choices=["loo", "full", "prequential", "responsiveness"],
                    required=True)
-    p.add_argument("--model", choices=["gmf", "two_tower", "session", "popularity", "cooc"],
+    p.add_argument("--model", choices=list(DEFAULT_EPOCHS),
                    default=PRODUCT_MODEL,
                    help=f"default: the product default model ({PRODUCT_MODEL})")
     p.add_argument("--clicks", type=int, default=5,
