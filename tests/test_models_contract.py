@@ -228,7 +228,7 @@ def test_offline_epochs_train_each_event_on_the_history_before_it() -> None:
 
     class Spy(SessionTwoTower):
         def _learn_in_context(self, users, items, weights, context):  # type: ignore[no-untyped-def]
-            for u, i, rows in zip(users.tolist(), items.tolist(), context.rows, strict=True):
+            for i, rows in zip(items.tolist(), context.rows, strict=True):
                 hist = [self.item_ids.ids[r] for r in rows.tolist() if r >= 0]
                 seen.append((self.item_ids.ids[i], sorted(hist)))
             return super()._learn_in_context(users, items, weights, context)
