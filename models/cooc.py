@@ -281,7 +281,30 @@ class CoOccurrence:
         self.ref_ms = None if ref < 0 else ref
 
 
-class Cooc(Recommender):
+class WithCooc(Recommender):
+    """What every model holding a :class:`CoOccurrence` as ``self.cooc`` shares: the
+    similar-items lookup and its part of the checkpoint."""
+
+    cooc: CoOccurrence
+
+    def similar_items(self, item: str, k: int) -> tuple[list[str], np.ndarray]:
+        """Top-``k`` co-occurring items of ``item`` by cosine (``[]`` if unknown); what
+        ``GET /v1/items/{id}/similar?source=cooc`` serves."""
+        row = int(self.item_ids.lookup([item])[0])
+        if row < 0:
+            return [], np.zeros(0)
+        rows, sims = self.cooc.similar(row, k)
+        return self.item_ids.ids_of(rows.tolist()), sims
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {**super().state_arrays(), **self.cooc.state_arrays("cooc")}
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        super().load_state_arrays(arrays)
+        self.cooc.load_state_arrays("cooc", arrays)
+
+
+class Cooc(WithCooc):
     """Co-occurrence of a user's recent items as a recommender of its own.
 
     ``score(u, j)`` is the :class:`CoOccurrence` score of ``u``'s recent history plus
@@ -348,20 +371,6 @@ class Cooc(Recommender):
         out[torch.arange(len(rows)), torch.from_numpy(rows)] = 1.0
         return out
 
-    def similar_items(self, item: str, k: int) -> tuple[list[str], np.ndarray]:
-        """Top-``k`` co-occurring items of ``item`` by cosine (``[]`` if unknown)."""
-        row = int(self.item_ids.lookup([item])[0])
-        if row < 0:
-            return [], np.zeros(0)
-        rows, sims = self.cooc.similar(row, k)
-        return self.item_ids.ids_of(rows.tolist()), sims
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        return {**super().state_arrays(), **self.cooc.state_arrays("cooc")}
-
-    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        super().load_state_arrays(arrays)
-        self.cooc.load_state_arrays("cooc", arrays)
 
 
 def _f32(values: np.ndarray) -> np.ndarray:

@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from models.cooc import CoOccurrence
+from models.cooc import CoOccurrence, WithCooc
 from models.events import EventBatch
 from models.two_tower import SessionTwoTower
 
 
-class SessionCooc(SessionTwoTower):
+class SessionCooc(WithCooc, SessionTwoTower):
     """:class:`SessionTwoTower` + ``cooc_weight`` × co-occurrence (see the module).
 
     ``cooc_neighbours``, ``cooc_window``, ``cooc_recency``, ``cooc_half_life_days`` are
@@ -106,17 +106,3 @@ class SessionCooc(SessionTwoTower):
                 out.append((self.item_ids.ids_of(nz.tolist()), values[nz].astype(np.float32)))
         return out
 
-    def similar_items(self, item: str, k: int) -> tuple[list[str], np.ndarray]:
-        """Top-``k`` co-occurring items of ``item`` by cosine (``[]`` if unknown)."""
-        row = int(self.item_ids.lookup([item])[0])
-        if row < 0:
-            return [], np.zeros(0)
-        rows, sims = self.cooc.similar(row, k)
-        return self.item_ids.ids_of(rows.tolist()), sims
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        return {**super().state_arrays(), **self.cooc.state_arrays("cooc")}
-
-    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        super().load_state_arrays(arrays)
-        self.cooc.load_state_arrays("cooc", arrays)

@@ -3,6 +3,7 @@
     python -m scripts.tune                      # ~15 minutes on 2 shared cores
     python -m scripts.tune --only full/gmf      # one grid
     python -m scripts.tune --record session     # issue 11: session two-tower, cooc
+    python -m scripts.tune --record hybrid      # issue 11: the hybrid's cooc weight
 
 Every grid sweeps one hyperparameter at a time around the current default (the others
 stay at their defaults) on a *validation* split of ``scripts.evaluate`` (carved from
@@ -83,9 +84,16 @@ SESSION_GRIDS: tuple[Grid, ...] = (
                                               "neighbours": (50, 100, 200)}),
 )
 
+#: Issue 11: how much co-occurrence weighs in the hybrid's score (the session part
+#: keeps the session model's choices).
+HYBRID_GRIDS: tuple[Grid, ...] = (
+    Grid("prequential", "hybrid", "recall@10", {"cooc_weight": (1.0, 3.0, 10.0)}),
+)
+
 #: Which grids each record file holds.
 RECORDS: dict[str, tuple[Path, tuple[Grid, ...]]] = {
-    "base": (OUT, GRIDS), "session": (OUT_SESSION, SESSION_GRIDS)}
+    "base": (OUT, GRIDS), "session": (OUT_SESSION, SESSION_GRIDS),
+    "hybrid": (OUT.with_name("movielens-100k-hybrid.json"), HYBRID_GRIDS)}
 
 
 def default_value(grid: Grid, axis: str) -> float:
