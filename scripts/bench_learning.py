@@ -1,6 +1,6 @@
 """In-process learning throughput of a model on one core, and the cost of one growth step.
 
-    python -m scripts.bench_learning [--model gmf|two_tower|session|cooc]
+    python -m scripts.bench_learning [--model gmf|two_tower|session|hybrid|cooc]
                                      [--users 1000000 --items 200000 --seconds 4]
                                      [--params '{"negatives": 64}']
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--events", type=int, default=500_000)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--model", default="gmf",
-                   choices=["gmf", "two_tower", "session", "cooc"])
+                   choices=["gmf", "two_tower", "session", "hybrid", "cooc"])
     p.add_argument("--params", default="{}",
                    help="JSON of model hyperparameters to override (e.g. negatives)")
     p.add_argument("--track-seen", action="store_true",
