@@ -312,10 +312,11 @@ class Cooc(WithCooc):
     recent item co-occurred with, and serves users whose items have no partners yet).
     No gradient: ``learn_many`` counts. Defaults chosen on the prequential validation
     slice (``python -m scripts.tune --record session``): a window of 20 recent items
-    (0.170 vs 0.1605 at 10), no time decay, 100 neighbours. Retrieval form: the query has one coordinate per
-    item (its score), item vectors are one-hot, so ``dim`` is the catalogue size and
-    inner products rank exactly like ``score``; that form is for the contract and small
-    catalogues. At scale, its retrieval is :meth:`similar_items` of the recent items.
+    (0.170 vs 0.1605 at 10), no time decay, 100 neighbours. Retrieval form: the query
+    has one coordinate per item (its score), item vectors are one-hot, so ``dim`` is
+    the catalogue size and inner products rank exactly like ``score``; that form is for
+    the contract and small catalogues. At scale, its retrieval is :meth:`similar_items`
+    of the recent items.
     """
 
     kind = "cooc"
