@@ -73,9 +73,23 @@ class Recommender(ABC):
 
     # --- hyperparameters -------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        """Constructor arguments of this model (JSON-friendly), e.g. to clone it."""
-        sig = inspect.signature(type(self).__init__)
-        return {name: getattr(self, name) for name in sig.parameters if name != "self"}
+        """Constructor arguments of this model (JSON-friendly), e.g. to clone it.
+
+        A subclass whose ``__init__`` only changes some defaults takes the rest as
+        ``**params`` and passes them on; its parents' arguments are collected here too,
+        so the full signature is written once.
+        """
+        names: list[str] = []
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = inspect.signature(init).parameters.values()
+            names += [p.name for p in params if p.name != "self" and p.name not in names
+                      and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+            if not any(p.kind == p.VAR_KEYWORD for p in params):
+                break
+        return {name: getattr(self, name) for name in names}
 
     def clone(self) -> Recommender:
         """A fresh, untrained model with the same hyperparameters."""

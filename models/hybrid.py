@@ -17,7 +17,8 @@ gradient step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,25 +39,14 @@ class SessionCooc(WithCooc, SessionTwoTower):
 
     kind = "hybrid"
 
-    def __init__(self, dim: int = 64, lr: float = 0.05, lr_dense: float = 0.005,
-                 l2: float = 0.1, negatives: int = 256, sampler: str = "popularity",
-                 sampler_alpha: float = 0.75, loss: str = "softmax", accum_decay: float = 1.0,
-                 init_std: float = 0.1, growth: float = 1.25, share_negatives: bool = True,
-                 n_buckets: int = 4096,
-                 max_tokens: int = 16, numeric_attributes: Sequence[str] = ("year",),
-                 ignore_attributes: Sequence[str] = ("title",),
-                 event_weights: Mapping[str, float] | None = None,
-                 history_size: int = 20, seed: int = 0, recency: float = 0.8,
-                 history_weight: float = 3.0, cooc_weight: float = 3.0,
-                 cooc_neighbours: int = 100, cooc_window: int = 10,
-                 cooc_recency: float = 0.95, cooc_half_life_days: float = 0.0) -> None:
-        super().__init__(dim, lr, lr_dense, l2, negatives, sampler, sampler_alpha, loss,
-                         accum_decay, init_std, growth, share_negatives, n_buckets,
-                         max_tokens, numeric_attributes, ignore_attributes, event_weights,
-                         history_size, seed, recency, history_weight)
-        if cooc_window > history_size:
+    def __init__(self, cooc_weight: float = 3.0, cooc_neighbours: int = 100,
+                 cooc_window: int = 10, cooc_recency: float = 0.95,
+                 cooc_half_life_days: float = 0.0, **params: Any) -> None:
+        """``params``: any other :class:`SessionTwoTower` hyperparameter."""
+        super().__init__(**params)
+        if cooc_window > self.history_size:
             raise ValueError(f"cooc_window {cooc_window} exceeds history_size "
-                             f"{history_size}")
+                             f"{self.history_size}")
         self.cooc_weight = cooc_weight
         self.cooc_neighbours = cooc_neighbours
         self.cooc_window = cooc_window

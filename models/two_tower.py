@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -316,20 +317,10 @@ class SessionTwoTower(TwoTower):
     kind = "session"
     trains_on_context = True
 
-    def __init__(self, dim: int = 64, lr: float = 0.05, lr_dense: float = 0.005,
-                 l2: float = 0.1, negatives: int = 256, sampler: str = "popularity",
-                 sampler_alpha: float = 0.75, loss: str = "softmax", accum_decay: float = 1.0,
-                 init_std: float = 0.1, growth: float = 1.25, share_negatives: bool = True,
-                 n_buckets: int = 4096,
-                 max_tokens: int = 16, numeric_attributes: Sequence[str] = ("year",),
-                 ignore_attributes: Sequence[str] = ("title",),
-                 event_weights: Mapping[str, float] | None = None,
-                 history_size: int = 20, seed: int = 0, recency: float = 0.8,
-                 history_weight: float = 3.0) -> None:
-        super().__init__(dim, lr, lr_dense, l2, negatives, sampler, sampler_alpha, loss,
-                         accum_decay, init_std, growth, share_negatives, n_buckets,
-                         max_tokens, numeric_attributes, ignore_attributes, event_weights,
-                         history_size, seed, recency, history_weight)
+    def __init__(self, recency: float = 0.8, history_weight: float = 3.0,
+                 **params: Any) -> None:
+        """``params``: any other :class:`TwoTower` hyperparameter."""
+        super().__init__(recency=recency, history_weight=history_weight, **params)
 
 
 def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:
