@@ -42,6 +42,7 @@ GRAPHITE_ROOT = {COUNTER: "stats.counters", TIMER: "stats.timers", GAUGE: "stats
 SOURCES: dict[str, str] = {
     "streams/pipeline.py": "worker",
     "streams/app.py": "worker",
+    "streams/runtime.py": "worker",
     "streams/dead_letters.py": "worker",
     "recommender_server/metrics.py": "api",
     "recommender_server/recommend.py": "api",
@@ -116,12 +117,12 @@ METRICS: tuple[Metric, ...] = (
            "Freshness: click published on Kafka → user vector written to MongoDB "
            "(one sample per user per batch).", _W),
     Metric("worker", "checkpoints", COUNTER, "Model checkpoints written.",
-           ("streams/app.py",)),
+           ("streams/runtime.py",)),
     Metric("worker", "export.duration_ms", TIMER,
            "Full export of item vectors to the FAISS service (new index version).",
-           ("streams/app.py",)),
+           ("streams/runtime.py",)),
     Metric("worker", "export.items", GAUGE, "Item vectors in the last full export.",
-           ("streams/app.py",)),
+           ("streams/runtime.py",)),
     Metric("worker", "export.errors", COUNTER, "Failed periodic exports (retried).",
            ("streams/app.py",)),
     Metric("worker", "consumer.lag.p<partition>", GAUGE,
