@@ -7,7 +7,9 @@ Used by ``python -m scripts.evaluate`` (one JSON line per run), ``python -m scri
 from the part the test run *trains* on, never from what it scores: loo holds out each
 user's second-to-last interaction (the latest is the test), full splits the 75% training
 part 75/25 again (seed 43), prequential runs on the bootstrap part only (the first 20%
-of the log: bootstrap on its first fifth, stream the rest). Results carry
+of the log: bootstrap on its first fifth, stream the rest); responsiveness bootstraps on
+the first 80% of the log (its validation form: of the prequential validation log) and
+measures the genre shift of issue 11 (``models.evaluation.responsiveness``). Results carry
 ``split_sha256``, a digest of the exact split, so runs can show they used the same one.
 
 Model defaults (``models/gmf.py``, ``models/two_tower.py``, epochs in
@@ -38,12 +40,14 @@ from models.evaluation import (
     loo_split,
     prequential,
     prequential_validation_log,
+    responsiveness,
 )
 from models.events import EventBatch
 from models.training import create_model, fit
+from models.two_tower import TwoTower
 
 #: Per-(model, protocol) overrides of the model defaults, each chosen on that protocol's
-#: validation split; see the module docstring.
+#: validation split (``--split validation``); see the module docstring.
 PROTOCOL_PARAMS: dict[tuple[str, str], dict[str, object]] = {
     ("gmf", "loo"): {"l2": 0.02},
     ("two_tower", "loo"): {"l2": 0.02},
@@ -51,6 +55,9 @@ PROTOCOL_PARAMS: dict[tuple[str, str], dict[str, object]] = {
 
 #: Share of the log the prequential protocol bootstraps on (the rest is scored).
 PREQUENTIAL_BOOTSTRAP = 0.2
+
+#: Share of the log the responsiveness protocol bootstraps on (the demo's 80%).
+RESPONSIVENESS_BOOTSTRAP = 0.8
 
 
 class Splits:
@@ -84,13 +91,24 @@ class Splits:
     def prequential_validation(self) -> Interactions:
         return prequential_validation_log(self.inter, PREQUENTIAL_BOOTSTRAP)
 
+    @cached_property
+    def responsiveness_test(self) -> Interactions:
+        ordered = self.inter.sorted_by_time()
+        return ordered.take(slice(0, int(len(ordered) * RESPONSIVENESS_BOOTSTRAP)))
+
+    @cached_property
+    def responsiveness_validation(self) -> Interactions:
+        """The first 80% of the prequential validation log (itself the first 20%)."""
+        log = self.prequential_validation
+        return log.take(slice(0, int(len(log) * RESPONSIVENESS_BOOTSTRAP)))
+
 
 def new_model(kind: str, protocol: str, data: Dataset, dim: int | None = None,
               params: dict[str, object] | None = None) -> Recommender:
     """A fresh ``kind`` model with the defaults, the protocol's overrides and ``params``."""
     merged = {**PROTOCOL_PARAMS.get((kind, protocol), {}), **(params or {})}
     model = create_model(kind, dim=dim, **merged)
-    if kind == "two_tower":  # item attributes arrive before clicks (cold start)
+    if isinstance(model, TwoTower):  # item attributes arrive before clicks (cold start)
         for item in data.iter_items():
             model.upsert_item(item.item_id, item.attributes)
     return model
@@ -104,9 +122,25 @@ def train(model: Recommender, train: Interactions, epochs: int) -> None:
 
 
 def evaluate(model: Recommender, protocol: str, split: str, splits: Splits, epochs: int,
-             limit: int | None = None) -> dict[str, float | str]:
+             limit: int | None = None, data: Dataset | None = None,
+             clicks: int = 5) -> dict[str, float | str]:
     """Train ``model`` on the chosen split's training part and score it; the metrics
-    plus ``split_sha256`` (see :func:`models.evaluation.digest`)."""
+    plus ``split_sha256`` (see :func:`models.evaluation.digest`). ``responsiveness``
+    needs ``data`` (the item genres) and takes ``clicks``."""
+    if protocol == "responsiveness":
+        if data is None:
+            raise ValueError("the responsiveness protocol needs the data set's items")
+        boot = (splits.responsiveness_validation if split == "validation"
+                else splits.responsiveness_test)
+        train(model, boot, epochs)
+        counts: dict[str, float] = {}
+        for item in boot.items.tolist():
+            counts[item] = counts.get(item, 0.0) + 1.0
+        genres = {item.item_id: list(item.genres) for item in data.iter_items()}
+        out = responsiveness(model, genres, counts, clicks=clicks,
+                             ts_ms=int(boot.ts_ms.max()) + 1)
+        return {**out, "split_sha256": digest(interactions_digest(boot),
+                                              RESPONSIVENESS_BOOTSTRAP)}
     if protocol == "loo":
         lsplit = splits.loo_validation if split == "validation" else splits.loo_test
         train(model, lsplit.train, epochs)
@@ -125,5 +159,6 @@ def evaluate(model: Recommender, protocol: str, split: str, splits: Splits, epoc
 
 def rounded(metrics: dict[str, float | str]) -> dict[str, float | str]:
     """Metrics to 4 decimals (throughput to 1), as printed and committed."""
-    return {k: v if isinstance(v, str) else round(v, 1 if k == "learn_events_per_s" else 4)
-            for k, v in metrics.items()}
+    whole = ("users", "clicks")
+    return {k: v if isinstance(v, str) else int(v) if k in whole else
+            round(v, 1 if k == "learn_events_per_s" else 4) for k, v in metrics.items()}

@@ -23,7 +23,7 @@ import torch
 
 from common.errors import BadEvent, UnknownItem, UnknownUser
 from models.events import DEFAULT_EVENT_WEIGHTS, EventBatch
-from models.history import RecentHistory, SeenItems
+from models.history import HistoryContext, RecentHistory, SeenItems
 from models.ids import IdMap
 
 
@@ -34,6 +34,12 @@ class Recommender(ABC):
     kind: ClassVar[str] = ""
     #: Whether a user the model has never seen can still be served (popularity can).
     serves_unknown_users: ClassVar[bool] = False
+    #: Whether learning depends on the order of events (co-occurrence counts what
+    #: followed what): ``models.training.fit`` then makes one pass in time order.
+    learns_in_order: ClassVar[bool] = False
+    #: Whether ``learn_many`` uses a ``context`` (each event's preceding history):
+    #: ``models.training.fit`` then computes it from the time-ordered log.
+    trains_on_context: ClassVar[bool] = False
 
     version: str
     dim: int
@@ -67,35 +73,58 @@ class Recommender(ABC):
 
     # --- hyperparameters -------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        """Constructor arguments of this model (JSON-friendly), e.g. to clone it."""
-        sig = inspect.signature(type(self).__init__)
-        return {name: getattr(self, name) for name in sig.parameters if name != "self"}
+        """Constructor arguments of this model (JSON-friendly), e.g. to clone it.
+
+        A subclass whose ``__init__`` only changes some defaults takes the rest as
+        ``**params`` and passes them on; its parents' arguments are collected here too,
+        so the full signature is written once.
+        """
+        names: list[str] = []
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = inspect.signature(init).parameters.values()
+            names += [p.name for p in params if p.name != "self" and p.name not in names
+                      and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+            if not any(p.kind == p.VAR_KEYWORD for p in params):
+                break
+        return {name: getattr(self, name) for name in names}
 
     def clone(self) -> Recommender:
         """A fresh, untrained model with the same hyperparameters."""
         return type(self)(**self.get_params())
 
     # --- learning --------------------------------------------------------------------
-    def learn_many(self, batch: EventBatch) -> float:
+    def learn_many(self, batch: EventBatch, context: HistoryContext | None = None) -> float:
         """Learn from a micro-batch of positive events; return the mean loss.
 
         Unseen users and items get new rows first (tables grow in amortised steps).
         The events are recorded in the users' histories only after learning, so a model
-        never sees an event in the history it is being trained to predict.
+        never sees an event in the history it is being trained to predict; afterwards
+        :meth:`user_vectors` already includes them (session-aware models: a click moves
+        the query at once). ``context`` (offline training, see ``models.training.fit``)
+        gives each event the history that preceded it in the log, instead of the live
+        ring; only models with ``trains_on_context`` use it.
         """
         if len(batch) == 0:
             return 0.0
-        weights = self._event_weights(batch)
+        weights = self.event_weights_of(batch)
         users, items = self._register(batch)
-        loss = self._learn(users, items, torch.from_numpy(weights))
-        self._record(users, items, weights, batch.ts_ms)
+        if context is not None and self.trains_on_context:
+            loss = self._learn_in_context(users, items, torch.from_numpy(weights), context)
+        else:
+            loss = self._learn(users, items, torch.from_numpy(weights))
+        # offline epochs in context revisit the log in random order: nothing to count
+        # about what followed what (``reset_history`` recounts it in time order)
+        self._record(users, items, weights, batch.ts_ms, sequence=context is None)
         return loss
 
     def observe(self, batch: EventBatch) -> None:
         """Record events (ids, history, seen items, counts) without a gradient step."""
         if len(batch) == 0:
             return
-        weights = self._event_weights(batch)
+        weights = self.event_weights_of(batch)
         users, items = self._register(batch)
         self._record(users, items, weights, batch.ts_ms)
 
@@ -105,7 +134,7 @@ class Recommender(ABC):
         self.item_ids.add(items)
         self._resize()
 
-    def _event_weights(self, batch: EventBatch) -> np.ndarray:
+    def event_weights_of(self, batch: EventBatch) -> np.ndarray:
         """Loss weight of each event, by type (vectorised: a binary search over the
         few known type names instead of a sort of the batch's strings)."""
         names = sorted(self.event_weights)
@@ -131,8 +160,10 @@ class Recommender(ABC):
         self._resize_tables(len(self.user_ids), len(self.item_ids))
 
     def _record(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
-                ts_ms: np.ndarray) -> None:
-        self.history.append(users, items)
+                ts_ms: np.ndarray, sequence: bool = True) -> None:
+        if sequence:
+            self._observe_sequence(users, items, weights, ts_ms)
+        self.history.append(users, items, weights)
         if self.track_seen:
             self.seen.add(users, items)
         self._count(items, weights)
@@ -145,6 +176,13 @@ class Recommender(ABC):
         """Hook for models that keep item counts (popularity, samplers)."""
         return None
 
+    def _observe_sequence(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                          ts_ms: np.ndarray) -> None:
+        """Hook called with every learned or observed batch *before* it enters the
+        recent histories, so a model can relate each event to what preceded it
+        (co-occurrence counts)."""
+        return None
+
     # --- what subclasses define ------------------------------------------------------
     @abstractmethod
     def _resize_tables(self, n_users: int, n_items: int) -> None:
@@ -153,6 +191,11 @@ class Recommender(ABC):
     @abstractmethod
     def _learn(self, users: np.ndarray, items: np.ndarray, weights: torch.Tensor) -> float:
         """One update from positive (user row, item row) pairs; return the mean loss."""
+
+    def _learn_in_context(self, users: np.ndarray, items: np.ndarray, weights: torch.Tensor,
+                          context: HistoryContext) -> float:
+        """:meth:`_learn` with each event's preceding history given (see ``learn_many``)."""
+        return self._learn(users, items, weights)
 
     @abstractmethod
     def _query(self, users: np.ndarray) -> torch.Tensor:
@@ -165,6 +208,15 @@ class Recommender(ABC):
     def _link(self, inner: torch.Tensor) -> torch.Tensor:
         """Strictly increasing map from inner product to model score."""
         return inner
+
+    def _inner_pairs(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
+        """``query(users[j]) · item(items[j])`` (float64). A model whose vectors are
+        sparse (co-occurrence: one coordinate per item) computes it without them."""
+        return (self._query(users).double() * self._item_matrix(items).double()).sum(1)
+
+    def _inner_all(self, users: np.ndarray) -> torch.Tensor:
+        """``(n, n_items)`` inner products with every item (float64), as above."""
+        return self._query(users).double() @ self._item_matrix().double().T
 
     def _set_attributes(self, row: int, attributes: Mapping[str, object]) -> None:
         """Hook: models that use item attributes store them here."""
@@ -191,9 +243,7 @@ class Recommender(ABC):
         out = np.full(len(u), np.nan)
         ok = (i >= 0) & ((u >= 0) | self.serves_unknown_users)
         if ok.any():
-            q = self._query(u[ok]).double()
-            p = self._item_matrix(i[ok]).double()
-            out[ok] = self._link((q * p).sum(1)).numpy()
+            out[ok] = self._link(self._inner_pairs(u[ok], i[ok])).numpy()
         return out
 
     @torch.no_grad()
@@ -210,7 +260,7 @@ class Recommender(ABC):
         scores = np.full((len(rows), k), -np.inf)
         if n_items == 0 or len(rows) == 0:
             return ids.astype(str), scores
-        inner = self._query(rows).double() @ self._item_matrix().double().T
+        inner = self._inner_all(rows)
         if exclude_seen:
             r_idx: list[int] = []
             c_idx: list[int] = []
@@ -266,9 +316,25 @@ class Recommender(ABC):
         return self.item_ids.ids_of(self.history.of(int(rows[0])).tolist())
 
     def reset_history(self, batch: EventBatch) -> None:
-        """Rebuild recent histories from a time-ordered log (after epochs in random order)."""
+        """Rebuild recent histories from a time-ordered log (after epochs in random order).
+
+        Models that count sequences (``_observe_sequence``) recount them here."""
         self.history.clear()
-        self.history.append(self.user_ids.add(batch.users), self.item_ids.add(batch.items))
+        weights = self.event_weights_of(batch)
+        self.history.append(self.user_ids.add(batch.users), self.item_ids.add(batch.items),
+                            weights)
+
+    # --- sparse part of the query (hybrid models) -------------------------------------
+    def user_sparse_vectors(self, users: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
+        """The sparse part of each user's query: ``(item ids, float32 values)``.
+
+        A hybrid model's exact inner product is ``user_vectors · item_vectors`` plus this
+        value for the items listed (0 for the others); purely dense models list nothing.
+        Serving merges the ANN candidates of the dense query with these items and scores
+        both the same way, so ranking stays exactly ``score``'s.
+        """
+        self._user_rows(users)
+        return [([], np.zeros(0, np.float32)) for _ in users]
 
     # --- state for checkpoints (tensors + arrays + JSON; no pickle) ------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -283,6 +349,7 @@ class Recommender(ABC):
         seen_u, seen_i = self.seen.to_arrays()
         n = len(self.user_ids)
         return {"history.buf": self.history.buf[:n].copy(),
+                "history.weight": self.history.wbuf[:n].copy(),
                 "history.count": self.history.count[:n].copy(),
                 "seen.users": seen_u, "seen.items": seen_i}
 
@@ -293,6 +360,8 @@ class Recommender(ABC):
         if buf.shape != (n, self.history_size):
             raise ValueError(f"history shape {buf.shape} != ({n}, {self.history_size})")
         self.history.buf[:n] = buf
+        # checkpoints written before event-type weights were kept: every event weighs 1
+        self.history.wbuf[:n] = arrays.get("history.weight", np.ones_like(buf, np.float32))
         self.history.count[:n] = arrays["history.count"]
         self.seen = SeenItems.from_arrays(arrays["seen.users"], arrays["seen.items"])
 

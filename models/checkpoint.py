@@ -44,11 +44,14 @@ class CheckpointError(RecsysError):
 
 def model_classes() -> dict[str, type[Recommender]]:
     """Model kinds a checkpoint may name (no arbitrary classes: no pickle-like loading)."""
+    from models.cooc import Cooc
     from models.gmf import GMF
+    from models.hybrid import SessionCooc
     from models.popularity import Popularity
-    from models.two_tower import TwoTower
+    from models.two_tower import SessionTwoTower, TwoTower
 
-    return {cls.kind: cls for cls in (GMF, TwoTower, Popularity)}
+    return {cls.kind: cls for cls in (GMF, TwoTower, SessionTwoTower, SessionCooc,
+                                      Popularity, Cooc)}
 
 
 def new_version() -> str:

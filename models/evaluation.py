@@ -292,3 +292,55 @@ def full_digest(split: FullSplit) -> str:
 def mean_metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Average of metric dicts with the same keys."""
     return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} if rows else {}
+
+
+# --- responsiveness (issue 11) -------------------------------------------------------
+def responsiveness(model: Recommender, genres: Mapping[str, Sequence[str]],
+                   popularity: Mapping[str, float], clicks: int = 5, k: int = K,
+                   min_titles: int = 50, ts_ms: int = 0, seed: int = 0
+                   ) -> dict[str, float]:
+    """Genre shift after a few clicks: does the list follow what the user does now?
+
+    For every user the (bootstrapped) ``model`` knows, in id order: pick, with one
+    ``default_rng(seed)``, a genre among those with at least ``min_titles`` titles
+    (``genres``: item id → its genres) of which the user has seen none; measure that
+    genre's share of the user's top ``k`` (seen items excluded); stream ``clicks`` click
+    events on the genre's most ``popularity``-popular titles one at a time
+    (``learn_many``, as the worker applies them) and measure again, clicked items
+    excluded too. Each user is measured on a copy of the model, so one user's clicks
+    never move another's list. ``catalogue_share`` is the mean share of the picked
+    genres in the catalogue (what a random list would show).
+    """
+    import copy
+
+    by_genre: dict[str, list[str]] = {}
+    for item, gs in genres.items():
+        for g in gs:
+            by_genre.setdefault(g, []).append(item)
+    big = sorted(g for g, items in by_genre.items() if len(items) >= min_titles)
+    n_catalogue = len(genres)
+    rng = np.random.default_rng(seed)
+    before = after = share = 0.0
+    n = 0
+    for user in sorted_ids(list(model.user_ids.ids)):
+        row = int(model.user_ids.lookup([user])[0])
+        touched = {g for i in model.item_ids.ids_of(sorted(model.seen.of(row)))
+                   for g in genres.get(i, ())}
+        options = [g for g in big if g not in touched]
+        if not options:
+            continue
+        genre = options[int(rng.integers(len(options)))]
+        members = set(by_genre[genre])
+        titles = sorted(members, key=lambda i: (-popularity.get(i, 0.0), i))[:clicks]
+        ids, _ = model.recommend([user], k, exclude_seen=True)
+        before += sum(i in members for i in ids[0].tolist()) / k
+        clone = copy.deepcopy(model)
+        for item in titles:
+            clone.learn_many(EventBatch.of([user], [item], event="click", ts_ms=ts_ms))
+        ids, _ = clone.recommend([user], k, exclude_seen=True)
+        after += sum(i in members for i in ids[0].tolist()) / k
+        share += len(members) / n_catalogue
+        n += 1
+    n = max(n, 1)
+    return {"genre_share_before": before / n, "genre_share_after": after / n,
+            "catalogue_share": share / n, "users": float(n), "clicks": float(clicks)}

@@ -227,16 +227,50 @@ def _rowwise_adagrad(weight: np.ndarray, accum: np.ndarray, rows: np.ndarray,
 
 # --- recent history ring buffer -------------------------------------------------------
 @_compiled
-def ring_append(buf: np.ndarray, count: np.ndarray, users: np.ndarray,
-                items: np.ndarray) -> None:
-    """Append ``items[j]`` to the ring of ``users[j]``, in batch order."""
+def ring_append_weighted(buf: np.ndarray, wbuf: np.ndarray, count: np.ndarray,
+                         users: np.ndarray, items: np.ndarray, weights: np.ndarray) -> None:
+    """Append ``items[j]`` (and its event weight ``weights[j]``) to the ring of
+    ``users[j]``, in batch order."""
     size = buf.shape[1]
+    if wbuf.shape[0] < buf.shape[0] or wbuf.shape[1] != size or len(weights) < len(users):
+        raise IndexError("ring_append_weighted: shapes do not match")
     for j in range(len(users)):
         u = users[j]
-        if u < 0 or u >= len(count):  # compiled code does not bounds-check indexing
-            raise IndexError("ring_append: user row out of range")
-        buf[u, count[u] % size] = items[j]
+        if u < 0 or u >= len(count) or u >= buf.shape[0]:
+            raise IndexError("ring_append_weighted: user row out of range")
+        s = count[u] % size
+        buf[u, s] = items[j]
+        wbuf[u, s] = weights[j]
         count[u] += 1
+
+
+@_compiled
+def ring_contexts(size: int, n_users: int, users: np.ndarray, items: np.ndarray,
+                  weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replay a time-ordered log through empty rings of ``size``: for each event, the
+    ring of its user *before* the event (rows, weights, ages; ``-1`` rows where empty).
+    """
+    n = len(users)
+    buf = np.full((n_users, max(size, 1)), -1, dtype=np.int32)
+    wbuf = np.ones((n_users, max(size, 1)), dtype=np.float32)
+    count = np.zeros(n_users, dtype=np.int64)
+    out_rows = np.full((n, size), -1, dtype=np.int32)
+    out_w = np.ones((n, size), dtype=np.float32)
+    out_age = np.zeros((n, size), dtype=np.int64)
+    for j in range(n):
+        u = users[j]
+        if u < 0 or u >= n_users:
+            raise IndexError("ring_contexts: user row out of range")
+        c = count[u]
+        for s in range(size):
+            out_rows[j, s] = buf[u, s]
+            out_w[j, s] = wbuf[u, s]
+            out_age[j, s] = (c - 1 - s) % size
+        if size > 0:
+            buf[u, c % size] = items[j]
+            wbuf[u, c % size] = weights[j]
+        count[u] = c + 1
+    return out_rows, out_w, out_age
 
 
 # --- accidental hits of shared negatives ----------------------------------------------
@@ -290,7 +324,9 @@ def warm_up() -> float:
     table_rehash(table, empty_table(16), 60)
     rowwise_adagrad(np.zeros((2, 4), np.float32), np.zeros(2, np.float32), rows,
                     np.ones((3, 4), np.float32), 0.1, 1.0, 1e-8)
-    ring_append(np.zeros((2, 2), np.int32), np.zeros(2, np.int64), rows,
-                np.zeros(3, np.int32))
+    ring_append_weighted(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.float32),
+                         np.zeros(2, np.int64), rows, np.zeros(3, np.int32),
+                         np.ones(3, np.float32))
+    ring_contexts(2, 2, rows, np.zeros(3, np.int32), np.ones(3, np.float32))
     mask_hits(np.zeros((3, 3), np.float32), rows, rows)
     return time.perf_counter() - t0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from models import kernels
 from models.factor import FactorModel, pair_loss_grads
 from models.growable import GrowableTable
+from models.history import HistoryContext
 
 
 class TwoTower(FactorModel):
@@ -47,9 +49,14 @@ class TwoTower(FactorModel):
                  max_tokens: int = 16, numeric_attributes: Sequence[str] = ("year",),
                  ignore_attributes: Sequence[str] = ("title",),
                  event_weights: Mapping[str, float] | None = None,
-                 history_size: int = 20, seed: int = 0) -> None:
+                 history_size: int = 20, seed: int = 0, recency: float = 1.0,
+                 history_weight: float = 1.0) -> None:
         super().__init__(dim, lr, l2, negatives, sampler, sampler_alpha, loss, accum_decay,
                          event_weights, history_size, seed)
+        if not 0.0 < recency <= 1.0:
+            raise ValueError(f"recency must be in (0, 1], got {recency}")
+        self.recency = recency
+        self.history_weight = history_weight
         self.lr_dense = lr_dense
         self.init_std = init_std
         self.growth = growth
@@ -157,24 +164,35 @@ class TwoTower(FactorModel):
             self._width = max(1, int(used.max())) if len(used) else 1
         return self._width
 
-    def _history_mask(self, users: np.ndarray, exclude: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        hist = torch.from_numpy(self.history.matrix(users).astype(np.int64))
+    def _history_weights(self, users: np.ndarray, exclude: torch.Tensor | None,
+                         context: HistoryContext | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """History item rows and their pooling weights ``(n, size)``:
+        ``history_weight · w_event · recency^age``, normalised to sum to
+        ``history_weight`` per user (0 on empty slots and on the excluded positive)."""
+        ctx = self.history.context(users) if context is None else context
+        hist = torch.from_numpy(ctx.rows.astype(np.int64))
         mask = hist >= 0
         if exclude is not None:
             mask &= hist != exclude.unsqueeze(1)
-        return hist.clamp(min=0), mask
+        omega = torch.from_numpy(ctx.weights).float() * mask
+        if self.recency != 1.0:
+            omega *= torch.from_numpy(self.recency ** ctx.ages.astype(np.float64)).float()
+        omega *= self.history_weight / omega.sum(1, keepdim=True).clamp(min=1e-12)
+        return hist.clamp(min=0), omega
 
-    def _user_tower(self, users: np.ndarray, exclude: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _user_tower(self, users: np.ndarray, exclude: torch.Tensor | None = None,
+                    context: HistoryContext | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query ``U[user] + Σ_h ω_h · H[h]`` over the recent history (see
+        :meth:`_history_weights`): the history part moves with every recorded event."""
         rows = torch.from_numpy(np.asarray(users, dtype=np.int64))
-        hist, mask = self._history_mask(users, exclude)
-        inv_n = 1.0 / mask.sum(1).clamp(min=1).float()
+        hist, omega = self._history_weights(np.asarray(users, dtype=np.int64), exclude,
+                                            context)
         q = self.users_t.weight[rows]
         if hist.shape[1]:  # history_size=0: no history part
             q = q + F.embedding_bag(hist, self.hist_t.weight, mode="sum",
-                                    per_sample_weights=mask.float() * inv_n.unsqueeze(1))
-        return q, hist, mask, inv_n
+                                    per_sample_weights=omega)
+        return q, hist, omega
 
     def _query(self, users: np.ndarray) -> torch.Tensor:
         return self._user_tower(np.asarray(users))[0]
@@ -188,6 +206,14 @@ class TwoTower(FactorModel):
 
     # --- learning -------------------------------------------------------------------
     def _learn(self, users: np.ndarray, items: np.ndarray, weights: torch.Tensor) -> float:
+        return self._step(users, items, weights, None)
+
+    def _learn_in_context(self, users: np.ndarray, items: np.ndarray, weights: torch.Tensor,
+                          context: HistoryContext) -> float:
+        return self._step(users, items, weights, context)
+
+    def _step(self, users: np.ndarray, items: np.ndarray, weights: torch.Tensor,
+              context: HistoryContext | None) -> float:
         n, k, d, l2 = len(users), self.negatives, self.dim, self.l2
         u_rows = torch.from_numpy(users)
         i_rows = torch.from_numpy(items)
@@ -195,7 +221,7 @@ class TwoTower(FactorModel):
         neg_rows = self._sampler.sample(n_neg)
         offset = self._sampler.logit_offset(neg_rows, self.loss)
         all_rows = torch.cat([i_rows, neg_rows])
-        q, hist, mask, inv_n = self._user_tower(users, exclude=i_rows)
+        q, hist, omega = self._user_tower(users, exclude=i_rows, context=context)
         p = self._item_tower(all_rows)
         pp = p[:n]
         b = self.b.weight[0, 0]
@@ -223,10 +249,11 @@ class TwoTower(FactorModel):
         lr, decay = self.lr, self.accum_decay
         # user tower
         self.users_t.step(u_rows, g_q + l2 * self.users_t.weight[u_rows], lr, decay)
-        b_idx, h_idx = mask.nonzero(as_tuple=True)
+        b_idx, h_idx = (omega > 0).nonzero(as_tuple=True)
         if len(b_idx):
             h_rows = hist[b_idx, h_idx]
-            g_h = g_q[b_idx] * inv_n[b_idx].unsqueeze(1) + l2 * self.hist_t.weight[h_rows]
+            g_h = (g_q[b_idx] * omega[b_idx, h_idx].unsqueeze(1)
+                   + l2 * self.hist_t.weight[h_rows])
             self.hist_t.step(h_rows, g_h, lr, decay)
         # item tower
         l2_rows = reg * l2
@@ -273,6 +300,27 @@ class TwoTower(FactorModel):
         self.num_has[:n] = torch.from_numpy(arrays["num_has"])
         self._num_stats = None
         self._width = None
+
+
+class SessionTwoTower(TwoTower):
+    """The two-tower model with a session-aware query, trained for the next item.
+
+    The query is ``U[user] + history_weight · Σ_h ω_h H[h]`` with ``ω_h ∝ w_event ·
+    recency^age`` over the last ``history_size`` events: the most recent events weigh
+    most, so a few clicks move the query at once, before any gradient step (the worker
+    reads ``user_vectors`` after ``learn_many``, which has recorded the click). Offline
+    epochs train each event against the history that *preceded it in the log*
+    (``trains_on_context``), which is what it is asked to do live: predict event ``t``
+    from the events before ``t``. Retrieval stays exact (``q`` and the item tower).
+    """
+
+    kind = "session"
+    trains_on_context = True
+
+    def __init__(self, recency: float = 0.8, history_weight: float = 3.0,
+                 **params: Any) -> None:
+        """``params``: any other :class:`TwoTower` hyperparameter."""
+        super().__init__(recency=recency, history_weight=history_weight, **params)
 
 
 def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:

@@ -1,11 +1,13 @@
-"""In-process learning throughput of GMF on one core, and the cost of one growth step.
+"""In-process learning throughput of a model on one core, and the cost of one growth step.
 
-    python -m scripts.bench_learning [--users 1000000 --items 200000 --seconds 4]
+    python -m scripts.bench_learning [--model gmf|two_tower|session|hybrid|cooc]
+                                     [--users 1000000 --items 200000 --seconds 4]
                                      [--params '{"negatives": 64}']
 
 Registers 1M users × 200k items (tables sized exactly to that, as after a bulk load),
 then times ``learn_many`` on synthetic micro-batches of 1, 64 and 256 events with the
-model's configured negatives (GMF defaults unless ``--params``), each for about
+model's configured negatives (``--model`` defaults, GMF unless said, unless
+``--params``), each for about
 ``--seconds`` of wall time cut into 5 windows (the median window's events per second,
 the range, and events per CPU second); finally times
 one growth step that adds 10% more users (1M → 1.1M) and reports the process's peak
@@ -23,15 +25,16 @@ import numpy as np
 import torch
 
 from datasets.synthetic import SyntheticConfig, SyntheticGenerator
+from models.base import Recommender
 from models.events import EventBatch
-from models.gmf import GMF
+from models.training import create_model
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def throughput(model: GMF, events: EventBatch, batch_size: int, seconds: float,
+def throughput(model: Recommender, events: EventBatch, batch_size: int, seconds: float,
                windows: int = 5) -> dict[str, float]:
     """Events/s of ``learn_many`` over consecutive batches for about ``seconds``.
 
@@ -66,8 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--events", type=int, default=500_000)
     p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--model", default="gmf",
+                   choices=["gmf", "two_tower", "session", "hybrid", "cooc"])
     p.add_argument("--params", default="{}",
-                   help="JSON of GMF hyperparameters to override (e.g. negatives)")
+                   help="JSON of model hyperparameters to override (e.g. negatives)")
     p.add_argument("--track-seen", action="store_true",
                    help="keep the unbounded per-user seen sets (offline evaluation mode)")
     args = p.parse_args(argv)
@@ -76,15 +81,19 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     gen = SyntheticGenerator(SyntheticConfig(n_users=args.users, n_items=args.items, seed=0))
     events = EventBatch.from_interactions(gen.interactions(args.events))
-    model = GMF(dim=args.dim, **json.loads(args.params))
+    params = json.loads(args.params)
+    if args.model != "cooc":
+        params["dim"] = args.dim
+    model = create_model(args.model, **params)
     if not args.track_seen:
         model.stop_tracking_seen()  # as the streaming worker runs it (streams/app.py)
     model.register(users=[f"u{j}" for j in range(args.users)],
                    items=[f"i{j}" for j in range(args.items)])
-    print(f"setup: {args.users:,} users x {args.items:,} items, dim {args.dim}, "
-          f"negatives {model.negatives} ({model.sampler}), {time.perf_counter() - t0:.1f}s")
+    print(f"setup: {args.model}, {args.users:,} users x {args.items:,} items, dim "
+          f"{model.dim}, {model.get_params().get('negatives', '-')} negatives, "
+          f"{time.perf_counter() - t0:.1f}s")
 
-    result: dict[str, float | list[int]] = {}
+    result: dict[str, float | str | list[int]] = {"model": args.model}
     for bs in (1, 64, 256):
         rate = throughput(model, events, bs, args.seconds / (2 if bs == 1 else 1))
         result[f"events_per_s_batch{bs}"] = round(rate["median"], 1)
@@ -97,19 +106,19 @@ def main(argv: list[str] | None = None) -> None:
 
     n_new = args.users // 10
     new_users = np.char.add("new", np.arange(n_new).astype(str)).tolist()
-    cap_before = model.users_t.capacity
+    cap_before = len(model.history.count)  # every model has the history ring
     t1 = time.perf_counter()
     model.register(users=new_users)  # ids, embedding rows, optimiser state, histories
     growth_s = time.perf_counter() - t1
     print(f"growth {len(model.user_ids) - n_new:,} -> {len(model.user_ids):,} users "
-          f"(capacity {cap_before:,} -> {model.users_t.capacity:,}): {growth_s:.2f}s")
+          f"(capacity {cap_before:,} -> {len(model.history.count):,}): {growth_s:.2f}s")
     t2 = time.perf_counter()
     model.learn_many(EventBatch.of(new_users[:256], events.items[:256].tolist()))
     print(f"first batch of the new users learnt in {time.perf_counter() - t2:.4f}s")
     result["growth_s"] = round(growth_s, 3)
     # what the growth step did, so a reader (and the test) can see the tables really grew
     result["growth_users"] = [len(model.user_ids) - n_new, len(model.user_ids)]
-    result["growth_capacity"] = [cap_before, model.users_t.capacity]
+    result["growth_capacity"] = [cap_before, len(model.history.count)]
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(f"peak RSS {result['peak_rss_mb']:,.0f} MB")
     print(json.dumps(result))

@@ -1,9 +1,13 @@
 """Evaluate a model on MovieLens 100k under one protocol; print ONE JSON line.
 
-    python -m scripts.evaluate --protocol loo|full|prequential --model gmf|two_tower|popularity
+    python -m scripts.evaluate --protocol loo|full|prequential|responsiveness
+                               [--model gmf|two_tower|popularity|cooc] [--clicks 5]
 
 Protocols are defined in ``models/evaluation.py``, the splits and runs in
-:mod:`experiments.evaluate`. ``--split validation`` applies the
+:mod:`experiments.evaluate`; without ``--model`` the product
+default (``models.training.PRODUCT_MODEL``) is evaluated. ``responsiveness`` bootstraps
+on the first 80% of the log (time order) and measures the genre shift of issue 11
+(``models.evaluation.responsiveness``). ``--split validation`` applies the
 same protocol to data carved from the part the test run *trains* on, never from what it
 scores: loo holds out each user's second-to-last interaction (the latest is the test),
 full splits the 75% training part 75/25 again (seed 43), prequential runs on the
@@ -30,13 +34,18 @@ import torch
 from common.settings import Settings
 from datasets import movielens
 from experiments.evaluate import Splits, evaluate, new_model, rounded
-from models.training import DEFAULT_EPOCHS
+from models.training import DEFAULT_EPOCHS, PRODUCT_MODEL
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--protocol", choices=["loo", "full", "prequential"], required=True)
-    p.add_argument("--model", choices=["gmf", "two_tower", "popularity"], default="gmf")
+    p.add_argument("--protocol", choices=["loo", "full", "prequential", "responsiveness"],
+                   required=True)
+    p.add_argument("--model", choices=list(DEFAULT_EPOCHS),
+                   default=PRODUCT_MODEL,
+                   help=f"default: the product default model ({PRODUCT_MODEL})")
+    p.add_argument("--clicks", type=int, default=5,
+                   help="responsiveness: clicks per user in the new genre")
     p.add_argument("--split", choices=["test", "validation"], default="test")
     p.add_argument("--epochs", type=int, default=None, help="default: per-model tuned value")
     p.add_argument("--dim", type=int, default=None)
@@ -52,7 +61,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     epochs = DEFAULT_EPOCHS[args.model] if args.epochs is None else args.epochs
     model = new_model(args.model, args.protocol, data, args.dim, json.loads(args.params))
     metrics = evaluate(model, args.protocol, args.split, Splits(data.interactions), epochs,
-                       args.limit)
+                       args.limit, data, args.clicks)
     return {"model": args.model, "protocol": args.protocol, "split": args.split,
             **rounded(metrics)}
 

@@ -2,6 +2,8 @@
 
     python -m scripts.tune                      # ~15 minutes on 2 shared cores
     python -m scripts.tune --only full/gmf      # one grid
+    python -m scripts.tune --record session     # issue 11: session two-tower, cooc
+    python -m scripts.tune --record hybrid      # issue 11: the hybrid's cooc weight
 
 Every grid sweeps one hyperparameter at a time around the current default (the others
 stay at their defaults) on a *validation* split of ``scripts.evaluate`` (carved from
@@ -12,7 +14,9 @@ replaces the default only if its mean beats the default's mean by more than the 
 spread (max − min) of the two.
 
 The record (every run, the seed spread, the choice and whether it differs from the
-default in the code) is written to ``ops/tuning/movielens-100k.json``;
+default in the code) is written to ``ops/tuning/movielens-100k.json`` (``--record
+base``: GMF and two-tower) or ``ops/tuning/movielens-100k-session.json`` (``--record
+session``: the session-aware two-tower and co-occurrence of issue 11);
 ``tests/test_tuning.py`` checks that the code's defaults are the recorded choices.
 """
 
@@ -37,7 +41,10 @@ from experiments.evaluate import PROTOCOL_PARAMS, Splits, evaluate, new_model
 from models.training import DEFAULT_EPOCHS, create_model
 
 OUT = Path(__file__).resolve().parent.parent / "ops" / "tuning" / "movielens-100k.json"
+OUT_SESSION = OUT.with_name("movielens-100k-session.json")
 SEEDS = (0, 1, 2)
+#: Axes whose values are whole numbers (the grids hold floats).
+INT_AXES = ("negatives", "window", "neighbours")
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,29 @@ GRIDS: tuple[Grid, ...] = (
     Grid("loo", "two_tower", "ndcg@10", {"l2": (0.01, 0.02, 0.05, 0.1)}),
     Grid("prequential", "gmf", "recall@10", {"l2": (0.05, 0.1, 0.2)}),
 )
+
+#: Issue 11: the session-aware two-tower (how much the recent history weighs against
+#: the long-term embedding, how fast it forgets) and co-occurrence, on the prequential
+#: validation slice (the protocol they are for).
+SESSION_GRIDS: tuple[Grid, ...] = (
+    Grid("prequential", "session", "recall@10", {"history_weight": (1.0, 3.0, 5.0),
+                                                 "recency": (0.6, 0.8, 0.9)}),
+    Grid("prequential", "cooc", "recall@10", {"window": (5, 10, 20),
+                                              "recency": (0.9, 0.95, 1.0),
+                                              "half_life_days": (0.0, 7.0, 30.0),
+                                              "neighbours": (50, 100, 200)}),
+)
+
+#: Issue 11: how much co-occurrence weighs in the hybrid's score (the session part
+#: keeps the session model's choices).
+HYBRID_GRIDS: tuple[Grid, ...] = (
+    Grid("prequential", "hybrid", "recall@10", {"cooc_weight": (1.0, 3.0, 10.0)}),
+)
+
+#: Which grids each record file holds.
+RECORDS: dict[str, tuple[Path, tuple[Grid, ...]]] = {
+    "base": (OUT, GRIDS), "session": (OUT_SESSION, SESSION_GRIDS),
+    "hybrid": (OUT.with_name("movielens-100k-hybrid.json"), HYBRID_GRIDS)}
 
 
 def default_value(grid: Grid, axis: str) -> float:
@@ -121,8 +151,9 @@ class Runner:
             return self._cache[key]
         model_params: dict[str, object] = {k: v for k, v in params.items() if k != "epochs"}
         model_params["seed"] = seed
-        if "negatives" in model_params:
-            model_params["negatives"] = int(model_params["negatives"])  # type: ignore[call-overload]
+        for axis in INT_AXES:
+            if axis in model_params:
+                model_params[axis] = int(model_params[axis])  # type: ignore[call-overload]
         epochs = int(params.get("epochs", DEFAULT_EPOCHS[grid.model]))
         t0 = time.perf_counter()
         model = new_model(grid.model, grid.protocol, self.data, params=model_params)
@@ -155,11 +186,16 @@ class Runner:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--record", choices=sorted(RECORDS), default="base",
+                   help="which set of grids (and record file)")
     p.add_argument("--only", nargs="*", default=None,
-                   help=f"grids to run (default all): {[g.name for g in GRIDS]}")
-    p.add_argument("--out", type=Path, default=OUT)
+                   help=f"grids to run (default all of the record): "
+                        f"{[g.name for _, gs in RECORDS.values() for g in gs]}")
+    p.add_argument("--out", type=Path, default=None, help="default: the record's file")
     args = p.parse_args(argv)
-    grids = [g for g in GRIDS if args.only is None or g.name in args.only]
+    out, all_grids = RECORDS[args.record]
+    out = args.out or out
+    grids = [g for g in all_grids if args.only is None or g.name in args.only]
     torch.set_num_threads(1)
     runner = Runner(movielens.load(Settings.from_env().cache_dir))
     t0 = time.perf_counter()
@@ -172,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
         "choices": choices, "runs": runner.runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
     for c in choices:
         print(json.dumps({k: c[k] for k in ("grid", "axis", "default", "choice", "changed")}))
     return 0

@@ -9,10 +9,13 @@ import pytest
 from scripts import bench_learning
 
 
-def test_bench_learning_prints_every_key(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("model", ["gmf", "session"])
+def test_bench_learning_prints_every_key(model: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     bench_learning.main(["--users", "3000", "--items", "500", "--events", "20000",
-                         "--seconds", "0.5"])
+                         "--seconds", "0.5", "--model", model])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["model"] == model
     for bs in (1, 64, 256):
         rate = result[f"events_per_s_batch{bs}"]
         assert result[f"events_per_s_batch{bs}_min"] <= rate <= result[

@@ -149,3 +149,12 @@ def test_prequential_is_test_then_learn() -> None:
     assert out["evaluated"] == 2
     assert out["recall@1"] == pytest.approx(0.5)
     assert out["learn_events_per_s"] > 0
+
+
+def test_evaluate_defaults_to_the_product_model_and_five_clicks() -> None:
+    from models.training import PRODUCT_MODEL
+    from scripts import evaluate
+
+    args = evaluate.parse_args(["--protocol", "responsiveness"])
+    assert args.model == PRODUCT_MODEL and args.clicks == 5
+    assert evaluate.parse_args(["--protocol", "loo", "--model", "cooc"]).model == "cooc"

@@ -18,8 +18,10 @@ from models.checkpoint import (
     read_meta,
     save_checkpoint,
 )
+from models.cooc import Cooc
 from models.events import EventBatch
 from models.gmf import GMF
+from models.hybrid import SessionCooc
 from models.popularity import Popularity
 from models.training import fit
 from models.two_tower import TwoTower
@@ -28,14 +30,15 @@ from models.two_tower import TwoTower
 def trained(kind: str) -> Recommender:
     gen = SyntheticGenerator(SyntheticConfig(n_users=60, n_items=40, seed=5))
     model: Recommender = {"gmf": GMF(dim=8), "two_tower": TwoTower(dim=8, n_buckets=32),
-                          "popularity": Popularity()}[kind]
+                          "popularity": Popularity(), "cooc": Cooc(neighbours=8),
+                          "hybrid": SessionCooc(dim=8, n_buckets=32, cooc_neighbours=8)}[kind]
     for item in gen.items().values():
         model.upsert_item(item.item_id, item.attributes)
     fit(model, EventBatch.from_interactions(gen.interactions(2_000)), epochs=2)
     return model
 
 
-@pytest.mark.parametrize("kind", ["gmf", "two_tower", "popularity"])
+@pytest.mark.parametrize("kind", ["gmf", "two_tower", "popularity", "cooc", "hybrid"])
 def test_round_trip_restores_identical_scores(kind: str, tmp_path: Path) -> None:
     model = trained(kind)
     version = save_checkpoint(model, tmp_path)

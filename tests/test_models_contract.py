@@ -9,11 +9,13 @@ import torch
 from common.errors import BadEvent, UnknownUser
 from datasets.synthetic import SyntheticConfig, SyntheticGenerator
 from models.base import Recommender
+from models.cooc import Cooc
 from models.events import EventBatch
 from models.gmf import GMF
+from models.hybrid import SessionCooc
 from models.popularity import Popularity
 from models.training import fit
-from models.two_tower import TwoTower
+from models.two_tower import SessionTwoTower, TwoTower
 
 CONFIG = SyntheticConfig(n_users=200, n_items=120, n_clusters=6, taste=0.9, seed=3)
 
@@ -23,6 +25,13 @@ def make(kind: str) -> Recommender:
         return GMF(dim=16, lr=0.1, l2=0.01, negatives=4, seed=0)
     if kind == "two_tower":
         return TwoTower(dim=16, lr=0.1, l2=0.01, negatives=4, n_buckets=64, seed=0)
+    if kind == "session":
+        return SessionTwoTower(dim=16, lr=0.1, l2=0.01, negatives=4, n_buckets=64, seed=0)
+    if kind == "hybrid":
+        return SessionCooc(dim=16, lr=0.1, l2=0.01, negatives=4, n_buckets=64, seed=0,
+                           cooc_neighbours=16, cooc_window=5)
+    if kind == "cooc":
+        return Cooc(neighbours=16, window=5)
     return Popularity()
 
 
@@ -33,7 +42,10 @@ def data() -> tuple[SyntheticGenerator, EventBatch, EventBatch]:
     return gen, events.take(slice(0, 10_000)), events.take(slice(10_000, None))
 
 
-@pytest.fixture(scope="module", params=["gmf", "two_tower"])
+KINDS = ["gmf", "two_tower", "session", "hybrid", "cooc"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
 def trained(request: pytest.FixtureRequest, data: tuple) -> Recommender:
     gen, train, _ = data
     model = make(request.param)
@@ -65,7 +77,7 @@ def test_untrained_model_is_near_chance(data: tuple) -> None:
     assert 0.35 < auc(model, held) < 0.65
 
 
-@pytest.mark.parametrize("kind", ["gmf", "two_tower", "popularity"])
+@pytest.mark.parametrize("kind", [*KINDS, "popularity"])
 def test_learn_many_grows_for_unseen_ids_and_returns_loss(kind: str) -> None:
     model = make(kind)
     loss = model.learn_many(EventBatch.of(["a", "b"], ["x", "y"]))
@@ -77,20 +89,25 @@ def test_learn_many_grows_for_unseen_ids_and_returns_loss(kind: str) -> None:
     assert model.recent_history("a") == ["x"]
 
 
-@pytest.mark.parametrize("kind", ["gmf", "two_tower", "popularity"])
+@pytest.mark.parametrize("kind", [*KINDS, "popularity"])
 def test_unknown_event_type_is_a_bad_event(kind: str) -> None:
     with pytest.raises(BadEvent, match="unknown event type 'like'"):
         make(kind).learn_many(EventBatch.of(["a"], ["x"], event="like"))
 
 
 def test_retrieval_vectors_rank_exactly_like_scores(trained: Recommender) -> None:
+    """Dense query · item vectors, plus the sparse part where a model has one."""
     users = trained.user_ids.ids[:20]
     ids, items = trained.item_vectors()
     queries = trained.user_vectors(users)
     assert queries.dtype == np.float32 and items.dtype == np.float32
     assert queries.shape == (20, trained.dim) and items.shape == (len(ids), trained.dim)
-    for u, q in zip(users, queries, strict=True):
+    sparse = trained.user_sparse_vectors(users)
+    column = {item: j for j, item in enumerate(ids)}
+    for u, q, (sp_ids, sp_values) in zip(users, queries, sparse, strict=True):
         inner = items.astype(np.float64) @ q.astype(np.float64)
+        assert sp_values.dtype == np.float32
+        inner[[column[i] for i in sp_ids]] += sp_values.astype(np.float64)
         scores = trained.score([u] * len(ids), ids)
         assert np.array_equal(np.argsort(-inner, kind="stable"),
                               np.argsort(-scores, kind="stable"))
@@ -178,3 +195,47 @@ def test_two_tower_cold_item_gets_a_useful_vector(data: tuple) -> None:
     clusters = gen.user_cluster0[[int(u[1:]) for u in users]]
     scores = model.score(users, ["cold"] * len(users))
     assert scores[clusters == cluster].mean() > scores[clusters != cluster].mean() + 0.05
+
+
+@pytest.mark.parametrize("kind", ["session", "hybrid", "cooc"])
+def test_a_click_moves_the_query_before_any_gradient_step(kind: str, data: tuple) -> None:
+    """Session-aware models: the query follows the recent history, so recording a
+    click (``observe``: no gradient step at all) already changes ``user_vectors`` or its
+    sparse part, and the scores; GMF's query does not move without a step."""
+    gen, train, _ = data
+    model = make(kind)
+    fit(model, train.take(slice(0, 3000)), epochs=1, batch_size=128)
+    user, item = str(train.users[0]), str(train.items[5])
+    before = model.score([user] * len(model.item_ids), model.item_ids.ids)
+    q_before = model.user_vectors([user])
+    sparse_before = model.user_sparse_vectors([user])[0]
+    model.observe(EventBatch.of([user], [item]))
+    after = model.score([user] * len(model.item_ids), model.item_ids.ids)
+    moved = (not np.array_equal(q_before, model.user_vectors([user]))
+             or model.user_sparse_vectors([user])[0][0] != sparse_before[0])
+    assert moved and not np.array_equal(before, after)
+    gmf = make("gmf")
+    fit(gmf, train.take(slice(0, 3000)), epochs=1, batch_size=128)
+    q = gmf.user_vectors([user])
+    gmf.observe(EventBatch.of([user], [item]))
+    assert np.array_equal(q, gmf.user_vectors([user]))
+
+
+def test_offline_epochs_train_each_event_on_the_history_before_it() -> None:
+    """``fit`` gives a session model each event's preceding history in the log, not the
+    live ring (which in shuffled epochs holds later events)."""
+    seen: list[tuple[str, list[str]]] = []
+
+    class Spy(SessionTwoTower):
+        def _learn_in_context(self, users, items, weights, context):  # type: ignore[no-untyped-def]
+            for i, rows in zip(items.tolist(), context.rows, strict=True):
+                hist = [self.item_ids.ids[r] for r in rows.tolist() if r >= 0]
+                seen.append((self.item_ids.ids[i], sorted(hist)))
+            return super()._learn_in_context(users, items, weights, context)
+
+    model = Spy(dim=4, negatives=2, n_buckets=8, history_size=3)
+    fit(model, EventBatch.of(["u"] * 5, ["a", "b", "c", "d", "e"]), epochs=2, batch_size=2)
+    expected = {"a": [], "b": ["a"], "c": ["a", "b"], "d": ["a", "b", "c"],
+                "e": ["b", "c", "d"]}
+    assert len(seen) == 10 and all(expected[i] == h for i, h in seen)
+    assert model.recent_history("u") == ["c", "d", "e"]

@@ -88,11 +88,15 @@ def test_ring_append_matches_a_per_event_reference() -> None:
     for _ in range(20):
         users = rng.integers(0, 8, 13)
         items = rng.integers(0, 1000, 13)
-        h.append(users, items)
+        h.append(users, items, (items % 7).astype(np.float32))
         for u, i in zip(users.tolist(), items.tolist(), strict=True):
             ref[u] = (ref[u] + [i])[-4:]
+    rows, weights = h.ordered(np.arange(8))
     for u in range(8):
         assert h.of(u).tolist() == ref[u]
+        assert rows[u, : len(ref[u])].tolist() == ref[u]
+        assert (rows[u, len(ref[u]):] == -1).all()
+        assert weights[u, : len(ref[u])].tolist() == [i % 7 for i in ref[u]]
 
 
 def test_mask_hits_masks_exactly_the_positives_among_negatives() -> None:
@@ -126,8 +130,10 @@ def test_kernels_refuse_rows_outside_the_tables() -> None:
         kernels.rowwise_adagrad(weight, accum, np.array([1, 4]), np.ones((2, 2), np.float32),
                                 0.1, 1.0, 1e-8)
     with pytest.raises(IndexError, match="out of range"):
-        kernels.ring_append(np.zeros((2, 3), np.int32), np.zeros(2, np.int64),
-                            np.array([0, -1]), np.array([5, 6], np.int32))
+        kernels.ring_append_weighted(np.zeros((2, 3), np.int32),
+                                     np.zeros((2, 3), np.float32), np.zeros(2, np.int64),
+                                     np.array([0, -1]), np.array([5, 6], np.int32),
+                                     np.ones(2, np.float32))
 
 
 def _adagrad_args(**override: np.ndarray) -> dict[str, np.ndarray]:

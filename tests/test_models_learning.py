@@ -101,9 +101,9 @@ def test_event_weights_are_looked_up_per_event() -> None:
     batch = EventBatch(np.array(["u"] * 3), np.array(["i"] * 3),
                        np.array(["purchase", "view", "click"], dtype=object),
                        np.ones(3, np.float32), np.zeros(3, np.int64))
-    assert model._event_weights(batch).tolist() == [4.0, 0.5, 1.0]
+    assert model.event_weights_of(batch).tolist() == [4.0, 0.5, 1.0]
     with pytest.raises(BadEvent, match="'add_to_cart_x'"):  # a known name's prefix is no match
-        model._event_weights(EventBatch.of(["u"], ["i"], event="add_to_cart_x"))
+        model.event_weights_of(EventBatch.of(["u"], ["i"], event="add_to_cart_x"))
 
 
 def test_two_tower_without_history_still_learns_and_serves() -> None:

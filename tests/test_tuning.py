@@ -15,21 +15,25 @@ import pytest
 from scripts import tune
 from tests.test_eval_regression import PINNED
 
-RECORD: dict[str, Any] = json.loads(tune.OUT.read_text())
-GRIDS = {g.name: g for g in tune.GRIDS}
+RECORDS: dict[str, dict[str, Any]] = {
+    name: json.loads(path.read_text()) for name, (path, _) in tune.RECORDS.items()}
+GRIDS = {g.name: g for _, grids in tune.RECORDS.values() for g in grids}
+CHOICES = [c for record in RECORDS.values() for c in record["choices"]]
 
 
-@pytest.mark.parametrize("choice", RECORD["choices"],
-                         ids=[f"{c['grid']}:{c['axis']}" for c in RECORD["choices"]])
+@pytest.mark.parametrize("choice", CHOICES,
+                         ids=[f"{c['grid']}:{c['axis']}" for c in CHOICES])
 def test_code_defaults_are_the_recorded_choices(choice: dict[str, Any]) -> None:
     assert tune.default_value(GRIDS[choice["grid"]], choice["axis"]) == choice["choice"]
 
 
-def test_every_tuning_run_used_a_validation_split() -> None:
+@pytest.mark.parametrize("name", sorted(tune.RECORDS))
+def test_every_tuning_run_used_a_validation_split(name: str) -> None:
     """The digests of the runs are those of the validation splits pinned in
     ``test_eval_regression`` (carved from the test run's training part), never a test
-    split's."""
-    for run in RECORD["runs"]:
+    split's; every grid of the record was run."""
+    record = RECORDS[name]
+    for run in record["runs"]:
         protocol = run["grid"].split("/")[0]
         assert run["split_sha256"] == PINNED[(protocol, "validation")]["split_sha256"], run
-    assert {c["grid"] for c in RECORD["choices"]} == set(GRIDS)
+    assert {c["grid"] for c in record["choices"]} == {g.name for g in tune.RECORDS[name][1]}
