@@ -85,12 +85,10 @@ class BatchConsumer:
                 batches = await consumer.getmany(timeout_ms=self.within_ms,
                                                  max_records=self.max_batch)
                 if batches:
-                    messages = [from_record(r) for records in batches.values()
-                                for r in records]
-                    await self.handle(messages)  # durable when it returns
-                    pending.update({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
-                    self._last.update({tp: from_record(recs[-1])
-                                       for tp, recs in batches.items()})
+                    by_tp = {tp: [from_record(r) for r in recs] for tp, recs in batches.items()}
+                    await self.handle([m for ms in by_tp.values() for m in ms])  # durable now
+                    pending.update({tp: ms[-1].offset + 1 for tp, ms in by_tp.items()})
+                    self._last.update({tp: ms[-1] for tp, ms in by_tp.items()})
                 elif time.monotonic() - last_check >= self.log_check_interval_s:
                     await self._check_logs(consumer, pending)
                     last_check = time.monotonic()

@@ -129,3 +129,7 @@ class LogEpochs:
 
     def update(self, anchors: Mapping[int, Anchor]) -> None:
         self.anchors.update(anchors)
+
+    def reload(self, anchors: Mapping[int, Anchor]) -> None:
+        """Replace every anchor with the stored ones (after a restart or a failed batch)."""
+        self.anchors = dict(anchors)

@@ -99,7 +99,6 @@ class InteractionPipeline:
         self.max_event_bytes = max_event_bytes
         self.states: dict[str, UserState] = {}
         self.popularity = DecayedPopularity(half_life_s)
-        self.lookup = lookup
         self.epochs = LogEpochs(lookup=lookup)
         self._popularity_loaded = False
         self._sizes = (len(holder.model.user_ids), len(holder.model.item_ids))
@@ -111,10 +110,7 @@ class InteractionPipeline:
         meta, anchors = await asyncio.to_thread(
             lambda: (self.items.popular_meta(), self.items.popularity_anchors()))
         self.popularity = DecayedPopularity(self.popularity.half_life_s, meta.get("ref_ms"))
-        regressions = self.epochs.regressions
-        self.epochs = LogEpochs({p: Anchor.decode(a) for p, a in anchors.items()},
-                                self.lookup)
-        self.epochs.regressions = regressions
+        self.epochs.reload({p: Anchor.decode(a) for p, a in anchors.items()})
         self._popularity_loaded = True
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchResult:

@@ -179,7 +179,7 @@ def test_offsets_from_a_replaced_log_are_applied_and_redeliveries_skipped(
         return log[offset].fingerprint() if offset in log else None
 
     inter.forget([])  # as after a restart: anchors reloaded from Redis
-    inter.lookup = lookup
+    inter.epochs.lookup = lookup
     second = [_click(f"u{j % 3}", f"new{j}", TS + 100 + j, j) for j in range(3)]
     log.update({m.offset: m for m in second})
     result = _run(inter, second)

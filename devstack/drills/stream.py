@@ -64,13 +64,6 @@ async def _produce(settings: Any, records: Sequence[tuple[str, bytes | None, byt
         await producer.stop()
 
 
-def _applied_total(world: DrillWorld) -> int:
-    """Sum of ``n_events`` over every user, computed by the database."""
-    rows = list(world.mongo[world.settings.mongo_db]["users"].aggregate(
-        [{"$group": {"_id": None, "n": {"$sum": "$n_events"}}}]))
-    return int(rows[0]["n"]) if rows else 0
-
-
 async def _committed(settings: Any, group: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group,
                                 enable_auto_commit=False)
@@ -114,7 +107,7 @@ def oversize(world: DrillWorld) -> dict[str, Any]:
         return list(got.records)
 
     letters = asyncio.run(go())
-    wait_for(lambda: _applied_total(world) >= len(sizes), 60, "valid events after the poison")
+    wait_for(lambda: world.total_events() >= len(sizes), 60, "valid events after the poison")
     r = redis_client(s)
     try:
         wait_for(lambda: bool(ItemCache(r, s.redis_prefix).get_items(["after-item"])), 60,
@@ -130,7 +123,7 @@ def oversize(world: DrillWorld) -> dict[str, Any]:
         "dead_lettered": len(letters),
         "truncated": sum(h.get("payload-truncated") == b"1" for h in headers),
         "largest_letter_bytes": max((len(rec.value or b"") for rec in letters), default=0),
-        "valid_after_poison_applied": _applied_total(world),
+        "valid_after_poison_applied": world.total_events(),
         "consumer_alive": world.apps.pid("worker") is not None,
         "committed_records": sum(committed.values()),
     }
@@ -150,8 +143,8 @@ def offset_reset(world: DrillWorld, users: int = 20) -> dict[str, Any]:
               interaction_json(u, f"item-{j % 7}", "click", _now_ms() + j))
              for j, u in enumerate(ids * 3)]
     asyncio.run(_produce(s, first))
-    wait_for(lambda: _applied_total(world) >= len(first), 60, "the first clicks")
-    before = _applied_total(world)
+    wait_for(lambda: world.total_events() >= len(first), 60, "the first clicks")
+    before = world.total_events()
 
     asyncio.run(delete_topics(s, [s.topic_interactions]))
     time.sleep(1.0)
@@ -163,12 +156,12 @@ def offset_reset(world: DrillWorld, users: int = 20) -> dict[str, Any]:
          interaction_json("reset-newcomer", "item-1", "click", _now_ms() + 20_000))]
     asyncio.run(_produce(s, second))
     try:
-        wait_for(lambda: _applied_total(world) - before >= len(second), 60,
+        wait_for(lambda: world.total_events() - before >= len(second), 60,
                  "the clicks sent after the re-creation")
     except TimeoutError:
         pass  # reported below
     time.sleep(1.0)  # anything beyond `sent` would be a double count
-    applied = _applied_total(world) - before
+    applied = world.total_events() - before
     result = {"drill": "offset-reset", "known_users": users, "sent": len(second),
               "applied": applied, "worker_alive": world.apps.pid("worker") is not None}
     if applied != len(second) or not result["worker_alive"]:
@@ -201,7 +194,7 @@ def poison_rate(world: DrillWorld, events: int = 20_000, users: int = 2_000,
     asyncio.run(ensure_topics(s, [s.topic_interactions, s.topic_items, s.topic_dead_letter]))
     asyncio.run(_produce(s, [(s.topic_interactions, b"warm",
                               interaction_json("warm", "item-1", "click", _now_ms()))]))
-    wait_for(lambda: _applied_total(world) >= 1, 60, "the warm-up event")
+    wait_for(lambda: world.total_events() >= 1, 60, "the warm-up event")
 
     def run(tag: str, poison: bool) -> float:
         values = _events(tag, events, users)
@@ -210,10 +203,10 @@ def poison_rate(world: DrillWorld, events: int = 20_000, users: int = 2_000,
             if poison and j % poison_every == poison_every // 2:
                 records.append((s.topic_interactions, b"junk", MALFORMED[j % 2]))
             records.append((s.topic_interactions, f"{tag}-u{j % users}".encode(), value))
-        start_total = _applied_total(world)
+        start_total = world.total_events()
         t0 = time.perf_counter()
         asyncio.run(_produce(s, records))
-        wait_for(lambda: _applied_total(world) - start_total >= events, 300,
+        wait_for(lambda: world.total_events() - start_total >= events, 300,
                  f"{tag}: {events} events applied", interval_s=0.2)
         return events / (time.perf_counter() - t0)
 

@@ -67,7 +67,11 @@ class DrillWorld:
         return {d["_id"]: d for d in self.mongo[self.settings.mongo_db]["users"].find()}
 
     def total_events(self) -> int:
-        return sum(int(d.get("n_events", 0)) for d in self.users().values())
+        """Sum of ``n_events`` over every user, computed by the database (polling loops
+        call it often; fetching every document made each poll grow with the users)."""
+        rows = list(self.mongo[self.settings.mongo_db]["users"].aggregate(
+            [{"$group": {"_id": None, "n": {"$sum": "$n_events"}}}]))
+        return int(rows[0]["n"]) if rows else 0
 
     def replay(self, inter: Interactions, rate: float | None = None) -> None:
         """Replay ``inter``, preceded by upserts of the items it names (the catalogue:
