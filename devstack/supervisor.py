@@ -84,6 +84,10 @@ class Supervisor:
     """
 
     reuse_answering: bool = True
+    #: Before calling a taken port a conflict, how long its occupant may take to answer:
+    #: a service of ours that is busy (e.g. graphite-web on a loaded machine) misses one
+    #: short check but is not a stranger.
+    busy_grace_s: float = 10.0
 
     def __init__(self, root: Path, services: list[Service]) -> None:
         self.root = Path(root)
@@ -93,6 +97,15 @@ class Supervisor:
         self._log_offsets: dict[str, int] = {}
 
     # --- hooks --------------------------------------------------------------------------
+    def _answers_within(self, svc: Service) -> bool:
+        """Whether ``svc`` answers at some point within :attr:`busy_grace_s`."""
+        deadline = time.monotonic() + self.busy_grace_s
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if svc.answers():
+                return True
+        return False
+
     def before_start(self, service: Service) -> None:
         """Called before a service is spawned (e.g. to initialise its database)."""
 
@@ -110,6 +123,9 @@ class Supervisor:
                 log.info("%s: already answering at %s (reused)", svc.name, svc.url)
                 continue
             taken = svc.taken_ports()
+            if taken and self.reuse_answering and self._answers_within(svc):
+                log.info("%s: answered late at %s (busy; reused)", svc.name, svc.url)
+                continue
             if taken:
                 raise StackError(
                     f"{svc.name}: {', '.join(taken)} is taken by something that does not "

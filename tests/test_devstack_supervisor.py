@@ -6,6 +6,7 @@ under ``tmp_path``, so PID files and logs are its own.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import sys
@@ -67,6 +68,28 @@ def test_an_answering_service_started_elsewhere_is_reused_not_owned(tmp_path: Pa
         assert other.status()[0]["answers"] and other.status()[0]["managed_pid"] is None
         assert other.down() == []  # never stops what it did not start
         assert mine.status()[0]["answers"]
+    finally:
+        mine.down()
+
+
+def test_a_busy_service_that_answers_late_is_reused_not_a_conflict(tmp_path: Path) -> None:
+    """A running service that misses the first check (busy, e.g. under load) is reused."""
+    port = free_port()
+    mine = Supervisor(tmp_path / "a", [_http_service(tmp_path / "a", "web", port)])
+    late = _http_service(tmp_path / "b", "web", port)
+    misses = [2]
+
+    def slow_check() -> None:
+        if misses[0]:
+            misses[0] -= 1
+            raise TimeoutError("busy")
+        _http_check(port)
+
+    other = Supervisor(tmp_path / "b", [dataclasses.replace(late, check=slow_check)])
+    try:
+        mine.up()
+        assert other.up() == [] and misses == [0]  # reused after the late answer
+        assert other.status()[0]["managed_pid"] is None
     finally:
         mine.down()
 
