@@ -88,7 +88,8 @@ class Settings:
     worker_app_id: str = _doc("Faust app id (= Kafka consumer group of the worker).",
                               "recsys-worker")
     worker_model: str = _doc("Model the worker trains when no checkpoint exists "
-                             "(`gmf` or `two_tower`).", "gmf")
+                             "(`session`, `two_tower` or `gmf`; default: the product "
+                             "default, `models.training.PRODUCT_MODEL`).", "session")
     worker_batch_size: int = _doc("Max interactions per micro-batch.", 5000)
     worker_batch_within_s: float = _doc("Max wait to fill a micro-batch (seconds).", 0.05)
     worker_history_size: int = _doc("Recent items kept per user.", 50)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 from common.errors import BadEvent, UnknownItem, UnknownUser
 from models.events import DEFAULT_EVENT_WEIGHTS, EventBatch
-from models.history import HistoryContext, RecentHistory, SeenItems
+from models.history import NO_TS, HistoryContext, RecentHistory, SeenItems
 from models.ids import IdMap
 
 
@@ -59,6 +60,7 @@ class Recommender(ABC):
         self.version = "unsaved"
         self.events_seen = 0
         self.ts_range: list[int] | None = None  # [min, max] epoch ms of learned events
+        self._asked: dict[int, int] = {}  # user row -> query time (see ``asked_at``)
 
     def stop_tracking_seen(self) -> None:
         """Streaming mode: drop the per-user sets of every item ever seen.
@@ -111,8 +113,11 @@ class Recommender(ABC):
             return 0.0
         weights = self.event_weights_of(batch)
         users, items = self._register(batch)
-        if context is not None and self.trains_on_context:
-            loss = self._learn_in_context(users, items, torch.from_numpy(weights), context)
+        if self.trains_on_context:
+            # live learning: the ring as it is before this batch, with each event's gap
+            # since its user's previous one (the session gate of session-aware models)
+            ctx = self.history.context(users, batch.ts_ms) if context is None else context
+            loss = self._learn_in_context(users, items, torch.from_numpy(weights), ctx)
         else:
             loss = self._learn(users, items, torch.from_numpy(weights))
         # offline epochs in context revisit the log in random order: nothing to count
@@ -163,7 +168,7 @@ class Recommender(ABC):
                 ts_ms: np.ndarray, sequence: bool = True) -> None:
         if sequence:
             self._observe_sequence(users, items, weights, ts_ms)
-        self.history.append(users, items, weights)
+        self.history.append(users, items, weights, ts_ms)
         if self.track_seen:
             self.seen.add(users, items)
         self._count(items, weights)
@@ -221,6 +226,35 @@ class Recommender(ABC):
     def _set_attributes(self, row: int, attributes: Mapping[str, object]) -> None:
         """Hook: models that use item attributes store them here."""
         return None
+
+    # --- the time a query is asked at -------------------------------------------------
+    def clock_ms(self) -> int:
+        """"Now" in event time: the latest event time learned or observed (0 if none).
+        Session-aware models measure the time since a user's last event against it, so
+        offline evaluation and live serving use the same clock (the stream's)."""
+        return 0 if self.ts_range is None else int(self.ts_range[1])
+
+    @contextmanager
+    def asked_at(self, times: Mapping[str, int]) -> Iterator[None]:
+        """Within the block, queries of these users are asked at these event times
+        (epoch ms) instead of :meth:`clock_ms`: a request made when the user acts
+        (``loo``'s held-out event, a prequential event, an API request). Only
+        session-aware models read it; unknown users are ignored."""
+        rows = self.user_ids.lookup(list(times))
+        saved = self._asked
+        self._asked = {**saved, **{int(r): int(t) for r, t in
+                                   zip(rows.tolist(), times.values(), strict=True) if r >= 0}}
+        try:
+            yield
+        finally:
+            self._asked = saved
+
+    def query_times(self, users: np.ndarray) -> np.ndarray:
+        """Per user row, the time its query is asked at (see :meth:`asked_at`)."""
+        clock = self.clock_ms()
+        if not self._asked:
+            return np.full(len(users), clock, dtype=np.int64)
+        return np.array([self._asked.get(int(u), clock) for u in users], dtype=np.int64)
 
     # --- serving ---------------------------------------------------------------------
     def knows_user(self, user: str) -> bool:
@@ -284,10 +318,42 @@ class Recommender(ABC):
         scores[:, :kk] = np.where(valid, top_scores.numpy(), -np.inf)
         return ids.astype(str), scores
 
+    @property
+    def vector_dim(self) -> int:
+        """Width of the exported retrieval vectors (the FAISS index dimension); ``dim``
+        unless a model appends fixed coordinates (the two-tower's content part)."""
+        return self.dim
+
     @torch.no_grad()
     def user_vectors(self, users: Sequence[str]) -> np.ndarray:
         """Float32 ``(n, dim)`` query vectors for an inner-product index."""
         return self._query(self._user_rows(users)).float().numpy().copy()
+
+    #: ``user_vector_parts`` asks the long-term part this long after the last event.
+    _LONG_AFTER_MS = 10 ** 15
+
+    @torch.no_grad()
+    def user_vector_parts(self, users: Sequence[str]
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(long_term, fresh, last_ts)`` of each user: the query with the session part
+        gone (long after the last event) and at full weight (right at it), and the time
+        of the user's last event (``NO_TS`` if none).
+
+        Why: the query asked at time ``t`` is ``long_term + g · (fresh − long_term)``
+        with ``g = session_gate(t − last_ts)`` — session-aware models are linear in
+        the gate — so a server computes it per request from the stream's clock, with
+        no model at hand. Models without a session part return ``user_vectors`` twice.
+        """
+        rows = self._user_rows(users)
+        last = self.history.last_ts[np.maximum(rows, 0)].copy()
+        last[rows < 0] = NO_TS
+        known = [u for u, t in zip(users, last.tolist(), strict=True) if t != NO_TS]
+        at = dict(zip(known, last[last != NO_TS].tolist(), strict=True))
+        with self.asked_at(at):
+            fresh = self.user_vectors(users)
+        with self.asked_at({u: t + self._LONG_AFTER_MS for u, t in at.items()}):
+            long_term = self.user_vectors(users)
+        return long_term, fresh, last
 
     @torch.no_grad()
     def item_vectors(self, items: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
@@ -322,7 +388,7 @@ class Recommender(ABC):
         self.history.clear()
         weights = self.event_weights_of(batch)
         self.history.append(self.user_ids.add(batch.users), self.item_ids.add(batch.items),
-                            weights)
+                            weights, batch.ts_ms)
 
     # --- sparse part of the query (hybrid models) -------------------------------------
     def user_sparse_vectors(self, users: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
@@ -351,6 +417,7 @@ class Recommender(ABC):
         return {"history.buf": self.history.buf[:n].copy(),
                 "history.weight": self.history.wbuf[:n].copy(),
                 "history.count": self.history.count[:n].copy(),
+                "history.last_ts": self.history.last_ts[:n].copy(),
                 "seen.users": seen_u, "seen.items": seen_i}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -363,6 +430,9 @@ class Recommender(ABC):
         # checkpoints written before event-type weights were kept: every event weighs 1
         self.history.wbuf[:n] = arrays.get("history.weight", np.ones_like(buf, np.float32))
         self.history.count[:n] = arrays["history.count"]
+        # checkpoints written before event times were kept: no session is under way
+        self.history.last_ts[:n] = arrays.get("history.last_ts",
+                                              np.full(n, NO_TS, np.int64))
         self.seen = SeenItems.from_arrays(arrays["seen.users"], arrays["seen.items"])
 
     def state_json(self) -> dict[str, Any]:

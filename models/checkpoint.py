@@ -102,7 +102,7 @@ def save_checkpoint(model: Recommender, directory: str | Path, keep: int = 5,
         "version": version,
         "kind": model.kind,
         "params": model.get_params(),
-        "dim": model.dim,
+        "dim": model.vector_dim,  # what the FAISS index needs (params hold ``dim``)
         "created_at": datetime.now(UTC).isoformat(),
         "events_seen": model.events_seen,
         "n_users": len(model.user_ids),

@@ -21,7 +21,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -118,6 +118,7 @@ class LooSplit:
     users: list[str]  # ascending id order
     held_out: list[str]  # held-out item per user
     negatives: list[list[str]]  # 99 sampled items per user
+    held_out_ts: list[int] = field(default_factory=list)  # when it happened (epoch ms)
 
 
 def loo_split(inter: Interactions, n_negatives: int = 99, seed: int = 42) -> LooSplit:
@@ -129,7 +130,7 @@ def loo_split(inter: Interactions, n_negatives: int = 99, seed: int = 42) -> Loo
     groups = _user_groups(inter)
     all_items = sorted_ids(inter.items)
     rng = np.random.default_rng(seed)
-    test_rows, users, held, negs = [], [], [], []
+    test_rows, users, held, negs, times = [], [], [], [], []
     for u in sorted_ids(list(groups)):
         rows = groups[u]
         if len(rows) < 2:
@@ -139,19 +140,23 @@ def loo_split(inter: Interactions, n_negatives: int = 99, seed: int = 42) -> Loo
         candidates = [i for i in all_items if i not in touched]
         users.append(u)
         held.append(str(inter.items[rows[-1]]))
+        times.append(int(inter.ts_ms[rows[-1]]))
         negs.append([str(x) for x in rng.choice(candidates, n_negatives, replace=False)])
     mask = np.ones(len(inter), dtype=bool)
     mask[np.asarray(test_rows, dtype=np.int64)] = False
-    return LooSplit(inter.take(mask), users, held, negs)
+    return LooSplit(inter.take(mask), users, held, negs, times)
 
 
 def evaluate_loo(model: Recommender, split: LooSplit, k: int = K) -> dict[str, float]:
-    """HR@k and NDCG@k of a model trained on ``split.train``."""
+    """HR@k and NDCG@k of a model trained on ``split.train``, each user asked at the
+    time of their held-out event (a user asks for recommendations when they act; only
+    session-aware models use the time)."""
     n_cand = 1 + len(split.negatives[0]) if split.negatives else 0
     users = [u for u in split.users for _ in range(n_cand)]
     items = [x for pos, negs in zip(split.held_out, split.negatives, strict=True)
              for x in [pos, *negs]]
-    scores = model.score(users, items).reshape(len(split.users), n_cand)
+    with model.asked_at(dict(zip(split.users, split.held_out_ts, strict=True))):
+        scores = model.score(users, items).reshape(len(split.users), n_cand)
     hr = nd = 0.0
     for row in scores:
         h, n = hit_and_ndcg(rank_of_positive(float(row[0]), row[1:]), k)
@@ -221,7 +226,8 @@ def prequential(model: Recommender, inter: Interactions, bootstrap: Callable[
     for j in range(len(stream)):
         user = str(stream.users[j])
         if model.knows_user(user):
-            ids, _ = model.recommend([user], k, exclude_seen=True)
+            with model.asked_at({user: int(stream.ts_ms[j])}):
+                ids, _ = model.recommend([user], k, exclude_seen=True)
             hits += int(str(stream.items[j]) in set(ids[0].tolist()))
             evaluated += 1
         event = stream.take(slice(j, j + 1))

@@ -27,9 +27,24 @@ class HistoryContext:
     rows: np.ndarray  # int32
     weights: np.ndarray  # float32
     ages: np.ndarray  # int64
+    #: ms from the user's previous event to this one (``inf``: none, or not known):
+    #: session-aware queries weigh the history by how recent the session is
+    gaps_ms: np.ndarray | None = None  # float64
 
     def take(self, idx: np.ndarray | slice) -> HistoryContext:
-        return HistoryContext(self.rows[idx], self.weights[idx], self.ages[idx])
+        gaps = None if self.gaps_ms is None else self.gaps_ms[idx]
+        return HistoryContext(self.rows[idx], self.weights[idx], self.ages[idx], gaps)
+
+
+#: ``last_ts`` of a user with no timed event yet.
+NO_TS = np.iinfo(np.int64).min
+
+
+def gaps_since(last_ts: np.ndarray, now_ms: np.ndarray | int) -> np.ndarray:
+    """Milliseconds from each ``last_ts`` to ``now_ms`` (``inf`` where there is none;
+    never negative: an event older than the last one is "now")."""
+    gaps = np.maximum(np.asarray(now_ms, dtype=np.float64) - last_ts.astype(np.float64), 0.0)
+    return np.where(last_ts == NO_TS, np.inf, gaps)
 
 
 class RecentHistory:
@@ -48,6 +63,8 @@ class RecentHistory:
         #: event weight (by type: a purchase counts more than a view) of each slot
         self.wbuf = np.ones((max(1, capacity), size), dtype=np.float32)
         self.count = np.zeros(max(1, capacity), dtype=np.int64)
+        #: event time (epoch ms) of each user's latest event, :data:`NO_TS` if none
+        self.last_ts = np.full(max(1, capacity), NO_TS, dtype=np.int64)
         self.n_rows = 0
 
     def resize(self, n_rows: int) -> None:
@@ -63,17 +80,25 @@ class RecentHistory:
             wbuf[: self.n_rows] = self.wbuf[: self.n_rows]
             count = np.zeros(new_cap, dtype=np.int64)
             count[: self.n_rows] = self.count[: self.n_rows]
-            self.buf, self.wbuf, self.count = buf, wbuf, count
+            last_ts = np.full(new_cap, NO_TS, dtype=np.int64)
+            last_ts[: self.n_rows] = self.last_ts[: self.n_rows]
+            self.buf, self.wbuf, self.count, self.last_ts = buf, wbuf, count, last_ts
         self.n_rows = n_rows
 
     def append(self, users: np.ndarray, items: np.ndarray,
-               weights: np.ndarray | None = None) -> None:
+               weights: np.ndarray | None = None, ts_ms: np.ndarray | None = None) -> None:
         """Record events in order; several events of one user in a batch keep their order.
 
         ``weights`` are the events' type weights (1 if ``None``): session-aware queries
-        weight a recent purchase above a recent view.
+        weight a recent purchase above a recent view. ``ts_ms`` (event times) move each
+        user's :attr:`last_ts` forward (never back: a late event is not a new session).
         """
-        if len(users) == 0 or self.size == 0:
+        if len(users) == 0:
+            return
+        if ts_ms is not None:
+            np.maximum.at(self.last_ts, np.asarray(users, dtype=np.int64),
+                          np.asarray(ts_ms, dtype=np.int64))
+        if self.size == 0:
             return
         w = (np.ones(len(users), dtype=np.float32) if weights is None
              else np.asarray(weights, dtype=np.float32))
@@ -92,20 +117,33 @@ class RecentHistory:
         """``(len(users), size)`` item rows, ``-1`` where a user has fewer events."""
         return self.buf[users]
 
-    def contexts(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray
-                 ) -> HistoryContext:
+    def contexts(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                 ts_ms: np.ndarray | None = None) -> HistoryContext:
         """The context of every event of a time-ordered log, as this ring (from empty)
-        would hold it just before the event (does not touch this ring)."""
+        would hold it just before the event (does not touch this ring); with ``ts_ms``,
+        also the gap since the user's previous event in the log."""
+        users = np.asarray(users, dtype=np.int64)
         n_users = int(users.max()) + 1 if len(users) else 0
-        rows, w, ages = kernels.ring_contexts(self.size, n_users,
-                                              np.asarray(users, dtype=np.int64),
+        rows, w, ages = kernels.ring_contexts(self.size, n_users, users,
                                               np.asarray(items, dtype=np.int32),
                                               np.asarray(weights, dtype=np.float32))
-        return HistoryContext(rows, w, ages)
+        gaps = None
+        if ts_ms is not None:
+            ts = np.asarray(ts_ms, dtype=np.int64)
+            order = np.argsort(users, kind="stable")  # time order kept within a user
+            su, st = users[order], ts[order]
+            prev = np.full(len(users), NO_TS, dtype=np.int64)
+            same = np.flatnonzero(su[1:] == su[:-1]) + 1
+            prev[order[same]] = st[same - 1]
+            gaps = gaps_since(prev, ts)
+        return HistoryContext(rows, w, ages, gaps)
 
-    def context(self, users: np.ndarray) -> HistoryContext:
-        """The live context of ``users`` (what :meth:`contexts` gives during a replay)."""
-        return HistoryContext(self.buf[users], self.wbuf[users], self.ages(users))
+    def context(self, users: np.ndarray, ts_ms: np.ndarray | int | None = None
+                ) -> HistoryContext:
+        """The live context of ``users`` (what :meth:`contexts` gives during a replay);
+        with ``ts_ms`` (event or query time), the gap since each user's last event."""
+        gaps = None if ts_ms is None else gaps_since(self.last_ts[users], ts_ms)
+        return HistoryContext(self.buf[users], self.wbuf[users], self.ages(users), gaps)
 
     def weights(self, users: np.ndarray) -> np.ndarray:
         """Event weights aligned with :meth:`matrix` (meaningless where it is ``-1``)."""
@@ -136,6 +174,7 @@ class RecentHistory:
         self.buf[: self.n_rows] = -1
         self.wbuf[: self.n_rows] = 1.0
         self.count[: self.n_rows] = 0
+        self.last_ts[: self.n_rows] = NO_TS
 
 
 class SeenItems:

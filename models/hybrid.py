@@ -73,24 +73,29 @@ class SessionCooc(WithCooc, SessionTwoTower):
         if self.cooc_weight == 0.0:
             return dense
         return dense + torch.from_numpy(self._sparse(self.cooc.user_scores(self.history,
-                                                                           users)))
+                                                                           users), users))
 
     def _inner_pairs(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
         dense = super()._inner_pairs(users, items)
         if self.cooc_weight == 0.0:
             return dense
         return dense + torch.from_numpy(
-            self._sparse(self.cooc.pair_scores(self.history, users, items)))
+            self._sparse(self.cooc.pair_scores(self.history, users, items)[:, None],
+                         users)[:, 0])
 
-    def _sparse(self, scores: np.ndarray) -> np.ndarray:
-        """``cooc_weight`` × scores, rounded to float32 as exported."""
-        return (self.cooc_weight * scores).astype(np.float32).astype(np.float64)
+    def _sparse(self, scores: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """``cooc_weight`` × session gate × scores, rounded to float32 as exported (the
+        co-occurrence of the recent items is session evidence: it fades with the
+        session, like the history part of the dense query)."""
+        weight = self.cooc_weight * self._live_gate(users)
+        return (weight[:, None] * scores).astype(np.float32).astype(np.float64)
 
     def user_sparse_vectors(self, users: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
         rows = self._user_rows(users)
         out: list[tuple[list[str], np.ndarray]] = []
         for start in range(0, len(rows), 256):
-            block = self._sparse(self.cooc.user_scores(self.history, rows[start: start + 256]))
+            part = rows[start: start + 256]
+            block = self._sparse(self.cooc.user_scores(self.history, part), part)
             for values in block:
                 nz = np.flatnonzero(values)
                 out.append((self.item_ids.ids_of(nz.tolist()), values[nz].astype(np.float32)))

@@ -26,7 +26,11 @@ DEFAULT_BATCH_SIZE = 256
 
 #: The model the product runs when nothing else is asked for (``scripts.evaluate``
 #: without ``--model``). It changes only to a model that meets issue 11's targets.
-PRODUCT_MODEL = "gmf"
+PRODUCT_MODEL = "session"
+
+#: Models the worker and the FAISS service serve exactly: the whole query is one dense
+#: vector (``hybrid``'s sparse co-occurrence part is not served yet; see the README).
+SERVED_MODELS = ("session", "two_tower", "gmf")
 
 
 def fit(model: Recommender, events: EventBatch, epochs: int | None = None,
@@ -50,7 +54,7 @@ def fit(model: Recommender, events: EventBatch, epochs: int | None = None,
         model.register(users=events.users.tolist(), items=events.items.tolist())
         context = model.history.contexts(model.user_ids.lookup(events.users),
                                          model.item_ids.lookup(events.items),
-                                         model.event_weights_of(events))
+                                         model.event_weights_of(events), events.ts_ms)
     for _ in range(epochs):
         order = (np.arange(len(events)) if model.learns_in_order
                  else rng.permutation(len(events)))

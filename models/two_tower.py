@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from models import kernels
 from models.factor import FactorModel, pair_loss_grads
 from models.growable import GrowableTable
-from models.history import HistoryContext
+from models.history import HistoryContext, gaps_since
 
 
 class TwoTower(FactorModel):
@@ -50,13 +50,29 @@ class TwoTower(FactorModel):
                  ignore_attributes: Sequence[str] = ("title",),
                  event_weights: Mapping[str, float] | None = None,
                  history_size: int = 20, seed: int = 0, recency: float = 1.0,
-                 history_weight: float = 1.0) -> None:
+                 history_weight: float = 1.0, session_half_life_s: float = 0.0,
+                 content_dims: int = 0,
+                 content_weight: float = 0.0, content_lift: float = 0.0,
+                 session_dropout: float = 0.0) -> None:
         super().__init__(dim, lr, l2, negatives, sampler, sampler_alpha, loss, accum_decay,
                          event_weights, history_size, seed)
         if not 0.0 < recency <= 1.0:
             raise ValueError(f"recency must be in (0, 1], got {recency}")
+        if session_half_life_s < 0:
+            raise ValueError(f"session_half_life_s must be >= 0, got {session_half_life_s}")
         self.recency = recency
         self.history_weight = history_weight
+        self.session_half_life_s = session_half_life_s
+        if content_dims < 0 or (content_weight and not content_dims):
+            raise ValueError(f"content_weight {content_weight} needs content_dims > 0, "
+                             f"got {content_dims}")
+        self.content_dims = content_dims
+        self.content_weight = content_weight
+        self.content_lift = content_lift
+        if not 0.0 <= session_dropout < 1.0:
+            raise ValueError(f"session_dropout must be in [0, 1), got {session_dropout}")
+        self.session_dropout = session_dropout
+        self._drop_rng = np.random.default_rng(seed + 7)
         self.lr_dense = lr_dense
         self.init_std = init_std
         self.growth = growth
@@ -164,30 +180,81 @@ class TwoTower(FactorModel):
             self._width = max(1, int(used.max())) if len(used) else 1
         return self._width
 
-    def _history_weights(self, users: np.ndarray, exclude: torch.Tensor | None,
-                         context: HistoryContext | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """History item rows and their pooling weights ``(n, size)``:
-        ``history_weight · w_event · recency^age``, normalised to sum to
-        ``history_weight`` per user (0 on empty slots and on the excluded positive)."""
+    def _session_weights(self, users: np.ndarray, exclude: torch.Tensor | None,
+                         context: HistoryContext | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """History item rows ``(n, size)``, their session weights ``w_event ·
+        recency^age`` normalised to sum to 1, their plain event weights (0 on empty
+        slots and on the excluded positive), and the session gate ``(n,)``."""
         ctx = self.history.context(users) if context is None else context
         hist = torch.from_numpy(ctx.rows.astype(np.int64))
         mask = hist >= 0
         if exclude is not None:
             mask &= hist != exclude.unsqueeze(1)
-        omega = torch.from_numpy(ctx.weights).float() * mask
+        base = torch.from_numpy(ctx.weights).float() * mask
+        omega = base
         if self.recency != 1.0:
-            omega *= torch.from_numpy(self.recency ** ctx.ages.astype(np.float64)).float()
-        omega *= self.history_weight / omega.sum(1, keepdim=True).clamp(min=1e-12)
-        return hist.clamp(min=0), omega
+            omega = base * torch.from_numpy(self.recency ** ctx.ages.astype(np.float64)).float()
+        omega = omega / omega.sum(1, keepdim=True).clamp(min=1e-12)
+        gate = torch.ones(len(users))
+        if self.session_half_life_s > 0:
+            gaps = (ctx.gaps_ms if ctx.gaps_ms is not None
+                    else gaps_since(self.history.last_ts[users], self.query_times(users)))
+            gate = torch.from_numpy(self.session_gate(gaps)).float()
+        return hist.clamp(min=0), omega, base, gate
+
+    def _history_weights(self, users: np.ndarray, exclude: torch.Tensor | None,
+                         context: HistoryContext | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """History item rows and their pooling weights ``(n, size)``: ``history_weight``
+        × the gated session weights (:meth:`_session_weights`)."""
+        hist, omega, _, gate = self._session_weights(users, exclude, context)
+        return hist, omega * (gate * self.history_weight).unsqueeze(1)
+
+    def _content(self, rows: torch.Tensor | None) -> torch.Tensor:
+        """``(n, content_dims)`` unit vectors of the items' attribute tokens, hashed
+        with a sign into ``content_dims`` coordinates (fixed, not learnt): items that
+        share attributes (genres) have a large inner product."""
+        n, width = len(self.item_ids), self._token_width()
+        tok = self.tok[:n, :width] if rows is None else self.tok[rows, :width]
+        tokw = self.tokw[:n, :width] if rows is None else self.tokw[rows, :width]
+        g = torch.zeros(len(tok), self.content_dims)
+        g.scatter_add_(1, tok % self.content_dims, tokw * (tok > 0))
+        return g / g.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    def _live_gate(self, users: np.ndarray) -> np.ndarray:
+        """:meth:`session_gate` of ``users`` (rows) at their :meth:`query_times`."""
+        users = np.asarray(users, dtype=np.int64)
+        return self.session_gate(gaps_since(self.history.last_ts[users],
+                                            self.query_times(users)))
+
+    def session_gate(self, gaps_ms: np.ndarray) -> np.ndarray:
+        """Weight of the session part of the query, ``2^(−gap / half-life)``: 1 right
+        after an event, ½ one half-life later, 0 with no event (``gap = inf``).
+
+        Why: a query dominated by the last few events predicts the *next* event of a
+        session well and a user's taste in general badly (issue 11's ``full``
+        protocol); once a session has gone quiet the long-term row ``U[user]`` speaks.
+        ``session_half_life_s = 0`` keeps the history part at full weight always."""
+        if self.session_half_life_s <= 0:
+            return np.ones(len(gaps_ms))
+        return np.exp2(-np.asarray(gaps_ms, dtype=np.float64)
+                       / (1000.0 * self.session_half_life_s))
 
     def _user_tower(self, users: np.ndarray, exclude: torch.Tensor | None = None,
-                    context: HistoryContext | None = None
+                    context: HistoryContext | None = None, dropout: float = 0.0
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Query ``U[user] + Σ_h ω_h · H[h]`` over the recent history (see
-        :meth:`_history_weights`): the history part moves with every recorded event."""
+        :meth:`_history_weights`): the history part moves with every recorded event.
+
+        ``dropout`` (training only): the share of events whose history part is left out,
+        so ``U[user]`` also learns to stand alone — what the query is once a session
+        has gone quiet (the session gate)."""
         rows = torch.from_numpy(np.asarray(users, dtype=np.int64))
         hist, omega = self._history_weights(np.asarray(users, dtype=np.int64), exclude,
                                             context)
+        if dropout:
+            keep = self._drop_rng.random(len(users)) >= dropout
+            omega = omega * torch.from_numpy(keep).float().unsqueeze(1)
         q = self.users_t.weight[rows]
         if hist.shape[1]:  # history_size=0: no history part
             q = q + F.embedding_bag(hist, self.hist_t.weight, mode="sum",
@@ -195,11 +262,31 @@ class TwoTower(FactorModel):
         return q, hist, omega
 
     def _query(self, users: np.ndarray) -> torch.Tensor:
-        return self._user_tower(np.asarray(users))[0]
+        users = np.asarray(users)
+        q = self._user_tower(users)[0]
+        if not self.content_dims:
+            return q
+        # "more like what I just did": the session-weighted mean of the recent items'
+        # attribute vectors (scoring only; the towers learn without it)
+        hist, omega, base, gate = self._session_weights(users.astype(np.int64), None, None)
+        g = self._content(hist.reshape(-1)).view(*hist.shape, self.content_dims)
+        now = (omega.unsqueeze(2) * g).sum(1)
+        if self.content_lift:
+            # the lift over the history's plain mean: only what is *new* in the session
+            plain = base / base.sum(1, keepdim=True).clamp(min=1e-12)
+            now = (now - (plain.unsqueeze(2) * g).sum(1)).clamp(min=0.0) ** self.content_lift
+        # gated last, so that the whole query is linear in the gate (see user_vector_parts)
+        return torch.cat([q, (self.content_weight * gate).unsqueeze(1) * now], 1)
 
     def _item_matrix(self, items: np.ndarray | None = None) -> torch.Tensor:
         rows = None if items is None else torch.from_numpy(np.asarray(items, dtype=np.int64))
-        return self._item_tower(rows)
+        p = self._item_tower(rows)
+        return torch.cat([p, self._content(rows)], 1) if self.content_dims else p
+
+    @property
+    def vector_dim(self) -> int:
+        """Width of the exported retrieval vectors: ``dim`` + ``content_dims``."""
+        return self.dim + self.content_dims
 
     def _link(self, inner: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(inner + float(self.b.weight[0, 0]))
@@ -221,7 +308,8 @@ class TwoTower(FactorModel):
         neg_rows = self._sampler.sample(n_neg)
         offset = self._sampler.logit_offset(neg_rows, self.loss)
         all_rows = torch.cat([i_rows, neg_rows])
-        q, hist, omega = self._user_tower(users, exclude=i_rows, context=context)
+        q, hist, omega = self._user_tower(users, exclude=i_rows, context=context,
+                                          dropout=self.session_dropout)
         p = self._item_tower(all_rows)
         pp = p[:n]
         b = self.b.weight[0, 0]
@@ -318,9 +406,14 @@ class SessionTwoTower(TwoTower):
     trains_on_context = True
 
     def __init__(self, recency: float = 0.8, history_weight: float = 3.0,
-                 **params: Any) -> None:
+                 session_half_life_s: float = 1800.0, content_dims: int = 32,
+                 content_weight: float = 50.0, content_lift: float = 3.0,
+                 session_dropout: float = 0.1, **params: Any) -> None:
         """``params``: any other :class:`TwoTower` hyperparameter."""
-        super().__init__(recency=recency, history_weight=history_weight, **params)
+        super().__init__(recency=recency, history_weight=history_weight,
+                         session_half_life_s=session_half_life_s, content_dims=content_dims,
+                         content_weight=content_weight, content_lift=content_lift,
+                         session_dropout=session_dropout, **params)
 
 
 def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:

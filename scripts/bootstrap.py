@@ -1,6 +1,6 @@
 """Train the first model from history; write a checkpoint and exported vectors.
 
-    python -m scripts.bootstrap [--model gmf|two_tower] [--epochs N] [--dim D]
+    python -m scripts.bootstrap [--model session|two_tower|gmf] [--epochs N] [--dim D]
                                 [--interactions FILE] [--until-fraction 0.8] [--out DIR]
 
 Data: MovieLens 100k (default) or an interactions CSV/TSV with a header naming
@@ -32,7 +32,7 @@ from datasets.types import Interactions, Item
 from models import kernels
 from models.checkpoint import save_checkpoint
 from models.events import EventBatch
-from models.training import DEFAULT_EPOCHS, create_model, fit
+from models.training import DEFAULT_EPOCHS, PRODUCT_MODEL, SERVED_MODELS, create_model, fit
 
 
 def read_interactions(path: Path) -> Interactions:
@@ -67,7 +67,7 @@ def export(model: object, folder: Path) -> None:
     item_ids, item_vecs = model.item_vectors()  # type: ignore[attr-defined]
     user_ids = list(model.user_ids.ids)  # type: ignore[attr-defined]
     user_vecs = (model.user_vectors(user_ids) if user_ids  # type: ignore[attr-defined]
-                 else np.zeros((0, model.dim), np.float32))  # type: ignore[attr-defined]
+                 else np.zeros((0, model.vector_dim), np.float32))  # type: ignore[attr-defined]
     np.save(folder / "item_vectors.npy", item_vecs, allow_pickle=False)
     np.save(folder / "user_vectors.npy", user_vecs, allow_pickle=False)
     (folder / "item_ids.json").write_text(json.dumps(item_ids))
@@ -76,7 +76,7 @@ def export(model: object, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=["gmf", "two_tower"], default="gmf")
+    p.add_argument("--model", choices=SERVED_MODELS, default=PRODUCT_MODEL)
     p.add_argument("--epochs", type=int, default=None, help="default: tuned per model")
     p.add_argument("--dim", type=int, default=None, help="default: the model's")
     p.add_argument("--interactions", type=Path, default=None,
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     export(model, out / "export" / version)
     print(json.dumps({
         "version": version, "model": args.model, "source": source, "events": len(events),
-        "users": len(model.user_ids), "items": len(model.item_ids), "dim": model.dim,
+        "users": len(model.user_ids), "items": len(model.item_ids), "dim": model.vector_dim,
         "epochs": epochs, "final_loss": round(losses[-1], 4), "seconds": round(seconds, 1),
         "events_per_s": round(epochs * len(events) / max(seconds, 1e-9)),
         "checkpoint": str(out / "checkpoints" / version),

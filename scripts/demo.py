@@ -160,7 +160,7 @@ def bootstrap(settings: Settings) -> dict[str, Any]:
     return read_meta(bootstrap_checkpoint_dir(settings))
 
 
-def pick_user(ds: Dataset, history_end: int) -> tuple[str, list[str]]:
+def pick_user(ds: Dataset, history_end: int) -> tuple[str, str, list[str]]:
     """A user active in the bootstrap history, and 5 popular unseen films of a new genre."""
     inter = ds.interactions.sorted_by_time()
     past = inter.take(slice(0, history_end))
@@ -173,7 +173,11 @@ def pick_user(ds: Dataset, history_end: int) -> tuple[str, list[str]]:
     popular = Counter(past.items.tolist())
     picks = [i for i, _ in popular.most_common() if target in ds.items[i].genres
              and i not in seen][:5]
-    return user, picks
+    return user, target, picks
+
+
+def genre_count(ds: Dataset, items: list[dict[str, Any]], genre: str) -> int:
+    return sum(1 for it in items if it["id"] in ds.items and genre in ds.items[it["id"]].genres)
 
 
 def wait_changed(api: Api, path: str, before: list[str], timeout_s: float) -> tuple[float, dict]:
@@ -218,20 +222,23 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
     api = Api(settings.api_port)
 
     say("\n== 4. one user, a few clicks ==")
-    user, picks = pick_user(ds, split)
+    user, genre, picks = pick_user(ds, split)
     path = f"/v1/recommendations?user_id={user}&k=8"
     before = api.get(path)
     say(f"   user {user} before ({before.get('source')}):")
     for t in titles(ds, before.get("items", [])):
         say(f"     - {t}")
     genre_titles = ", ".join(ds.items[i].title for i in picks)
-    say(f"   clicks: {genre_titles}")
+    say(f"   {genre_count(ds, before.get('items', []), genre)} of "
+        f"{len(before.get('items', []))} are {genre}; clicks ({genre}): {genre_titles}")
     last_ts = int(inter.ts_ms[split - 1])
     clicks = [(user.encode(), interaction_json(user, i, "click", last_ts + 1000 * (j + 1)))
               for j, i in enumerate(picks)]
     asyncio.run(produce(settings, settings.topic_interactions, clicks))
     took, after = wait_changed(api, path, [it["id"] for it in before.get("items", [])], 10)
-    say(f"   after {took:.2f} s ({after.get('source')}):")
+    say(f"   after {took:.2f} s ({after.get('source')}), "
+        f"{genre_count(ds, after.get('items', []), genre)} of "
+        f"{len(after.get('items', []))} are {genre}:")
     for t in titles(ds, after.get("items", [])):
         say(f"     - {t}")
 

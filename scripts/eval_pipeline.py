@@ -40,6 +40,7 @@ from faiss_server.client import FaissClient
 from models.base import Recommender
 from models.checkpoint import load_checkpoint
 from models.events import EventBatch
+from models.training import PRODUCT_MODEL, SERVED_MODELS
 from streams.model_files import bootstrap_checkpoint_dir
 
 K = 10
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Prequential recall through the real pipeline.")
     p.add_argument("--chunk", type=int, default=1)
     p.add_argument("--limit", type=int, default=2_000, help="stream at most this many events")
-    p.add_argument("--model", choices=["gmf", "two_tower"], default="gmf")
+    p.add_argument("--model", choices=SERVED_MODELS, default=PRODUCT_MODEL)
     args = p.parse_args(argv)
     base = Settings.from_env()
     StackManager(base).up()

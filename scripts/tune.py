@@ -4,6 +4,7 @@
     python -m scripts.tune --only full/gmf      # one grid
     python -m scripts.tune --record session     # issue 11: session two-tower, cooc
     python -m scripts.tune --record hybrid      # issue 11: the hybrid's cooc weight
+    python -m scripts.tune --record session-gate  # issue 11: session gate, content part
 
 Every grid sweeps one hyperparameter at a time around the current default (the others
 stay at their defaults) on a *validation* split of ``scripts.evaluate`` (carved from
@@ -90,10 +91,29 @@ HYBRID_GRIDS: tuple[Grid, ...] = (
     Grid("prequential", "hybrid", "recall@10", {"cooc_weight": (1.0, 3.0, 10.0)}),
 )
 
+#: Issue 11: the session gate and the content part of the session model. These are
+#: chosen under the product's constraints, not by one metric (see :func:`constrained`).
+GATE_GRIDS: tuple[Grid, ...] = (
+    Grid("prequential", "session", "recall@10", {
+        "content_weight": (0.0, 25.0, 50.0, 100.0),
+        "content_lift": (1.0, 2.0, 3.0),
+        "session_dropout": (0.0, 0.1, 0.2),
+        "history_weight": (2.0, 3.0, 4.0),
+        "session_half_life_s": (300.0, 600.0, 1800.0)}),
+)
+
+#: The constraints of :func:`constrained`: a genre share after 5 clicks of at least
+#: this on the responsiveness validation split (issue 11's target) ...
+MIN_GENRE_SHARE = 0.10
+#: ... and a full-protocol NDCG@10 no lower than the two-tower's (the model it
+#: replaces) on the full validation split.
+FULL_BASELINE = "two_tower"
+
 #: Which grids each record file holds.
 RECORDS: dict[str, tuple[Path, tuple[Grid, ...]]] = {
     "base": (OUT, GRIDS), "session": (OUT_SESSION, SESSION_GRIDS),
-    "hybrid": (OUT.with_name("movielens-100k-hybrid.json"), HYBRID_GRIDS)}
+    "hybrid": (OUT.with_name("movielens-100k-hybrid.json"), HYBRID_GRIDS),
+    "session-gate": (OUT.with_name("movielens-100k-session-gate.json"), GATE_GRIDS)}
 
 
 def default_value(grid: Grid, axis: str) -> float:
@@ -146,6 +166,11 @@ class Runner:
         self._cache: dict[tuple[str, str], float] = {}
 
     def score(self, grid: Grid, params: dict[str, float], seed: int = 0) -> float:
+        return self.metrics(grid, params, seed)[grid.metric]
+
+    def metrics(self, grid: Grid, params: dict[str, float], seed: int = 0
+                ) -> dict[str, float]:
+        """Every metric of one validation run (cached per grid, params and seed)."""
         key = (grid.name, json.dumps({**params, "seed": seed}, sort_keys=True))
         if key in self._cache:
             return self._cache[key]
@@ -157,16 +182,18 @@ class Runner:
         epochs = int(params.get("epochs", DEFAULT_EPOCHS[grid.model]))
         t0 = time.perf_counter()
         model = new_model(grid.model, grid.protocol, self.data, params=model_params)
-        metrics = evaluate(model, grid.protocol, "validation", self.splits, epochs)
-        value = float(metrics[grid.metric])
+        metrics = evaluate(model, grid.protocol, "validation", self.splits, epochs,
+                           data=self.data)
+        values = {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
+        value = values[grid.metric]
         self.runs.append({"grid": grid.name, "params": params, "seed": seed,
                           grid.metric: round(value, 4),
                           "split_sha256": metrics["split_sha256"],
                           "seconds": round(time.perf_counter() - t0, 1)})
         print(f"{grid.name} {params} seed {seed}: {grid.metric} {value:.4f} "
               f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
-        self._cache[key] = value
-        return value
+        self._cache[key] = values
+        return values
 
     def tune(self, grid: Grid) -> list[dict[str, Any]]:
         default_seeds = [self.score(grid, {}, seed) for seed in SEEDS]
@@ -184,6 +211,53 @@ class Runner:
         return out
 
 
+def constrained(runner: Runner, grid: Grid) -> list[dict[str, Any]]:
+    """Issue 11's session gate and content part, one axis at a time around the defaults
+    (seed 0: each value is a constraint check; the seed spread of prequential recall
+    is ~0.002, see the other records):
+
+    - ``content_weight``: the smallest value whose genre share after 5 clicks is at least
+      :data:`MIN_GENRE_SHARE` on the responsiveness validation split (what the product
+      must do), whatever it costs in prequential recall (recorded beside it);
+    - ``content_lift``: the best prequential recall@10 among the values meeting that
+      genre share;
+    - every other axis: the best prequential recall@10 among the values whose full
+      NDCG@10 is no lower than :data:`FULL_BASELINE`'s on the full validation split
+      (a session that has gone quiet must not make the long-term list worse).
+    """
+    resp = Grid("responsiveness", grid.model, "genre_share_after", {})
+    full = Grid("full", grid.model, "ndcg@10", {})
+    floor = runner.score(Grid("full", FULL_BASELINE, "ndcg@10", {}), {})
+    out = []
+    for axis, values in grid.axes.items():
+        default = default_value(grid, axis)
+        rows: dict[float, dict[str, float]] = {}
+        for v in values:
+            params = {} if v == default else {axis: v}
+            rows[v] = {grid.metric: runner.score(grid, params)}
+            if axis.startswith("content_"):
+                rows[v]["genre_share_after"] = runner.score(resp, params)
+            else:
+                rows[v]["full_ndcg@10"] = runner.score(full, params)
+        if axis == "content_weight":
+            rule = f"smallest with genre_share_after >= {MIN_GENRE_SHARE}"
+            ok = [v for v in values if rows[v]["genre_share_after"] >= MIN_GENRE_SHARE]
+            choice = min(ok) if ok else max(values)
+        elif axis == "content_lift":
+            rule = f"best {grid.metric} with genre_share_after >= {MIN_GENRE_SHARE}"
+            ok = [v for v in values if rows[v]["genre_share_after"] >= MIN_GENRE_SHARE]
+            choice = max(ok or list(values), key=lambda v: rows[v][grid.metric])
+        else:
+            rule = f"best {grid.metric} with full_ndcg@10 >= {FULL_BASELINE}'s {floor:.4f}"
+            ok = [v for v in values if rows[v]["full_ndcg@10"] >= floor] or list(values)
+            choice = max(ok, key=lambda v: rows[v][grid.metric])
+        out.append({"grid": grid.name, "metric": grid.metric, "axis": axis, "rule": rule,
+                    "scores_seed0": {str(v): {k: round(x, 4) for k, x in r.items()}
+                                     for v, r in rows.items()},
+                    "default": default, "choice": choice, "changed": choice != default})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--record", choices=sorted(RECORDS), default="base",
@@ -199,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     runner = Runner(movielens.load(Settings.from_env().cache_dir))
     t0 = time.perf_counter()
-    choices = [c for g in grids for c in runner.tune(g)]
+    tune = constrained if args.record == "session-gate" else Runner.tune
+    choices = [c for g in grids for c in tune(runner, g)]
     record = {
         "command": " ".join(["python -m scripts.tune", *(argv or sys.argv[1:])]),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),

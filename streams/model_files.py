@@ -53,8 +53,8 @@ def model_dim(settings: Settings) -> int:
             meta = read_meta(folder)
         except (CheckpointError, FileNotFoundError):
             continue
-        dim = meta.get("dim") or meta.get("params", {}).get("dim")
+        dim = meta.get("dim")
         if dim:
             return int(dim)
-        return load_checkpoint(folder).dim
-    return model_classes()[settings.worker_model]().dim
+        return load_checkpoint(folder).vector_dim
+    return model_classes()[settings.worker_model]().vector_dim

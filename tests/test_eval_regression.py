@@ -34,6 +34,9 @@ PINNED: dict[tuple[str, str], dict[str, float | str]] = {
                              "ndcg@10": 0.1568, "map@10": 0.069,
                              "split_sha256": "e28b48ee351dc8ee"},
     ("prequential", "validation"): {"recall@10": 0.0775, "split_sha256": "66848ca3ead7afeb"},
+    ("responsiveness", "validation"): {"genre_share_before": 0.0382,
+                                       "genre_share_after": 0.0031, "users": 131,
+                                       "split_sha256": "3314ef998794579d"},
 }
 
 

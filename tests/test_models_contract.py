@@ -101,7 +101,8 @@ def test_retrieval_vectors_rank_exactly_like_scores(trained: Recommender) -> Non
     ids, items = trained.item_vectors()
     queries = trained.user_vectors(users)
     assert queries.dtype == np.float32 and items.dtype == np.float32
-    assert queries.shape == (20, trained.dim) and items.shape == (len(ids), trained.dim)
+    assert queries.shape == (20, trained.vector_dim)
+    assert items.shape == (len(ids), trained.vector_dim)
     sparse = trained.user_sparse_vectors(users)
     column = {item: j for j, item in enumerate(ids)}
     for u, q, (sp_ids, sp_values) in zip(users, queries, sparse, strict=True):
@@ -150,7 +151,7 @@ def test_upsert_item_returns_its_retrieval_vector(trained: Recommender) -> None:
     model.learn_many(EventBatch.of(["u1"], ["i1"]))
     vec = model.upsert_item("brand-new", {"title": "New", "genres": ["c1"], "year": 2001})
     _, expected = model.item_vectors(["brand-new"])
-    assert vec.shape == (model.dim,)
+    assert vec.shape == (model.vector_dim,)
     np.testing.assert_array_equal(vec, expected[0])
 
 

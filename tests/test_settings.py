@@ -116,3 +116,11 @@ def test_asgi_entry_points_read_the_environment(monkeypatch) -> None:
     info = testing.TestClient(asgi.app).simulate_get("/v1/index").json
     assert (info["dim"], info["kind"]) == (16, "hnsw")
     monkeypatch.delitem(sys.modules, "faiss_server.asgi")
+
+
+def test_the_worker_trains_the_product_default_model() -> None:
+    """One product default: the worker's model without a checkpoint, what
+    ``scripts.evaluate`` evaluates without ``--model``, and one the pipeline serves."""
+    from models.training import PRODUCT_MODEL, SERVED_MODELS
+
+    assert Settings().worker_model == PRODUCT_MODEL and PRODUCT_MODEL in SERVED_MODELS

@@ -1,0 +1,165 @@
+"""The session-aware query (issue 11): the session gate, the content part, the dropout
+that teaches the long-term row to stand alone, and event times in the histories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.events import EventBatch
+from models.history import NO_TS, RecentHistory
+from models.hybrid import SessionCooc
+from models.two_tower import SessionTwoTower
+
+MINUTE_MS = 60_000
+
+
+def catalogue_model(**params: object) -> SessionTwoTower:
+    """A small session model over 20 items, 10 of genre A (``a0..a9``), 10 of B."""
+    model = SessionTwoTower(dim=8, negatives=4, n_buckets=64, history_size=10,
+                            session_half_life_s=60.0, **params)  # type: ignore[arg-type]
+    for g in "ab":
+        for j in range(10):
+            model.upsert_item(f"{g}{j}", {"genres": [g.upper()]})
+    return model
+
+
+def test_contexts_carry_the_gap_since_the_users_previous_event() -> None:
+    h = RecentHistory(size=3)
+    ctx = h.contexts(np.array([0, 1, 0, 0]), np.array([5, 6, 7, 8]), np.ones(4, np.float32),
+                     np.array([1_000, 2_000, 4_000, 4_500]))
+    assert ctx.gaps_ms is not None
+    assert ctx.gaps_ms.tolist() == [np.inf, np.inf, 3_000.0, 500.0]
+    assert ctx.take(slice(2, 4)).gaps_ms.tolist() == [3_000.0, 500.0]  # type: ignore[union-attr]
+
+
+def test_last_event_time_only_moves_forward() -> None:
+    h = RecentHistory(size=2)
+    h.resize(2)
+    h.append(np.array([0, 0]), np.array([1, 2]), ts_ms=np.array([5_000, 3_000]))
+    assert h.last_ts[:2].tolist() == [5_000, NO_TS]
+    assert h.context(np.array([0, 1]), 6_000).gaps_ms.tolist() == [1_000.0, np.inf]  # type: ignore[union-attr]
+
+
+def test_the_session_part_fades_with_the_time_since_the_users_last_event() -> None:
+    """Right after a click the history part is at full weight; one half-life later
+    (event time: another user's event moves the clock) it is halved, and with no
+    event at all the query is the long-term row alone."""
+    model = catalogue_model(content_dims=0, content_weight=0.0)
+    model.observe(EventBatch.of(["u", "u"], ["a0", "a1"], ts_ms=10 * MINUTE_MS))
+    model.register(users=["new"])
+    row = model.user_ids.lookup(["u"])
+    long_term = model.users_t.weight[torch.from_numpy(row)].numpy()
+    fresh = model.user_vectors(["u"]) - long_term
+    model.observe(EventBatch.of(["v"], ["b0"], ts_ms=11 * MINUTE_MS))  # clock + 60 s
+    later = model.user_vectors(["u"]) - long_term
+    np.testing.assert_allclose(later, 0.5 * fresh, rtol=1e-5, atol=1e-7)
+    assert np.abs(fresh).sum() > 0
+    new = model.user_ids.lookup(["new"])
+    np.testing.assert_array_equal(model.user_vectors(["new"]),
+                                  model.users_t.weight[torch.from_numpy(new)].numpy())
+
+
+def test_clicks_in_a_new_genre_lift_that_genre_at_once() -> None:
+    """A user with a long B history clicks three A items: every other A item gains
+    score over every B item, before any gradient step (the content part), and the
+    exported vectors carry it (``vector_dim`` = ``dim`` + ``content_dims``)."""
+    model = catalogue_model()
+    old = [f"b{j % 10}" for j in range(10)]
+    model.observe(EventBatch.of(["u"] * 10, old, ts_ms=0))
+    a_items, b_items = [f"a{j}" for j in range(3, 10)], [f"b{j}" for j in range(10)]
+    before_a = model.score(["u"] * 7, a_items)
+    before_b = model.score(["u"] * 10, b_items)
+    model.observe(EventBatch.of(["u"] * 3, ["a0", "a1", "a2"], ts_ms=60 * MINUTE_MS))
+    gain_a = model.score(["u"] * 7, a_items) - before_a
+    gain_b = model.score(["u"] * 10, b_items) - before_b
+    assert gain_a.min() > gain_b.max()
+    ids, vectors = model.item_vectors()
+    assert vectors.shape == (20, model.vector_dim) and model.vector_dim == 8 + 32
+    inner = model.user_vectors(["u"])[0] @ vectors.T
+    order = np.argsort(-inner, kind="stable")
+    scores = model.score(["u"] * 20, ids)
+    assert np.all(np.diff(scores[order]) <= 1e-6)  # inner product ranks like score
+
+
+def test_a_session_in_the_users_usual_genre_adds_no_content_part() -> None:
+    """The content part is the *lift* of the session over the recent history's plain
+    mean: more of what the user always does moves nothing."""
+    model = catalogue_model()
+    model.observe(EventBatch.of(["u"] * 10, [f"b{j}" for j in range(10)], ts_ms=0))
+    content = model.user_vectors(["u"])[0, model.dim:]
+    assert np.abs(content).max() < 1e-6
+
+
+def test_session_dropout_leaves_the_history_out_of_that_share_of_events() -> None:
+    model = catalogue_model(session_dropout=0.5)
+    users = [f"u{j}" for j in range(400)]
+    model.observe(EventBatch.of(users, ["a0"] * 400, ts_ms=0))
+    rows = model.user_ids.lookup(users)
+    _, _, omega = model._user_tower(rows, dropout=0.5)
+    dropped = float((omega.sum(1) == 0).float().mean())
+    assert 0.4 < dropped < 0.6
+    _, _, omega = model._user_tower(rows)  # serving: never dropped
+    assert bool((omega.sum(1) > 0).all())
+
+
+def test_the_hybrid_sparse_part_fades_with_the_session_too() -> None:
+    model = SessionCooc(dim=8, negatives=4, n_buckets=64, history_size=10,
+                        cooc_neighbours=8, cooc_window=5, session_half_life_s=60.0)
+    log = EventBatch.of(["x", "x", "y", "y", "u"], ["i1", "i2", "i1", "i2", "i1"],
+                        ts_ms=0)
+    model.observe(log)
+    ids0, values0 = model.user_sparse_vectors(["u"])[0]
+    model.observe(EventBatch.of(["v"], ["i3"], ts_ms=MINUTE_MS))
+    ids1, values1 = model.user_sparse_vectors(["u"])[0]
+    assert ids0 == ids1 and "i2" in ids0
+    np.testing.assert_allclose(values1, 0.5 * values0, rtol=1e-5)
+
+
+def test_event_times_survive_a_checkpoint(tmp_path: Path) -> None:
+    model = catalogue_model()
+    model.observe(EventBatch.of(["u", "w"], ["a0", "b1"], ts_ms=7 * MINUTE_MS))
+    version = save_checkpoint(model, tmp_path)
+    restored = load_checkpoint(tmp_path, version)
+    assert isinstance(restored, SessionTwoTower)
+    rows = restored.user_ids.lookup(["u", "w"])
+    assert restored.history.last_ts[rows].tolist() == [7 * MINUTE_MS] * 2
+    np.testing.assert_array_equal(restored.user_vectors(["u", "w"]),
+                                  model.user_vectors(["u", "w"]))
+
+
+@pytest.mark.parametrize("bad", [{"session_dropout": 1.0}, {"session_half_life_s": -1.0},
+                                 {"content_dims": 0, "content_weight": 1.0}])
+def test_bad_session_hyperparameters_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        SessionTwoTower(**bad)  # type: ignore[arg-type]
+
+
+def test_a_query_asked_when_the_user_acts_has_the_session_at_full_weight() -> None:
+    model = catalogue_model(content_dims=0, content_weight=0.0)
+    model.observe(EventBatch.of(["u"], ["a0"], ts_ms=0))
+    fresh = model.user_vectors(["u"])
+    model.observe(EventBatch.of(["v"], ["b0"], ts_ms=10 * MINUTE_MS))  # the clock moves on
+    assert not np.allclose(model.user_vectors(["u"]), fresh)
+    with model.asked_at({"u": 0, "nobody": 5}):
+        np.testing.assert_array_equal(model.user_vectors(["u"]), fresh)
+
+
+def test_the_query_at_any_time_is_a_blend_of_its_two_parts() -> None:
+    """``user_vector_parts`` lets a server compute the query at request time: the query
+    asked ``t`` after the last event is ``long + g(t) · (fresh − long)``."""
+    model = catalogue_model()
+    model.observe(EventBatch.of(["u"] * 10, [f"b{j}" for j in range(10)], ts_ms=0))
+    model.observe(EventBatch.of(["u"] * 3, ["a0", "a1", "a2"], ts_ms=MINUTE_MS))
+    long_term, fresh, last = model.user_vector_parts(["u"])
+    assert last.tolist() == [MINUTE_MS] and not np.allclose(long_term, fresh)
+    for minutes in (0.5, 1.0, 3.0):
+        asked = MINUTE_MS + int(minutes * MINUTE_MS)
+        gate = model.session_gate(np.array([asked - MINUTE_MS]))[0]
+        with model.asked_at({"u": asked}):
+            np.testing.assert_allclose(model.user_vectors(["u"]),
+                                       long_term + gate * (fresh - long_term), atol=1e-5)
