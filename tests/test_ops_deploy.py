@@ -68,6 +68,9 @@ def test_each_process_gets_its_settings(compose: dict, name: str) -> None:
         config = FaissConfig.from_env(settings, env=values)
         assert (config.spec.kind, str(config.spec.dim)) == (
             env["RECSYS_FAISS_INDEX_KIND"], env["RECSYS_FAISS_INDEX_DIM"])
+        # the index holds what the worker's model exports
+        from models.checkpoint import model_classes
+        assert config.spec.dim == model_classes()[settings.worker_model]().vector_dim
         keep_alive = s_cmd(compose, name).split("--timeout-keep-alive ")[1].split()[0]
         assert float(keep_alive) == settings.faiss_keep_alive_s
     if name == "api":

@@ -124,3 +124,9 @@ def test_the_worker_trains_the_product_default_model() -> None:
     from models.training import PRODUCT_MODEL, SERVED_MODELS
 
     assert Settings().worker_model == PRODUCT_MODEL and PRODUCT_MODEL in SERVED_MODELS
+
+
+def test_the_faiss_index_default_fits_the_product_default_model() -> None:
+    from models.checkpoint import model_classes
+
+    assert IndexSpec().dim == model_classes()[Settings().worker_model]().vector_dim
