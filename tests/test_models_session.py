@@ -163,3 +163,21 @@ def test_the_query_at_any_time_is_a_blend_of_its_two_parts() -> None:
         with model.asked_at({"u": asked}):
             np.testing.assert_allclose(model.user_vectors(["u"]),
                                        long_term + gate * (fresh - long_term), atol=1e-5)
+
+
+def test_the_servers_formula_gives_the_models_own_query() -> None:
+    """No training/serving skew: ``common.session_query.query_at`` over the exported
+    parts equals the model's query asked at the same time (what the API computes per
+    request, without the model)."""
+    from common.session_query import query_at
+
+    model = catalogue_model()
+    model.observe(EventBatch.of(["u"] * 10, [f"b{j}" for j in range(10)], ts_ms=0))
+    model.observe(EventBatch.of(["u"] * 2, ["a0", "a1"], ts_ms=MINUTE_MS))
+    long_term, fresh, last = model.user_vector_parts(["u"])
+    for asked in (MINUTE_MS, 2 * MINUTE_MS, 90 * MINUTE_MS):
+        with model.asked_at({"u": asked}):
+            expected = model.user_vectors(["u"])[0]
+        got = query_at(long_term[0].tolist(), fresh[0].tolist(), int(last[0]), asked,
+                       model.session_half_life_s)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
