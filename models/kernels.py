@@ -360,6 +360,65 @@ def ring_contexts(size: int, n_users: int, users: np.ndarray, items: np.ndarray,
     return out_rows, out_w, out_age
 
 
+# --- pooled rows (the towers' gathers) ------------------------------------------------
+def pooled_rows(table: np.ndarray, rows: np.ndarray, pool: np.ndarray, bags: np.ndarray,
+                bag_w: np.ndarray) -> np.ndarray:
+    """``table[rows[i]] + Σ_j bag_w[i, j]·pool[bags[i, j]]`` for each ``i`` (float32).
+
+    The forward of a pooled tower in one pass: the two-tower query (``U[user]`` plus
+    the weighted history rows) and item vector (``E[item]`` plus the weighted attribute
+    tokens). Entries with a zero weight (empty history slots, unused token slots) are
+    not read, where ``index_select`` + ``embedding_bag`` + add read every slot and
+    write two intermediate matrices. The bag is summed in slot order, then added to
+    the row, as before.
+
+    >>> pooled_rows(np.zeros((4, 2), np.float32), np.array([0, 1]),
+    ...             np.zeros((3, 2), np.float32), np.zeros((2, 5), np.int64),
+    ...             np.ones((2, 4), np.float32))
+    Traceback (most recent call last):
+    ...
+    ValueError: pooled_rows: bag_w has 4 columns, bags has 5 columns
+    """
+    _check_ndim("pooled_rows", table=(table, 2), rows=(rows, 1), pool=(pool, 2),
+                bags=(bags, 2), bag_w=(bag_w, 2))
+    _check_equal("pooled_rows", ("pool", pool.shape[1], "columns"),
+                 ("table", table.shape[1], ""))
+    _check_equal("pooled_rows", ("bags", bags.shape[0], "rows"),
+                 ("rows", rows.shape[0], "entries"))
+    _check_equal("pooled_rows", ("bag_w", bag_w.shape[0], "rows"),
+                 ("bags", bags.shape[0], "rows"))
+    _check_equal("pooled_rows", ("bag_w", bag_w.shape[1], "columns"),
+                 ("bags", bags.shape[1], "columns"))
+    return _pooled_rows(table, rows, pool, bags, bag_w)
+
+
+@_compiled
+def _pooled_rows(table: np.ndarray, rows: np.ndarray, pool: np.ndarray, bags: np.ndarray,
+                 bag_w: np.ndarray) -> np.ndarray:
+    """The loop of :func:`pooled_rows` (shapes already checked)."""
+    n, m = bags.shape
+    dim = table.shape[1]
+    out = np.empty((n, dim), dtype=np.float32)
+    acc = np.empty(dim, dtype=np.float32)
+    for i in range(n):
+        r = rows[i]
+        if r < 0 or r >= table.shape[0]:  # compiled code does not bounds-check
+            raise IndexError("pooled_rows: row out of range")
+        acc[:] = 0.0
+        for j in range(m):
+            w = np.float32(bag_w[i, j])
+            if w == 0:
+                continue
+            b = bags[i, j]
+            if b < 0 or b >= pool.shape[0]:
+                raise IndexError("pooled_rows: bag row out of range")
+            for d in range(dim):
+                acc[d] += w * pool[b, d]
+        for d in range(dim):
+            out[i, d] = table[r, d] + acc[d]
+    return out
+
+
 # --- session pooling weights ----------------------------------------------------------
 def session_weights(rows: np.ndarray, weights: np.ndarray, ages: np.ndarray,
                     exclude: np.ndarray, decay: np.ndarray, scale: np.ndarray
@@ -427,6 +486,34 @@ def _session_weights(rows: np.ndarray, weights: np.ndarray, ages: np.ndarray,
     return hist, omega, base
 
 
+# --- live ring context ------------------------------------------------------------------
+@_compiled
+def ring_context(buf: np.ndarray, wbuf: np.ndarray, count: np.ndarray, users: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rings of ``users`` as they are: item rows, event weights and the age of each
+    slot (``(count − 1 − slot) mod size``), in one pass instead of two fancy-indexing
+    copies and an ``(n, size)`` int64 computation."""
+    n = len(users)
+    size = buf.shape[1]
+    rows = np.empty((n, size), dtype=buf.dtype)
+    w = np.empty((n, size), dtype=wbuf.dtype)
+    ages = np.zeros((n, size), dtype=np.int64)
+    if wbuf.shape[0] < buf.shape[0] or wbuf.shape[1] != size:
+        raise IndexError("ring_context: shapes do not match")
+    for i in range(n):
+        u = users[i]
+        if u < 0 or u >= buf.shape[0] or u >= len(count):
+            raise IndexError("ring_context: user row out of range")
+        if size == 0:
+            continue
+        newest = (count[u] - 1) % size  # one division per user, not per slot
+        for s in range(size):
+            rows[i, s] = buf[u, s]
+            w[i, s] = wbuf[u, s]
+            ages[i, s] = newest - s if s <= newest else newest - s + size
+    return rows, w, ages
+
+
 # --- accidental hits of shared negatives ----------------------------------------------
 def mask_hits(logits: np.ndarray, neg_rows: np.ndarray, pos_rows: np.ndarray) -> None:
     """``logits[i, j] = -inf`` wherever negative ``j`` is event ``i``'s own positive.
@@ -486,6 +573,10 @@ def warm_up() -> float:
                          np.ones(3, np.float32))
     ring_contexts(2, 2, rows, np.zeros(3, np.int32), np.ones(3, np.float32))
     mask_hits(np.zeros((3, 3), np.float32), rows, rows)
+    pooled_rows(np.zeros((2, 4), np.float32), rows, np.zeros((2, 4), np.float32),
+                rows.reshape(3, 1), np.ones((3, 1), np.float32))
+    ring_context(np.zeros((2, 2), np.int32), np.ones((2, 2), np.float32),
+                 np.zeros(2, np.int64), rows)
     session_weights(np.zeros((3, 2), np.int32), np.ones((3, 2), np.float32),
                     np.zeros((3, 2), np.int64), rows, np.ones(2, np.float32),
                     np.ones(3, np.float32))

@@ -97,6 +97,7 @@ class TwoTower(FactorModel):
         self.tokw = torch.zeros(0, max_tokens)
         self.num_raw = torch.zeros(0, n_num, dtype=torch.float64)
         self.num_has = torch.zeros(0, n_num, dtype=torch.bool)
+        self.num_z = torch.zeros(0, n_num)  # see _numeric
         self._num_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self._width: int | None = None  # see _token_width
         self._decay: np.ndarray | None = None  # see _recency_table
@@ -113,6 +114,7 @@ class TwoTower(FactorModel):
             self.tokw = _grow(self.tokw, cap)
             self.num_raw = _grow(self.num_raw, cap)
             self.num_has = _grow(self.num_has, cap)
+            self.num_z = _grow(self.num_z, cap)
 
     # --- attributes -----------------------------------------------------------------
     def _tokens(self, attributes: Mapping[str, object]) -> list[tuple[int, float]]:
@@ -149,7 +151,10 @@ class TwoTower(FactorModel):
         self._width = None
 
     def _numeric(self, rows: torch.Tensor | None) -> torch.Tensor:
-        """z-scored numeric attributes (0 where missing), stats over the catalogue."""
+        """z-scored numeric attributes (0 where missing), stats over the catalogue.
+
+        Kept z-scored (float32) per item until an item's attributes change: a learning
+        step then gathers them, where it took five float64 operations on its rows."""
         n = len(self.item_ids)
         if self._num_stats is None:
             has, raw = self.num_has[:n], self.num_raw[:n]
@@ -157,10 +162,10 @@ class TwoTower(FactorModel):
             mean = (raw * has).sum(0) / cnt
             var = (((raw - mean) * has) ** 2).sum(0) / cnt
             self._num_stats = (mean, var.sqrt().clamp(min=1e-6))
-        mean, std = self._num_stats
-        raw = self.num_raw[:n] if rows is None else self.num_raw.index_select(0, rows)
-        has = self.num_has[:n] if rows is None else self.num_has.index_select(0, rows)
-        return (((raw - mean) / std) * has).float()
+            # rows past n stay 0: items registered later have no numeric attributes
+            # until _set_attributes, which makes this run again
+            self.num_z[:n] = (((raw - mean) / self._num_stats[1]) * has).float()
+        return self.num_z[:n] if rows is None else self.num_z.index_select(0, rows)
 
     def _features(self, rows: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,11 +187,17 @@ class TwoTower(FactorModel):
                     ) -> torch.Tensor:
         """``E[item] + Σ_t w_t C[token_t] + numeric @ A`` of item ``rows`` (``None``:
         all); ``features``: :meth:`_features` of ``rows`` when the caller has them."""
-        e = self.items_t.rows() if rows is None else self.items_t.weight.index_select(0, rows)
         tok, tokw, num = self._features(rows) if features is None else features
-        # weighted sum of token embeddings in one fused kernel (no (n, width, dim) copy)
-        cats = F.embedding_bag(tok, self.cats_t.weight, per_sample_weights=tokw, mode="sum")
-        return torch.addmm(e + cats, num, self.num_t.weight[: self.num_t.n_rows])
+        if rows is None:
+            # weighted sum of token embeddings in one fused kernel (no (n, width, dim) copy)
+            cats = F.embedding_bag(tok, self.cats_t.weight, per_sample_weights=tokw,
+                                   mode="sum")
+            e = self.items_t.rows() + cats
+        else:  # a learning step's rows: gather and pool in one pass
+            e = torch.from_numpy(kernels.pooled_rows(
+                self.items_t.weight.numpy(), rows.numpy(), self.cats_t.weight.numpy(),
+                tok.numpy(), tokw.numpy()))
+        return torch.addmm(e, num, self.num_t.weight[: self.num_t.n_rows])
 
     def _token_width(self) -> int:
         """Token slots any item uses (tokens fill slots from 0): the item tower gathers
@@ -287,10 +298,9 @@ class TwoTower(FactorModel):
         rows = torch.from_numpy(np.asarray(users, dtype=np.int64))
         hist, omega = self._history_weights(np.asarray(users, dtype=np.int64), exclude,
                                             context, dropout)
-        q = self.users_t.weight.index_select(0, rows)
-        if hist.shape[1]:  # history_size=0: no history part
-            q = q + F.embedding_bag(hist, self.hist_t.weight, mode="sum",
-                                    per_sample_weights=omega)
+        q = torch.from_numpy(kernels.pooled_rows(self.users_t.weight.numpy(), rows.numpy(),
+                                                 self.hist_t.weight.numpy(), hist.numpy(),
+                                                 omega.numpy()))
         return q, hist, omega
 
     def _query(self, users: np.ndarray) -> torch.Tensor:
