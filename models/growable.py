@@ -88,6 +88,21 @@ class GrowableTable:
                                 grads.float().contiguous().numpy(),
                                 lr, decay, eps)
 
+    def bag_step(self, bags: torch.Tensor, bag_w: torch.Tensor, grads: torch.Tensor,
+                 l2: torch.Tensor, lr: float, decay: float = 1.0, eps: float = 1e-8) -> None:
+        """:meth:`step` on pooled rows with L2, in one compiled pass.
+
+        ``bags`` ``(n, m)`` rows pooled by event ``i`` with weights ``bag_w`` (entries
+        ``<= 0`` are not part of the pool); ``grads[i]`` is the gradient of event
+        ``i``'s pooled vector, so occurrence ``(i, j)`` gets ``bag_w[i, j]·grads[i] +
+        l2[i]·weight[bags[i, j]]`` (``kernels.bag_adagrad``). A plain row update with
+        L2 is ``bags = rows.view(-1, 1)`` with unit weights.
+        """
+        kernels.bag_adagrad(self.weight.numpy(), self.accum.numpy(),
+                            bags.contiguous().numpy(), bag_w.float().contiguous().numpy(),
+                            grads.float().contiguous().numpy(),
+                            l2.float().contiguous().numpy(), lr, decay, eps)
+
     def dense_step(self, g: torch.Tensor, lr: float, decay: float = 1.0,
                    eps: float = 1e-8) -> None:
         """Step on every row at once (small shared parameters such as GMF's ``w``)."""

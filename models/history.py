@@ -143,7 +143,9 @@ class RecentHistory:
         """The live context of ``users`` (what :meth:`contexts` gives during a replay);
         with ``ts_ms`` (event or query time), the gap since each user's last event."""
         gaps = None if ts_ms is None else gaps_since(self.last_ts[users], ts_ms)
-        return HistoryContext(self.buf[users], self.wbuf[users], self.ages(users), gaps)
+        rows, w, ages = kernels.ring_context(self.buf, self.wbuf, self.count,
+                                             np.asarray(users, dtype=np.int64))
+        return HistoryContext(rows, w, ages, gaps)
 
     def weights(self, users: np.ndarray) -> np.ndarray:
         """Event weights aligned with :meth:`matrix` (meaningless where it is ``-1``)."""

@@ -97,8 +97,10 @@ class TwoTower(FactorModel):
         self.tokw = torch.zeros(0, max_tokens)
         self.num_raw = torch.zeros(0, n_num, dtype=torch.float64)
         self.num_has = torch.zeros(0, n_num, dtype=torch.bool)
+        self.num_z = torch.zeros(0, n_num)  # see _numeric
         self._num_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self._width: int | None = None  # see _token_width
+        self._decay: np.ndarray | None = None  # see _recency_table
 
     # --- tables ---------------------------------------------------------------------
     def _resize_tables(self, n_users: int, n_items: int) -> None:
@@ -112,6 +114,7 @@ class TwoTower(FactorModel):
             self.tokw = _grow(self.tokw, cap)
             self.num_raw = _grow(self.num_raw, cap)
             self.num_has = _grow(self.num_has, cap)
+            self.num_z = _grow(self.num_z, cap)
 
     # --- attributes -----------------------------------------------------------------
     def _tokens(self, attributes: Mapping[str, object]) -> list[tuple[int, float]]:
@@ -148,7 +151,10 @@ class TwoTower(FactorModel):
         self._width = None
 
     def _numeric(self, rows: torch.Tensor | None) -> torch.Tensor:
-        """z-scored numeric attributes (0 where missing), stats over the catalogue."""
+        """z-scored numeric attributes (0 where missing), stats over the catalogue.
+
+        Kept z-scored (float32) per item until an item's attributes change: a learning
+        step then gathers them, where it took five float64 operations on its rows."""
         n = len(self.item_ids)
         if self._num_stats is None:
             has, raw = self.num_has[:n], self.num_raw[:n]
@@ -156,21 +162,42 @@ class TwoTower(FactorModel):
             mean = (raw * has).sum(0) / cnt
             var = (((raw - mean) * has) ** 2).sum(0) / cnt
             self._num_stats = (mean, var.sqrt().clamp(min=1e-6))
-        mean, std = self._num_stats
-        raw = self.num_raw[:n] if rows is None else self.num_raw[rows]
-        has = self.num_has[:n] if rows is None else self.num_has[rows]
-        return (((raw - mean) / std) * has).float()
+            # rows past n stay 0: items registered later have no numeric attributes
+            # until _set_attributes, which makes this run again
+            self.num_z[:n] = (((raw - mean) / self._num_stats[1]) * has).float()
+        return self.num_z[:n] if rows is None else self.num_z.index_select(0, rows)
+
+    def _features(self, rows: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attribute tokens, their weights (the used slots, see :meth:`_token_width`)
+        and the z-scored numeric attributes of item ``rows`` (``None``: all items).
+
+        Gathered once per learning step: the item tower and its update both read them.
+        ``index_select``, not ``t[rows]``: torch's advanced indexing costs ~7× more per
+        row on CPU, and a step gathers ~500 rows from each of these tables."""
+        n, width = len(self.item_ids), self._token_width()
+        if rows is None:
+            return self.tok[:n, :width], self.tokw[:n, :width], self._numeric(None)
+        return (self.tok[:, :width].index_select(0, rows),
+                self.tokw[:, :width].index_select(0, rows), self._numeric(rows))
 
     # --- towers ---------------------------------------------------------------------
-    def _item_tower(self, rows: torch.Tensor | None) -> torch.Tensor:
-        n, width = len(self.item_ids), self._token_width()
-        e = self.items_t.rows() if rows is None else self.items_t.weight[rows]
-        tok = self.tok[:n, :width] if rows is None else self.tok[rows, :width]
-        tokw = self.tokw[:n, :width] if rows is None else self.tokw[rows, :width]
-        # weighted sum of token embeddings in one fused kernel (no (n, width, dim) copy)
-        cats = F.embedding_bag(tok, self.cats_t.weight, per_sample_weights=tokw, mode="sum")
-        return torch.addmm(e + cats, self._numeric(rows),
-                           self.num_t.weight[: self.num_t.n_rows])
+    def _item_tower(self, rows: torch.Tensor | None,
+                    features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                    ) -> torch.Tensor:
+        """``E[item] + Σ_t w_t C[token_t] + numeric @ A`` of item ``rows`` (``None``:
+        all); ``features``: :meth:`_features` of ``rows`` when the caller has them."""
+        tok, tokw, num = self._features(rows) if features is None else features
+        if rows is None:
+            # weighted sum of token embeddings in one fused kernel (no (n, width, dim) copy)
+            cats = F.embedding_bag(tok, self.cats_t.weight, per_sample_weights=tokw,
+                                   mode="sum")
+            e = self.items_t.rows() + cats
+        else:  # a learning step's rows: gather and pool in one pass
+            e = torch.from_numpy(kernels.pooled_rows(
+                self.items_t.weight.numpy(), rows.numpy(), self.cats_t.weight.numpy(),
+                tok.numpy(), tokw.numpy()))
+        return torch.addmm(e, num, self.num_t.weight[: self.num_t.n_rows])
 
     def _token_width(self) -> int:
         """Token slots any item uses (tokens fill slots from 0): the item tower gathers
@@ -181,34 +208,53 @@ class TwoTower(FactorModel):
         return self._width
 
     def _session_weights(self, users: np.ndarray, exclude: torch.Tensor | None,
-                         context: HistoryContext | None
+                         context: HistoryContext | None, gated: float | None = None,
+                         dropout: float = 0.0
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """History item rows ``(n, size)``, their session weights ``w_event ·
         recency^age`` normalised to sum to 1, their plain event weights (0 on empty
-        slots and on the excluded positive), and the session gate ``(n,)``."""
+        slots and on the excluded positive), and the session gate ``(n,)``.
+
+        ``gated``: the session weights come multiplied by ``gated × gate`` instead,
+        and by 0 for a ``dropout`` share of events (see :meth:`_user_tower`). One
+        compiled pass (``kernels.session_weights``) instead of a dozen small torch ops
+        and a float64 power per slot."""
         ctx = self.history.context(users) if context is None else context
-        hist = torch.from_numpy(ctx.rows.astype(np.int64))
-        mask = hist >= 0
-        if exclude is not None:
-            mask &= hist != exclude.unsqueeze(1)
-        base = torch.from_numpy(ctx.weights).float() * mask
-        omega = base
-        if self.recency != 1.0:
-            omega = base * torch.from_numpy(self.recency ** ctx.ages.astype(np.float64)).float()
-        omega = omega / omega.sum(1, keepdim=True).clamp(min=1e-12)
-        gate = torch.ones(len(users))
+        gate = np.ones(len(users), dtype=np.float32)
         if self.session_half_life_s > 0:
             gaps = (ctx.gaps_ms if ctx.gaps_ms is not None
                     else gaps_since(self.history.last_ts[users], self.query_times(users)))
-            gate = torch.from_numpy(self.session_gate(gaps)).float()
-        return hist.clamp(min=0), omega, base, gate
+            gate = self.session_gate(gaps).astype(np.float32)
+        factor = np.ones(len(users), dtype=np.float32)
+        if gated is not None:
+            factor = gate * np.float32(gated)
+        if dropout:
+            keep = self._drop_rng.random(len(users)) >= dropout
+            factor = factor * keep
+        excl = (np.full(len(users), -1, dtype=np.int64) if exclude is None
+                else exclude.numpy().astype(np.int64, copy=False))
+        hist, omega, base = kernels.session_weights(ctx.rows, ctx.weights, ctx.ages, excl,
+                                                    self._recency_table(ctx.rows.shape[1]),
+                                                    factor.astype(np.float32, copy=False))
+        return (torch.from_numpy(hist), torch.from_numpy(omega), torch.from_numpy(base),
+                torch.from_numpy(gate))
+
+    def _recency_table(self, size: int) -> np.ndarray:
+        """``recency^age`` for ages ``0..size-1`` (float32; the float64 power is
+        rounded once, as when it was taken per slot)."""
+        if self._decay is None or len(self._decay) != size:
+            self._decay = (self.recency ** np.arange(size, dtype=np.float64)).astype(
+                np.float32)
+        return self._decay
 
     def _history_weights(self, users: np.ndarray, exclude: torch.Tensor | None,
-                         context: HistoryContext | None) -> tuple[torch.Tensor, torch.Tensor]:
+                         context: HistoryContext | None, dropout: float = 0.0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """History item rows and their pooling weights ``(n, size)``: ``history_weight``
         × the gated session weights (:meth:`_session_weights`)."""
-        hist, omega, _, gate = self._session_weights(users, exclude, context)
-        return hist, omega * (gate * self.history_weight).unsqueeze(1)
+        hist, omega, _, _ = self._session_weights(users, exclude, context,
+                                                  self.history_weight, dropout)
+        return hist, omega
 
     def _content(self, rows: torch.Tensor | None) -> torch.Tensor:
         """``(n, content_dims)`` unit vectors of the items' attribute tokens, hashed
@@ -251,14 +297,10 @@ class TwoTower(FactorModel):
         has gone quiet (the session gate)."""
         rows = torch.from_numpy(np.asarray(users, dtype=np.int64))
         hist, omega = self._history_weights(np.asarray(users, dtype=np.int64), exclude,
-                                            context)
-        if dropout:
-            keep = self._drop_rng.random(len(users)) >= dropout
-            omega = omega * torch.from_numpy(keep).float().unsqueeze(1)
-        q = self.users_t.weight[rows]
-        if hist.shape[1]:  # history_size=0: no history part
-            q = q + F.embedding_bag(hist, self.hist_t.weight, mode="sum",
-                                    per_sample_weights=omega)
+                                            context, dropout)
+        q = torch.from_numpy(kernels.pooled_rows(self.users_t.weight.numpy(), rows.numpy(),
+                                                 self.hist_t.weight.numpy(), hist.numpy(),
+                                                 omega.numpy()))
         return q, hist, omega
 
     def _query(self, users: np.ndarray) -> torch.Tensor:
@@ -310,7 +352,8 @@ class TwoTower(FactorModel):
         all_rows = torch.cat([i_rows, neg_rows])
         q, hist, omega = self._user_tower(users, exclude=i_rows, context=context,
                                           dropout=self.session_dropout)
-        p = self._item_tower(all_rows)
+        features = self._features(all_rows)
+        p = self._item_tower(all_rows, features)
         pp = p[:n]
         b = self.b.weight[0, 0]
         pos = (q * pp).sum(1) + b
@@ -335,27 +378,19 @@ class TwoTower(FactorModel):
                              (g_neg.unsqueeze(2) * q.unsqueeze(1)).reshape(n * k, d)])
             reg = torch.ones(len(all_rows), 1)
         lr, decay = self.lr, self.accum_decay
-        # user tower
-        self.users_t.step(u_rows, g_q + l2 * self.users_t.weight[u_rows], lr, decay)
-        b_idx, h_idx = (omega > 0).nonzero(as_tuple=True)
-        if len(b_idx):
-            h_rows = hist[b_idx, h_idx]
-            g_h = (g_q[b_idx] * omega[b_idx, h_idx].unsqueeze(1)
-                   + l2 * self.hist_t.weight[h_rows])
-            self.hist_t.step(h_rows, g_h, lr, decay)
-        # item tower
-        l2_rows = reg * l2
-        self.items_t.step(all_rows, g_p + l2_rows * self.items_t.weight[all_rows], lr, decay)
-        width = self._token_width()
-        tok, tokw = self.tok[all_rows, :width], self.tokw[all_rows, :width]
-        r_idx, t_idx = (tokw > 0).nonzero(as_tuple=True)
-        if len(r_idx):
-            c_rows = tok[r_idx, t_idx]
-            g_c = (g_p[r_idx] * tokw[r_idx, t_idx].unsqueeze(1)
-                   + l2_rows[r_idx] * self.cats_t.weight[c_rows])
-            self.cats_t.step(c_rows, g_c, lr, decay)
+        # user tower: U[user] and the pooled history rows H[h] (weight ω_h each)
+        l2_users = torch.full((n,), l2)
+        self.users_t.bag_step(u_rows.view(-1, 1), torch.ones(n, 1), g_q, l2_users, lr, decay)
+        if hist.shape[1]:
+            self.hist_t.bag_step(hist, omega, g_q, l2_users, lr, decay)
+        # item tower: E[item] and the pooled attribute tokens C[t] (weight w_t each)
+        l2_rows = (reg * l2).view(-1)
+        self.items_t.bag_step(all_rows.view(-1, 1), torch.ones(len(all_rows), 1), g_p,
+                              l2_rows, lr, decay)
+        tok, tokw, num = features
+        self.cats_t.bag_step(tok, tokw, g_p, l2_rows, lr, decay)
         if self.numeric_attributes:
-            self.num_t.dense_step(self._numeric(all_rows).T @ g_p, self.lr_dense, decay)
+            self.num_t.dense_step(num.T @ g_p, self.lr_dense, decay)
         if self.loss == "bce":
             self.b.dense_step((g_pos.sum() + g_neg.sum()).reshape(1, 1), self.lr_dense, decay)
         return loss

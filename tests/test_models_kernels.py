@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +189,143 @@ def test_mask_hits_rejects_inconsistent_shapes_before_writing(
     with pytest.raises(ValueError, match=f"^mask_hits: {message}$"):
         kernels.mask_hits(logits, neg_rows, pos_rows)
     assert not np.isinf(logits).any()
+
+
+def test_bag_adagrad_matches_the_gathered_pairs_reference() -> None:
+    """The pooled update equals what the two-tower step did before the kernel: the
+    ``(event, slot)`` pairs with a positive weight, each with ``w·g + l2·row``, summed
+    per row by the plain Adagrad reference."""
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(300, 8, generator=gen)
+    accum = torch.rand(300, generator=gen)
+    bags = torch.randint(0, 40, (50, 6), generator=gen)  # many repeats
+    bag_w = torch.rand(50, 6, generator=gen) * (torch.rand(50, 6, generator=gen) > 0.4)
+    grads = torch.randn(50, 8, generator=gen)
+    l2 = torch.rand(50, generator=gen)
+    b_idx, j_idx = (bag_w > 0).nonzero(as_tuple=True)
+    rows = bags[b_idx, j_idx]
+    g = grads[b_idx] * bag_w[b_idx, j_idx].unsqueeze(1) + l2[b_idx].unsqueeze(1) * weight[rows]
+    w_ref, a_ref = weight.clone(), accum.clone()
+    reference_adagrad(w_ref, a_ref, rows, g, 0.05, 0.9, 1e-8)
+    kernels.bag_adagrad(weight.numpy(), accum.numpy(), bags.numpy(), bag_w.numpy(),
+                        grads.numpy(), l2.numpy(), 0.05, 0.9, 1e-8)
+    torch.testing.assert_close(accum, a_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight, w_ref, rtol=1e-5, atol=1e-6)
+    untouched = torch.ones(300, dtype=torch.bool)
+    untouched[rows] = False
+    assert torch.equal(weight[untouched], w_ref[untouched])
+
+
+def test_bag_adagrad_of_single_rows_is_rowwise_adagrad_with_l2() -> None:
+    gen = torch.Generator().manual_seed(5)
+    weight, accum = torch.randn(100, 8, generator=gen), torch.rand(100, generator=gen)
+    rows = torch.randint(0, 30, (64,), generator=gen)
+    grads = torch.randn(64, 8, generator=gen)
+    w_ref, a_ref = weight.clone(), accum.clone()
+    kernels.rowwise_adagrad(w_ref.numpy(), a_ref.numpy(), rows.numpy(),
+                            (grads + 0.1 * w_ref[rows]).numpy(), 0.05, 1.0, 1e-8)
+    kernels.bag_adagrad(weight.numpy(), accum.numpy(), rows.view(-1, 1).numpy(),
+                        np.ones((64, 1), np.float32), grads.numpy(),
+                        np.full(64, 0.1, np.float32), 0.05, 1.0, 1e-8)
+    assert torch.equal(weight, w_ref) and torch.equal(accum, a_ref)
+
+
+def test_pooled_rows_matches_index_select_plus_embedding_bag() -> None:
+    gen = torch.Generator().manual_seed(6)
+    table, pool = torch.randn(200, 8, generator=gen), torch.randn(50, 8, generator=gen)
+    rows = torch.randint(0, 200, (40,), generator=gen)
+    bags = torch.randint(0, 50, (40, 5), generator=gen)
+    bag_w = torch.rand(40, 5, generator=gen) * (torch.rand(40, 5, generator=gen) > 0.3)
+    expected = table.index_select(0, rows) + torch.nn.functional.embedding_bag(
+        bags, pool, per_sample_weights=bag_w, mode="sum")
+    got = kernels.pooled_rows(table.numpy(), rows.numpy(), pool.numpy(), bags.numpy(),
+                              bag_w.numpy())
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_session_weights_match_the_torch_expressions() -> None:
+    """What ``TwoTower._session_weights`` computed in torch before the kernel."""
+    rng = np.random.default_rng(7)
+    n, size = 300, 6
+    rows = rng.integers(-1, 30, (n, size)).astype(np.int32)
+    weights = rng.choice([0.5, 1.0, 3.0], (n, size)).astype(np.float32)
+    ages = rng.integers(0, size, (n, size))
+    exclude = rng.integers(-1, 30, n)
+    scale = rng.random(n).astype(np.float32)
+    hist = torch.from_numpy(rows.astype(np.int64))
+    mask = (hist >= 0) & (hist != torch.from_numpy(exclude).unsqueeze(1))
+    base = torch.from_numpy(weights) * mask
+    omega = base * torch.from_numpy(0.8 ** ages.astype(np.float64)).float()
+    omega = omega / omega.sum(1, keepdim=True).clamp(min=1e-12)
+    omega = omega * torch.from_numpy(scale).unsqueeze(1)
+    decay = (0.8 ** np.arange(size, dtype=np.float64)).astype(np.float32)
+    got_hist, got_omega, got_base = kernels.session_weights(rows, weights, ages, exclude,
+                                                            decay, scale)
+    assert torch.equal(torch.from_numpy(got_hist), hist.clamp(min=0))
+    assert torch.equal(torch.from_numpy(got_base), base)
+    torch.testing.assert_close(torch.from_numpy(got_omega), omega, rtol=1e-6, atol=1e-7)
+
+
+def test_ring_context_is_the_rings_with_their_ages() -> None:
+    h = RecentHistory(size=5, capacity=50)
+    h.resize(50)
+    rng = np.random.default_rng(8)
+    for _ in range(30):
+        users = rng.integers(0, 50, 17)
+        h.append(users, rng.integers(0, 99, 17), rng.random(17).astype(np.float32))
+    users = rng.integers(0, 50, 40)
+    rows, weights, ages = kernels.ring_context(h.buf, h.wbuf, h.count, users)
+    count = h.count[users].reshape(-1, 1)
+    assert np.array_equal(rows, h.buf[users]) and np.array_equal(weights, h.wbuf[users])
+    assert np.array_equal(ages, (count - 1 - np.arange(5)) % 5)
+
+
+def test_pooling_kernels_refuse_rows_outside_the_tables() -> None:
+    one = np.ones((1, 1), np.float32)
+    with pytest.raises(IndexError, match="out of range"):
+        kernels.bag_adagrad(np.zeros((4, 2), np.float32), np.zeros(4, np.float32),
+                            np.array([[4]]), one, np.ones((1, 2), np.float32),
+                            np.zeros(1, np.float32), 0.1, 1.0, 1e-8)
+    with pytest.raises(IndexError, match="out of range"):
+        kernels.pooled_rows(np.zeros((4, 2), np.float32), np.array([0]),
+                            np.zeros((3, 2), np.float32), np.array([[3]]), one)
+    with pytest.raises(IndexError, match="out of range"):
+        kernels.pooled_rows(np.zeros((4, 2), np.float32), np.array([-1]),
+                            np.zeros((3, 2), np.float32), np.array([[0]]), one)
+    with pytest.raises(IndexError, match="out of range"):
+        kernels.session_weights(np.array([[1, 2]], np.int32), np.ones((1, 2), np.float32),
+                                np.array([[0, 2]]), np.array([-1]), np.ones(2, np.float32),
+                                np.ones(1, np.float32))
+    with pytest.raises(IndexError, match="out of range"):
+        kernels.ring_context(np.zeros((2, 3), np.int32), np.zeros((2, 3), np.float32),
+                             np.zeros(2, np.int64), np.array([2]))
+
+
+@pytest.mark.parametrize(("kernel", "args", "message"), [
+    (kernels.bag_adagrad, (np.zeros((4, 2), np.float32), np.zeros(4, np.float32),
+                           np.zeros((3, 1), np.int64), np.ones((3, 1), np.float32),
+                           np.ones((3, 3), np.float32), np.zeros(3, np.float32), 0.1, 1.0,
+                           1e-8), "grads has 3 columns, weight has 2"),
+    (kernels.bag_adagrad, (np.zeros((4, 2), np.float32), np.zeros(4, np.float32),
+                           np.zeros((3, 1), np.int64), np.ones((2, 1), np.float32),
+                           np.ones((3, 2), np.float32), np.zeros(3, np.float32), 0.1, 1.0,
+                           1e-8), "bag_w has 2 rows, bags has 3 rows"),
+    (kernels.pooled_rows, (np.zeros((4, 2), np.float32), np.array([0, 1, 2]),
+                           np.zeros((3, 3), np.float32), np.zeros((3, 1), np.int64),
+                           np.ones((3, 1), np.float32)), "pool has 3 columns, table has 2"),
+    (kernels.pooled_rows, (np.zeros((4, 2), np.float32), np.array([0, 1]),
+                           np.zeros((3, 2), np.float32), np.zeros((3, 1), np.int64),
+                           np.ones((3, 1), np.float32)), "bags has 3 rows, rows has 2 entries"),
+    (kernels.session_weights, (np.zeros((2, 3), np.int32), np.ones((2, 3), np.float32),
+                               np.zeros((2, 2), np.int64), np.full(2, -1),
+                               np.ones(3, np.float32), np.ones(2, np.float32)),
+     r"ages has shape \(2, 2\), rows has \(2, 3\)"),
+    (kernels.session_weights, (np.zeros((2, 3), np.int32), np.ones((2, 3), np.float32),
+                               np.zeros((2, 3), np.int64), np.full(2, -1),
+                               np.ones(3, np.float32), np.ones(1, np.float32)),
+     "scale has 1 entries, rows has 2 rows"),
+])
+def test_pooling_kernels_reject_inconsistent_shapes(kernel: Any, args: tuple[Any, ...],
+                                                    message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{kernel.__name__}: {message}$"):
+        kernel(*args)
