@@ -98,7 +98,13 @@ def world(request: pytest.FixtureRequest, settings: Settings) -> Iterator[dict[s
 
 
 def _run(pipeline: Any, msgs: list[RawMessage]) -> Any:
-    return asyncio.run(process_reliably(pipeline, msgs, max_backoff_s=0.01))
+    """Process a batch, then wait for its durable writes (they run behind the pipeline)."""
+    async def run() -> Any:
+        result = await process_reliably(pipeline, msgs, max_backoff_s=0.01)
+        if isinstance(pipeline, InteractionPipeline):
+            await pipeline.durable(result.durable_seq)
+        return result
+    return asyncio.run(run())
 
 
 def _item(item_id: str, op: str, ts: int, offset: int, title: str = "t") -> RawMessage:
