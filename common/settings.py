@@ -106,7 +106,8 @@ class Settings:
         "which applying new batches waits for the writes.", 50000)
     worker_max_write_lag_s: float = _doc(
         "Back-pressure: age of the oldest user document not yet durable in MongoDB, beyond "
-        "which applying new batches waits for the writes.", 10.0)
+        "which applying new batches waits for the writes (also bounds the replay after a "
+        "crash).", 30.0)
     worker_hot_state_ttl_s: float = _doc(
         "Lifetime of a user's hot serving state in Redis (`user:{id}`), renewed by each "
         "applied batch; must exceed the write lag bound.", 3600.0)

@@ -32,7 +32,6 @@ an older version is being written (and probed) in a thread.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -52,11 +51,17 @@ class DocWriter(Protocol):
 
 
 def snapshot(doc: UserDoc) -> UserDoc:
-    """A copy of ``doc`` that shares no mutable list or dict with it."""
-    return dataclasses.replace(
-        doc, vector=list(doc.vector), history=list(doc.history),
-        watermark=dict(doc.watermark) if doc.watermark else doc.watermark,
-        event_ids=[list(e) if isinstance(e, list) else e for e in doc.event_ids])
+    """A copy of ``doc`` that shares no list or dict the pipeline mutates.
+
+    The entries of ``event_ids`` are shared: :meth:`streams.state.UserState.apply` builds
+    a new list of new entries and never changes one in place. (Built directly: this runs
+    once per user per batch, and ``dataclasses.replace`` with deep copies of the entries
+    cost ~22 µs a document, a tenth of the worker's time with 5,000 users at once.)
+    """
+    return UserDoc(doc.user_id, list(doc.vector), doc.model_version, list(doc.history),
+                   doc.n_events, doc.last_event_ms, doc.updated_at,
+                   dict(doc.watermark) if doc.watermark is not None else None,
+                   list(doc.event_ids))
 
 
 class DurableUsers:
