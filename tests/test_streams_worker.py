@@ -13,9 +13,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from common.clients import mongo_client, redis_client
+from common.hot_users import HotUsers
 from common.kafka import ensure_topics
 from common.settings import Settings
-from common.hot_users import HotUsers
 from common.stores import ItemCache, RedisKeys
 from datasets import movielens
 from datasets.types import Interactions
