@@ -22,10 +22,11 @@ the API's, read them as they are.
 
 from __future__ import annotations
 
+import array
+import sys
 from collections.abc import Sequence
 
 import msgspec
-import numpy as np
 import redis
 
 from common.stores import RedisKeys, UserDoc
@@ -37,10 +38,11 @@ class HotUser(msgspec.Struct, array_like=True, frozen=True):
     n_events: int
     last_event_ms: int
     model_version: str
-    vector: bytes  # float32, native (little-endian) order
+    vector: bytes  # float32, little-endian
     history: list[str]
 
 
+_BIG_ENDIAN = sys.byteorder == "big"
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(HotUser)
 
@@ -53,16 +55,20 @@ def encode(doc: UserDoc) -> bytes:
     >>> back.vector, back.history, back.n_events, back.model_version
     ([0.5, -1.0], ['a', 'b'], 7, 'v3')
     """
-    vector = np.asarray(doc.vector, dtype="<f4").tobytes()
+    vector = array.array("f", doc.vector)
+    if _BIG_ENDIAN:
+        vector.byteswap()
     return _encoder.encode(HotUser(doc.n_events, doc.last_event_ms, doc.model_version,
-                                   vector, list(doc.history)))
+                                   vector.tobytes(), list(doc.history)))
 
 
 def decode(user_id: str, raw: bytes | str) -> UserDoc:
     """A :class:`UserDoc` holding the served fields of a hot record."""
     hot = _decoder.decode(raw)
-    vector = np.frombuffer(hot.vector, dtype="<f4").tolist()
-    return UserDoc(user_id=user_id, vector=vector, model_version=hot.model_version,
+    vector = array.array("f", hot.vector)
+    if _BIG_ENDIAN:
+        vector.byteswap()
+    return UserDoc(user_id=user_id, vector=vector.tolist(), model_version=hot.model_version,
                    history=hot.history, n_events=hot.n_events,
                    last_event_ms=hot.last_event_ms)
 
@@ -80,24 +86,39 @@ def newest(hot: UserDoc | None, stored: UserDoc | None) -> UserDoc | None:
     return hot
 
 
+#: ``SET`` each key to its value with the TTL. KEYS: user-state keys. ARGV: TTL in ms,
+#: then one value per key. One command per chunk instead of one per user: redis-py
+#: spent ~20 µs packing and parsing each pipelined ``SET`` (0.1 s for 5,000 users).
+_SET_ALL = """
+local ttl = ARGV[1]
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ttl) end
+return #KEYS
+"""
+
+
 class HotUsers:
     """Writes (worker) and reads (tools, tests) hot records through a sync Redis client."""
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys, ttl_s: float) -> None:
+    def __init__(self, client: redis.Redis, keys: RedisKeys, ttl_s: float,
+                 chunk: int = 1000) -> None:
         if ttl_s <= 0:
             raise ValueError(f"hot state TTL must be positive, got {ttl_s}")
         self.r = client
         self.keys = keys
         self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.chunk = chunk  # users per script call: bounds how long Redis is busy with one
+        self._set_all = client.register_script(_SET_ALL)
 
     def put_many(self, docs: Sequence[UserDoc]) -> None:
-        """Write the hot records of ``docs`` in one pipelined round trip (each ``SET`` with
-        its TTL, so an idle user's record goes away on its own)."""
+        """Write the hot records of ``docs`` in one pipelined round trip (each with its
+        TTL, so an idle user's record goes away on its own)."""
         if not docs:
             return
         pipe = self.r.pipeline(transaction=False)
-        for doc in docs:
-            pipe.set(self.keys.user_state(doc.user_id), encode(doc), px=self.ttl_ms)
+        for start in range(0, len(docs), self.chunk):
+            part = docs[start:start + self.chunk]
+            self._set_all(keys=[self.keys.user_state(d.user_id) for d in part],
+                          args=[self.ttl_ms, *map(encode, part)], client=pipe)
         pipe.execute()
 
     def get_many(self, user_ids: Sequence[str]) -> dict[str, UserDoc]:
