@@ -89,7 +89,12 @@ class BatchConsumer:
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=self.max_batch, session_timeout_ms=6000,
             heartbeat_interval_ms=1000, rebalance_timeout_ms=6000,
-            max_partition_fetch_bytes=4 * 1024 * 1024)
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # The broker may hold an empty fetch this long (aiokafka's default is 500 ms):
+            # the local broker does not answer a held fetch when a record arrives, so a
+            # lone click waited ~0.1-0.5 s before the worker saw it; under load a fetch
+            # finds records at once and this changes nothing.
+            fetch_max_wait_ms=self.within_ms)
         consumer.subscribe([self.topic],
                            listener=_LogRebalance(self.topic, self._drain_and_commit))
         await consumer.start()

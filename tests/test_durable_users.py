@@ -181,3 +181,36 @@ def test_a_failed_write_fails_the_waiting_batches_and_stops_applying() -> None:
         assert durable.durable_seq == 0
 
     asyncio.run(run())
+
+
+def test_the_consumer_commits_a_batch_only_after_it_and_every_earlier_batch_are_durable(
+        ) -> None:
+    from aiokafka.structs import TopicPartition
+
+    from common.settings import Settings
+    from streams.direct import BatchConsumer
+
+    async def handle(messages: Any) -> None:
+        return None
+
+    async def run() -> None:
+        consumer = BatchConsumer(Settings(), "t", "g", handle, 10, 0.05)
+        tp = TopicPartition("t", 0)
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        consumer._inflight.extend([(first, {tp: 10}), (second, {tp: 20}), (None, {tp: 30})])
+        second.set_result(None)
+        consumer._collect_durable()
+        assert consumer._pending == {}  # batch 2 is durable, batch 1 is not: nothing yet
+        first.set_result(None)
+        consumer._collect_durable()
+        assert consumer._pending == {tp: 30} and not consumer._inflight
+
+        failed = loop.create_future()
+        failed.set_exception(ValueError("write failed"))
+        consumer._inflight.append((failed, {tp: 40}))
+        with pytest.raises(ValueError):
+            consumer._collect_durable()
+        assert consumer._pending == {tp: 30}  # never committed past a failed write
+
+    asyncio.run(run())
