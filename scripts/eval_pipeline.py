@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                            check=True, env={**os.environ, **env})
             reference = load_checkpoint(bootstrap_checkpoint_dir(s))
             world.apps.up(["faiss"])
-            subprocess.run([sys.executable, "-m", "scripts.publish"], check=True,
-                           env={**os.environ, **env})
+            # With the catalogue: the worker exports only catalogue items to FAISS (ghost
+            # items are never served), so without it the first export emptied the index.
+            subprocess.run([sys.executable, "-m", "scripts.publish", "--until-fraction", "0.2"],
+                           check=True, env={**os.environ, **env})
             world.apps.up(["worker"])
             faiss = FaissClient.from_settings(s, read_timeout_s=5.0)
             redis = redis_client(s)
