@@ -369,6 +369,9 @@ async def _retry_transient(pipeline: Pipeline,
 def _learn_and_export(model: Recommender, batch: EventBatch,
                       users: list[str]) -> tuple[float, np.ndarray, str]:
     loss = model.learn_many(batch)
+    # TODO(issue 11): a model whose ``user_sparse_vectors`` returns non-empty lists (the
+    # hybrid's co-occurrence part) needs that sparse query in the hot record and in the
+    # API's scoring; only the dense ``user_vectors`` are served for now.
     return loss, model.user_vectors(users), model.version
 
 
