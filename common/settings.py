@@ -102,6 +102,16 @@ class Settings:
         2.0)
     worker_write_backoff_max_s: float = _doc("Longest jittered backoff before probing "
                                              "after a MongoDB write timeout.", 2.0)
+    worker_max_dirty_users: int = _doc(
+        "Back-pressure: users whose newest document is not yet durable in MongoDB, beyond "
+        "which applying new batches waits for the writes.", 50000)
+    worker_max_write_lag_s: float = _doc(
+        "Back-pressure: age of the oldest user document not yet durable in MongoDB, beyond "
+        "which applying new batches waits for the writes (also bounds the replay after a "
+        "crash).", 30.0)
+    worker_hot_state_ttl_s: float = _doc(
+        "Lifetime of a user's hot serving state in Redis (`user:{id}`), renewed by each "
+        "applied batch; must exceed the write lag bound.", 3600.0)
     export_interval_s: float = _doc("Seconds between full item-vector exports to FAISS.", 30.0)
     checkpoint_interval_s: float = _doc("Seconds between model checkpoints.", 60.0)
     popularity_half_life_s: float = _doc("Half-life of popularity decay, in event time.",

@@ -16,6 +16,11 @@ Redis (``settings.redis_prefix`` + key):
 - ``popular:offsets`` — hash partition → anchor of the last applied event, JSON
   ``{"e": epoch, "o": offset, "fp": fingerprint}`` (exactly-once counting; see
   ``streams/epochs.py``; a bare integer is the older offset-only form).
+- ``user:{user_id}`` — the user's *hot state*: what the API needs to serve (query
+  vector, recent items, version = event count), JSON encoded by
+  :mod:`common.hot_users`, written by the worker for every applied batch before the
+  durable MongoDB write, with a TTL (``RECSYS_WORKER_HOT_STATE_TTL_S``). The API reads
+  it first; the MongoDB document answers when it is missing or older.
 
 MongoDB collection ``users`` — one document per user::
 
@@ -86,6 +91,8 @@ class RedisKeys:
     >>> keys = RedisKeys("recsys:")
     >>> keys.item("a/b"), keys.unavailable, keys.popular_meta
     ('recsys:item:a/b', 'recsys:items:unavailable', 'recsys:popular:meta')
+    >>> keys.user_state("u1")
+    'recsys:user:u1'
     """
 
     prefix: str = "recsys:"
@@ -121,6 +128,10 @@ class RedisKeys:
     @property
     def popular_meta(self) -> str:
         return f"{self.prefix}popular:meta"
+
+    def user_state(self, user_id: str) -> str:
+        """Hot serving state of one user (:mod:`common.hot_users`)."""
+        return f"{self.prefix}user:{user_id}"
 
     @property
     def popular_tmp(self) -> str:

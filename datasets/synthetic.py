@@ -147,3 +147,30 @@ def _concat(parts: list[Interactions]) -> Interactions:
         ts_ms=np.concatenate([p.ts_ms for p in parts]),
         events=np.concatenate([p.event_types() for p in parts]),
     )
+
+
+def many_users_clicking(catalogue: Interactions, n_users: int, n_events: int, *,
+                        seed: int = 0, start_ms: int = 1_700_000_000_000,
+                        prefix: str = "load-") -> Interactions:
+    """``n_events`` clicks by ``n_users`` synthetic users, all active at once.
+
+    Why: MovieLens sessions keep few users active at a time, so a stream of them never
+    shows what a crowd costs (one document write per distinct user per batch). Users
+    are drawn uniformly (every user clicks throughout), items from the empirical item
+    frequencies of ``catalogue`` (a real catalogue and popularity curve), one event per
+    millisecond from ``start_ms``.
+
+    >>> log = Interactions(np.array(["a", "b"]), np.array(["i1", "i2"]),
+    ...                    np.ones(2, np.float32), np.arange(2, dtype=np.int64))
+    >>> out = many_users_clicking(log, n_users=3, n_events=100, seed=1)
+    >>> len(out), out.n_users() <= 3, set(out.items.tolist()) <= {"i1", "i2"}
+    (100, True, True)
+    """
+    rng = np.random.default_rng(seed)
+    users = np.array([f"{prefix}{u}" for u in range(n_users)])
+    items, counts = np.unique(catalogue.items, return_counts=True)
+    picked_items = items[rng.choice(len(items), n_events, p=counts / counts.sum())]
+    return Interactions(users=users[rng.integers(0, n_users, n_events)],
+                        items=picked_items, ratings=np.ones(n_events, np.float32),
+                        ts_ms=start_ms + np.arange(n_events, dtype=np.int64),
+                        events=np.full(n_events, "click"))

@@ -45,6 +45,7 @@ SOURCES: dict[str, str] = {
     "streams/runtime.py": "worker",
     "streams/dead_letters.py": "worker",
     "streams/user_writes.py": "worker",
+    "streams/durable_users.py": "worker",
     "recommender_server/metrics.py": "api",
     "recommender_server/recommend.py": "api",
     "common/http_metrics.py": "faiss",  # the FAISS service's middleware (the API batches)
@@ -78,6 +79,7 @@ class Metric:
 
 _W = ("streams/pipeline.py",)
 _UW = ("streams/user_writes.py",)
+_DU = ("streams/durable_users.py",)
 _API = ("recommender_server/recommend.py",)
 
 METRICS: tuple[Metric, ...] = (
@@ -107,7 +109,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("worker", "batch.learn_ms", TIMER,
            "Time to learn a micro-batch and compute its user vectors.", _W),
     Metric("worker", "batch.write_ms", TIMER,
-           "Time to write user docs (MongoDB) and popularity (Redis) of a batch.", _W),
+           "Time to write a batch's popularity and hot user state (Redis) and hand its "
+           "user documents to the durable writer (includes any back-pressure wait).", _W),
     Metric("worker", "model.loss", GAUGE, "Training loss of the last micro-batch.", _W),
     Metric("worker", "model.users", GAUGE, "Users in the worker's model.", _W),
     Metric("worker", "model.items", GAUGE, "Items in the worker's model.", _W),
@@ -116,8 +119,23 @@ METRICS: tuple[Metric, ...] = (
     Metric("worker", "model.new_items", COUNTER,
            "Items added to the model's tables (table growth).", _W),
     Metric("worker", "latency.click_to_vector_ms", TIMER,
-           "Freshness: click published on Kafka → user vector written to MongoDB "
-           "(one sample per user per batch).", _W),
+           "Freshness: click published on Kafka → the user's new query vector and history "
+           "in the hot state the API reads (Redis), one sample per applied event.", _W),
+    Metric("worker", "users.durable.written", COUNTER,
+           "User documents written to MongoDB behind the pipeline (coalesced: one per "
+           "user per flush, however many batches touched it).", _DU),
+    Metric("worker", "users.durable.flush_ms", TIMER,
+           "One flush of the waiting user documents to MongoDB.", _DU),
+    Metric("worker", "users.durable.lag_ms", TIMER,
+           "Age of the oldest document of a flush when it became durable (how far MongoDB "
+           "and the committed offsets trail the applied events).", _DU),
+    Metric("worker", "users.durable.pending", GAUGE,
+           "Users waiting for their durable write after a flush.", _DU),
+    Metric("worker", "users.durable.backpressure", COUNTER,
+           "Batches that waited for durable writes (`RECSYS_WORKER_MAX_DIRTY_USERS` or "
+           "`RECSYS_WORKER_MAX_WRITE_LAG_S` exceeded).", _DU),
+    Metric("worker", "users.durable.backpressure_ms", TIMER,
+           "How long such a batch waited.", _DU),
     Metric("worker", "users.write.timeouts", COUNTER,
            "User-document writes to MongoDB that timed out or lost their connection "
            "(outcome in doubt: probed before anything is sent again).", _UW),
@@ -161,6 +179,12 @@ METRICS: tuple[Metric, ...] = (
            "Answers by source (`personalized`, `popular`).", _API),
     Metric("api", "dependency_errors.<dependency>", COUNTER,
            "Errors talking to `mongo`, `redis` or `faiss`.", _API),
+    Metric("api", "user_state.hot", COUNTER,
+           "User states served from the worker's hot state in Redis (newer than or as new "
+           "as the MongoDB document).", _API),
+    Metric("api", "user_state.stored", COUNTER,
+           "User states served from the MongoDB document (no hot state, an older one, or "
+           "Redis unavailable).", _API),
     Metric("api", "user_cache.hit", COUNTER, "User-document cache hits.", _API),
     Metric("api", "user_cache.miss", COUNTER, "User-document cache misses.", _API),
     # --- FAISS service ------------------------------------------------------------------

@@ -46,8 +46,9 @@ from recommender_server.ports import AsyncRedis, Document, Metadata, UsersCollec
 
 log = logging.getLogger(__name__)
 
-#: Fields the API needs from a user document (reads fetch only these).
-USER_FIELDS = {"vector": 1, "model_version": 1, "history": 1}
+#: Fields the API needs from a user document (reads fetch only these; ``n_events`` is
+#: the version compared with the hot state's).
+USER_FIELDS = {"vector": 1, "model_version": 1, "history": 1, "n_events": 1}
 #: How many popular items are kept in process (enough to fill k after exclusions).
 POPULAR_DEPTH = 1000
 

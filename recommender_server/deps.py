@@ -19,7 +19,8 @@ from common.stores import RedisKeys
 from faiss_server.aclient import AsyncFaissClient
 from recommender_server.caches import Catalog, UserCache
 from recommender_server.config import ApiConfig
-from recommender_server.ports import FaissReader, Stats, UserLookup
+from recommender_server.hot_users import HotUserReader
+from recommender_server.ports import FaissReader, HotLookup, Stats, UserLookup
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ async def _nothing() -> None:
 class Dependencies:
     """What the handlers talk to. Tests pass fakes; :meth:`build` makes real ones.
 
-    ``users.get(id)``, ``catalog.fresh()/.popular/.unavailable/.metadata(ids)`` and
-    ``faiss.search/similar/health`` are coroutines (see :mod:`recommender_server.caches`).
+    ``users.get(id)``, ``hot.get(id)``, ``catalog.fresh()/.popular/.unavailable/.metadata(ids)``
+    and ``faiss.search/similar/health`` are coroutines (see :mod:`recommender_server.caches`).
     ``background`` are coroutine factories run for the life of the app (lifespan).
     """
 
@@ -120,6 +121,8 @@ class Dependencies:
     catalog: Catalog
     faiss: FaissReader
     statsd: Stats | None = None
+    #: The worker's hot user state (read first; ``None``: MongoDB documents only).
+    hot: HotLookup | None = None
     ping_mongo: Call = _nothing
     ping_redis: Call = _nothing
     background: list[Background] = field(default_factory=list)
@@ -210,6 +213,7 @@ class Dependencies:
                             meta_ttl_s=config.item_meta_ttl_s),
             faiss=faiss,
             statsd=statsd_client(s, config.metrics_suffix),
+            hot=HotUserReader(r, RedisKeys(s.redis_prefix)),
             ping_mongo=ping_mongo,
             ping_redis=r.ping,
             background=background,

@@ -84,6 +84,14 @@ class AsyncRedis(Protocol):
 
     def mget(self, keys: list[str]) -> Awaitable[Sequence[str | bytes | None]]: ...
 
+    def get(self, name: str) -> Awaitable[str | bytes | None]: ...
+
+
+class HotLookup(Protocol):
+    """Users' hot serving state (:class:`~recommender_server.hot_users.HotUserReader`)."""
+
+    async def get(self, user_id: str) -> UserDoc | None: ...
+
 
 # --- FAISS service ------------------------------------------------------------------------
 class Searcher(Protocol):

@@ -1,9 +1,13 @@
 """What the API answers, independent of HTTP: personalised, similar and popular items.
 
 Everything is a coroutine: one worker's event loop overlaps many requests. In steady
-state a recommendation costs no MongoDB and no Redis round trip (user documents,
-popular list, unavailable set and item metadata come from the in-process caches of
-:mod:`recommender_server.caches`) and one FAISS round trip.
+state a recommendation costs one Redis ``GET`` (the user's hot state, written by the
+worker for every applied batch before its MongoDB write: :mod:`common.hot_users`), no
+MongoDB round trip (user documents, popular list, unavailable set and item metadata come
+from the in-process caches of :mod:`recommender_server.caches`) and one FAISS round trip.
+The user's state is the newer of the hot record and the MongoDB document (higher
+``n_events``); without a hot record (expired, never written, Redis down) the document
+answers as before.
 
 A request never fails because a dependency is missing or down. Each lookup that can fail
 is guarded by a :class:`~recommender_server.deps.Breaker`; the answer then comes from the
@@ -25,8 +29,9 @@ popular list / unavailable set read stays in use, metadata is left out.
 statsd names (prefix ``{statsd_prefix}.api``), counters aggregated in process and sent
 at most every ``metrics_flush_s``: ``fallback.<reason>``,
 ``dependency_errors.<mongo|redis|faiss>``, ``source.<personalized|popular>``,
-``user_cache.hit|miss``, plus the per-request ``requests.<resource>.<method>.<status>`` /
-``latency.<resource>.<method>`` from :mod:`common.http_metrics`.
+``user_state.<hot|stored>``, ``user_cache.hit|miss``, plus the per-request
+``requests.<resource>.<method>.<status>`` / ``latency.<resource>.<method>`` from
+:mod:`common.http_metrics`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import pymongo.errors
 import redis
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
+from common.hot_users import newest
 from common.stores import UserDoc
 from faiss_server.protocol import FaissRequestError, Hit
 from recommender_server.batching import SearchBatcher
@@ -194,7 +200,40 @@ class RecommendationService:
 
     async def _user(self, user_id: str,
                     degraded: list[str]) -> tuple[UserDoc | None, str | None]:
+        """``(user state or None, fallback reason or None)``: the newer of the hot state
+        and the MongoDB document (see the module docstring)."""
+        hot = await self._hot(user_id, degraded)
+        doc, reason = await self._stored(user_id, degraded, read=hot is None)
+        best = newest(hot, doc)
+        if best is not None and best is hot:
+            self._incr("user_state.hot")
+            return hot, None
+        if doc is not None:
+            self._incr("user_state.stored")
+        return doc, reason
+
+    async def _hot(self, user_id: str, degraded: list[str]) -> UserDoc | None:
+        """The user's hot record, or None (none, or Redis failing: ``degraded``)."""
+        hot = self.deps.hot
+        if hot is None:
+            return None
+        if not self.breakers["redis"].allow():
+            degraded.append("redis")
+            return None
+        try:
+            return await hot.get(user_id)
+        except REDIS_ERRORS as exc:
+            self._dep_error("redis", exc)
+            degraded.append("redis")
+            return None
+
+    async def _stored(self, user_id: str, degraded: list[str],
+                      read: bool = True) -> tuple[UserDoc | None, str | None]:
         """``(user document or None, fallback reason or None)``.
+
+        With ``read`` False (a hot record was found) only a copy the cache holds is
+        used: the worker writes the hot record before the document, so a document that
+        only MongoDB holds is not newer, and reading it would only cost a round trip.
 
         While MongoDB fails (or its breaker is open) the last copy the cache holds, even
         one past its trust time, answers (``degraded: ["mongo"]``): a user seen a few
@@ -204,6 +243,8 @@ class RecommendationService:
         cached = users.cached(user_id) if hasattr(users, "cached") else None
         if cached is not None:  # trusted copy: MongoDB's health does not matter
             return cached[0], None if cached[0] is not None else "unknown_user"
+        if not read:
+            return None, None
         if self.breakers["mongo"].allow():
             try:
                 doc = await users.get(user_id)

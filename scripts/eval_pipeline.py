@@ -1,15 +1,17 @@
 """Prequential (test-then-learn) quality through the real pipeline, against in-process.
 
-    python -m scripts.eval_pipeline                 # first 2,000 streamed events, one at a time
-    python -m scripts.eval_pipeline --limit 10000 --chunk 10
+    python -m scripts.eval_pipeline                 # first 10,000 streamed events, one at a time
+    python -m scripts.eval_pipeline --limit 20000 --chunk 10
 
 A model is bootstrapped on the first 20% of MovieLens (time order) and published; the
 worker, the FAISS service, MongoDB and Redis then run as in production. The remaining
 events are streamed in chunks. Before each chunk is sent, every event of an already
-known user is tested: that user's query vector is read from MongoDB (what the worker
-wrote), the FAISS service returns the top items, the user's seen items are removed,
-and a hit is the event's item among the first 10. Then the chunk is produced to Kafka
-and the evaluator waits until the worker has applied it.
+known user is tested: that user's query vector is read as the API reads it (the hot
+state in Redis, or the MongoDB document when that is newer or the only one:
+:func:`common.hot_users.newest`), the FAISS service returns the top items, the user's
+seen items are removed, and a hit is the event's item among the first 10. Then the
+chunk is produced to Kafka and the evaluator waits until the worker has applied it
+(the users' hot state shows the new events, as the API would see them).
 
 The same chunked protocol runs in-process on a copy of the bootstrap model, so the two
 recall@10 figures differ only by the pipeline (batching, export delay, float32 index).
@@ -30,8 +32,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.clients import redis_client
 from common.events import interaction_json
+from common.hot_users import HotUsers, newest
 from common.settings import Settings
+from common.stores import RedisKeys, UserStore
 from datasets import movielens
 from devstack.drills.world import DrillWorld
 from devstack.processes import SyncProducer, wait_for
@@ -46,29 +51,28 @@ from streams.model_files import bootstrap_checkpoint_dir
 K = 10
 
 
-def pipeline_top(world: DrillWorld, faiss: FaissClient, users: list[str],
+def pipeline_top(world: DrillWorld, hot: HotUsers, faiss: FaissClient, users: list[str],
                  seen: dict[str, set[str]]) -> dict[str, list[str]]:
-    """Top-K per user from the serving state: MongoDB vector → FAISS → drop seen."""
-    docs = {d["_id"]: d for d in world.mongo[world.settings.mongo_db]["users"].find(
-        {"_id": {"$in": users}}, {"vector": 1})}
+    """Top-K per user from the serving state (hot state or MongoDB, the newer) → FAISS →
+    drop seen."""
+    hot_docs = hot.get_many(users)
+    stored = UserStore(world.mongo[world.settings.mongo_db]).get_many(users)
     out: dict[str, list[str]] = {}
     for user in users:
-        doc = docs.get(user)
-        if not doc or not doc.get("vector"):
+        doc = newest(hot_docs.get(user), stored.get(user))
+        if doc is None or not doc.vector:
             out[user] = []
             continue
         user_seen = seen.get(user, set())
-        result = faiss.search(np.asarray(doc["vector"], np.float32), k=K + len(user_seen))
+        result = faiss.search(np.asarray(doc.vector, np.float32), k=K + len(user_seen))
         out[user] = [i for i, _ in result.results[0] if i not in user_seen][:K]
     return out
 
 
-def _applied(world: DrillWorld, users: list[str], expected: dict[str, int]) -> bool:
-    client = world.mongo
-    docs = client[world.settings.mongo_db]["users"].find({"_id": {"$in": users}},
-                                                          {"n_events": 1})
-    got = {d["_id"]: int(d.get("n_events", 0)) for d in docs}
-    return all(got.get(u, 0) >= expected[u] for u in users)
+def _applied(hot: HotUsers, users: list[str], expected: dict[str, int]) -> bool:
+    """Whether the API would see every event sent so far for ``users``."""
+    got = hot.get_many(users)
+    return all(u in got and got[u].n_events >= expected[u] for u in users)
 
 
 def inprocess_top(model: Recommender, users: list[str]) -> dict[str, list[str]]:
@@ -79,7 +83,7 @@ def inprocess_top(model: Recommender, users: list[str]) -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Prequential recall through the real pipeline.")
     p.add_argument("--chunk", type=int, default=1)
-    p.add_argument("--limit", type=int, default=2_000, help="stream at most this many events")
+    p.add_argument("--limit", type=int, default=10_000, help="stream at most this many events")
     p.add_argument("--model", choices=SERVED_MODELS, default=PRODUCT_MODEL)
     args = p.parse_args(argv)
     base = Settings.from_env()
@@ -97,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                            check=True, env={**os.environ, **env})
             reference = load_checkpoint(bootstrap_checkpoint_dir(s))
             world.apps.up(["faiss"])
-            subprocess.run([sys.executable, "-m", "scripts.publish"], check=True,
-                           env={**os.environ, **env})
+            # With the catalogue: the worker exports only catalogue items to FAISS (ghost
+            # items are never served), so without it the first export emptied the index.
+            subprocess.run([sys.executable, "-m", "scripts.publish", "--until-fraction", "0.2"],
+                           check=True, env={**os.environ, **env})
             world.apps.up(["worker"])
             faiss = FaissClient.from_settings(s, read_timeout_s=5.0)
+            redis = redis_client(s)
+            hot = HotUsers(redis, RedisKeys(s.redis_prefix), s.worker_hot_state_ttl_s)
             producer = SyncProducer(s)
             known = set(reference.user_ids.ids)
             seen: dict[str, set[str]] = {}
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             for start in tqdm(range(0, len(stream), args.chunk), desc="chunks", unit="chunk"):
                 chunk = stream.take(slice(start, start + args.chunk))
                 users = sorted({u for u in chunk.users.tolist() if u in known})
-                top_p = pipeline_top(world, faiss, users, seen)
+                top_p = pipeline_top(world, hot, faiss, users, seen)
                 top_i = inprocess_top(reference, users)
                 for u, i in zip(chunk.users.tolist(), chunk.items.tolist(), strict=True):
                     if u in known:
@@ -128,13 +136,14 @@ def main(argv: list[str] | None = None) -> int:
                     producer.send(s.topic_interactions, u, interaction_json(u, i, "rating", t, r))
                 reference.learn_many(EventBatch.from_interactions(chunk))
                 chunk_users = sorted(set(chunk.users.tolist()))
-                wait_for(lambda us=chunk_users: _applied(world, us, expected), 120,
+                wait_for(lambda us=chunk_users: _applied(hot, us, expected), 120,
                          "the worker to apply the chunk", interval_s=0.005)
                 for u, i in zip(chunk.users.tolist(), chunk.items.tolist(), strict=True):
                     known.add(u)
                     seen.setdefault(u, set()).add(i)
             seconds = time.perf_counter() - t0
             producer.close()
+            redis.close()
         finally:
             world.cleanup()
     rp = hits["pipeline"] / max(evaluated, 1)

@@ -30,7 +30,7 @@ from common.errors import RecsysError
 from common.kafka import ensure_topics
 from common.settings import Settings
 from streams.dead_letters import DeadLetterSink
-from streams.direct import BatchConsumer
+from streams.direct import BatchConsumer, Durable
 from streams.messages import RawMessage
 from streams.pipeline import Pipeline, process_reliably
 from streams.runtime import Runtime
@@ -74,11 +74,17 @@ def create_app(settings: Settings) -> faust.App:
     def consumer_for(topic: str, name: str, max_batch: int) -> BatchConsumer:
         """A batch consumer whose batches go through a pipeline, rejects to the sink."""
 
-        async def handle(messages: list[RawMessage]) -> None:
+        async def handle(messages: list[RawMessage]) -> Durable:
             rt = await runtime()
-            pipeline: Pipeline = rt.interactions if name == "interactions" else rt.items
-            result = await process_reliably(pipeline, messages)
+            if name == "interactions":
+                result = await process_reliably(rt.interactions, messages)
+                durable: Durable = rt.interactions.durable(result.durable_seq)
+            else:
+                pipeline: Pipeline = rt.items
+                result = await process_reliably(pipeline, messages)
+                durable = None
             await box["sink"].send(result.dead_letters)
+            return durable
 
         consumer = BatchConsumer(settings, topic, f"{settings.worker_app_id}-{name}", handle,
                                  max_batch, settings.worker_batch_within_s,

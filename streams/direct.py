@@ -9,11 +9,16 @@ keeps Faust for the rest: timers, lifecycle and the worker CLI. The `items` topi
 read the same way (consumer group ``<app id>-items``), so both topics share one decode
 path (:func:`streams.messages.from_record`), one commit rule and one dead-letter path.
 
-Semantics are the same as the agents': a batch's offsets are committed only after
-:func:`streams.pipeline.process_reliably` has made its effects durable (at-least-once;
-watermarks make replays harmless), at most every ``commit_interval_s``. ``getmany``
-returns as soon as records are there, so at low load a click is processed alone and at
-once; under load batches grow to ``max_batch``.
+Semantics are the same as the agents': a batch's offsets are committed only after its
+effects are durable (at-least-once; watermarks make replays harmless), at most every
+``commit_interval_s``. ``handle`` returns once a batch is applied, with a future that is
+done when its effects are durable too (the user documents are written to MongoDB
+behind the pipeline, :mod:`streams.durable_users`), or ``None`` if they already are; the
+consumer reads on, and commits each batch's offsets, in order, once its future is done.
+Before partitions are revoked (rebalance) and at shutdown it waits for every pending
+write and commits, so the next owner of a partition starts from durable state.
+``getmany`` returns as soon as records are there, so at low load a click is processed
+alone and at once; under load batches grow to ``max_batch``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -34,11 +40,17 @@ from streams.messages import RawMessage, from_record
 log = logging.getLogger(__name__)
 
 
+#: What ``handle`` returns: a future done once the batch's effects are durable, or None.
+Durable = asyncio.Future[None] | None
+
+
 class _LogRebalance(ConsumerRebalanceListener):
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, before_revoke: Callable[[], Awaitable[None]]) -> None:
         self.topic = topic
+        self.before_revoke = before_revoke
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.before_revoke()  # pending writes land and are committed first
         log.info("%s partitions revoked: %s", self.topic,
                  sorted(tp.partition for tp in revoked))
 
@@ -48,10 +60,10 @@ class _LogRebalance(ConsumerRebalanceListener):
 
 
 class BatchConsumer:
-    """Reads ``topic`` in batches, hands them to ``handle``, commits after it returns."""
+    """Reads ``topic`` in batches, hands them to ``handle``, commits once they are durable."""
 
     def __init__(self, settings: Settings, topic: str, group_id: str,
-                 handle: Callable[[list[RawMessage]], Awaitable[None]],
+                 handle: Callable[[list[RawMessage]], Awaitable[Durable]],
                  max_batch: int, within_s: float, commit_interval_s: float = 0.5) -> None:
         self.settings = settings
         self.topic = topic
@@ -66,6 +78,9 @@ class BatchConsumer:
         self._side: AIOKafkaConsumer | None = None
         self._side_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        #: Applied batches waiting for durability, oldest first: (future, next offsets).
+        self._inflight: deque[tuple[Durable, dict[TopicPartition, int]]] = deque()
+        self._pending: dict[TopicPartition, int] = {}
 
     async def run(self) -> None:
         """Consume until :meth:`stop`; exceptions from ``handle`` propagate (crash)."""
@@ -74,11 +89,16 @@ class BatchConsumer:
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=self.max_batch, session_timeout_ms=6000,
             heartbeat_interval_ms=1000, rebalance_timeout_ms=6000,
-            max_partition_fetch_bytes=4 * 1024 * 1024)
-        consumer.subscribe([self.topic], listener=_LogRebalance(self.topic))
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # The broker may hold an empty fetch this long (aiokafka's default is 500 ms):
+            # the local broker does not answer a held fetch when a record arrives, so a
+            # lone click waited ~0.1-0.5 s before the worker saw it; under load a fetch
+            # finds records at once and this changes nothing.
+            fetch_max_wait_ms=self.within_ms)
+        consumer.subscribe([self.topic],
+                           listener=_LogRebalance(self.topic, self._drain_and_commit))
         await consumer.start()
         self.consumer = consumer
-        pending: dict[TopicPartition, int] = {}
         last_commit = last_check = time.monotonic()
         try:
             while not self._stopping.is_set():
@@ -86,23 +106,43 @@ class BatchConsumer:
                                                  max_records=self.max_batch)
                 if batches:
                     by_tp = {tp: [from_record(r) for r in recs] for tp, recs in batches.items()}
-                    await self.handle([m for ms in by_tp.values() for m in ms])  # durable now
-                    pending.update({tp: ms[-1].offset + 1 for tp, ms in by_tp.items()})
+                    durable = await self.handle([m for ms in by_tp.values() for m in ms])
+                    self._inflight.append(
+                        (durable, {tp: ms[-1].offset + 1 for tp, ms in by_tp.items()}))
                     self._last.update({tp: ms[-1] for tp, ms in by_tp.items()})
                 elif time.monotonic() - last_check >= self.log_check_interval_s:
-                    await self._check_logs(consumer, pending)
+                    await self._check_logs(consumer, self._pending)
                     last_check = time.monotonic()
-                if pending and time.monotonic() - last_commit >= self.commit_interval_s:
-                    await self._commit(consumer, pending)
-                    pending, last_commit = {}, time.monotonic()
-            if pending:
-                await self._commit(consumer, pending)
+                self._collect_durable()
+                if self._pending and time.monotonic() - last_commit >= self.commit_interval_s:
+                    await self._commit(consumer, self._pending)
+                    self._pending, last_commit = {}, time.monotonic()
+            await self._drain_and_commit()
         finally:
             self.consumer = None
             await consumer.stop()
             if self._side is not None:
                 await self._side.stop()
                 self._side = None
+
+    def _collect_durable(self) -> None:
+        """Move the offsets of batches now durable (in order) to the commit set; a
+        failed durable write raises here and stops the consumer without committing."""
+        while self._inflight and (self._inflight[0][0] is None or self._inflight[0][0].done()):
+            durable, offsets = self._inflight.popleft()
+            if durable is not None:
+                durable.result()
+            self._pending.update(offsets)
+
+    async def _drain_and_commit(self) -> None:
+        """Wait until every applied batch is durable, then commit (rebalance, shutdown)."""
+        for durable, _ in list(self._inflight):
+            if durable is not None:
+                await asyncio.shield(durable)
+        self._collect_durable()
+        if self._pending and self.consumer is not None:
+            await self._commit(self.consumer, self._pending)
+            self._pending = {}
 
     async def _check_logs(self, consumer: AIOKafkaConsumer,
                           pending: dict[TopicPartition, int]) -> None:
@@ -132,6 +172,8 @@ class BatchConsumer:
                 await consumer.seek_to_beginning(tp)
                 self._last.pop(tp, None)
                 pending.pop(tp, None)
+                for _, offsets in self._inflight:  # offsets of the old log: never commit
+                    offsets.pop(tp, None)
 
     @staticmethod
     async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:

@@ -1,10 +1,13 @@
 """What the worker does with a micro-batch, independent of Faust and Kafka clients.
 
 The consumers (:mod:`streams.direct`) only collect raw messages and commit their
-offsets after :meth:`InteractionPipeline.process` returns: by then every effect is
-durable (user documents in MongoDB, popularity in Redis), so a crash redelivers at most
-events whose effects the watermarks in :mod:`streams.state` (in the partition's epoch,
-:mod:`streams.epochs`) will skip.
+offsets once a batch's effects are durable: when :meth:`InteractionPipeline.process`
+returns, popularity and every user's hot serving state (:mod:`common.hot_users`) are in
+Redis, and the user documents are handed to :class:`~streams.durable_users.DurableUsers`,
+which writes them to MongoDB behind the pipeline; the batch's ``durable_seq`` tells the
+consumer when that write has landed (:meth:`InteractionPipeline.durable`). So a crash
+redelivers at most events whose effects the watermarks in :mod:`streams.state` (in the
+partition's epoch, :mod:`streams.epochs`) will skip.
 
 Blocking work (torch, pymongo, redis) runs in a worker thread so the event loop keeps
 heartbeating; one ``asyncio.Lock`` makes this pipeline the single writer of the model.
@@ -26,11 +29,13 @@ import statsd
 
 from common.errors import BadEvent, RecsysError, ServiceUnavailable
 from common.events import Interaction, ItemEvent
+from common.hot_users import HotUsers
 from common.settings import Settings
-from common.stores import ItemCache, UserStore
+from common.stores import ItemCache, UserDoc, UserStore
 from models.base import Recommender
 from models.events import EventBatch
 from streams.dead_letters import DeadLetter
+from streams.durable_users import DurableUsers
 from streams.epochs import Anchor, LogEpochs, RecordLookup
 from streams.messages import RawMessage
 from streams.state import DecayedPopularity, Seen, UserState
@@ -51,6 +56,9 @@ class BatchResult:
     write_s: float = 0.0
     stale: int = 0
     click_to_vector_s: list[float] = field(default_factory=list)
+    #: The batch's number in the durable writer: its offsets may be committed once
+    #: ``InteractionPipeline.durable(durable_seq)`` is done (0: nothing to wait for).
+    durable_seq: int = 0
 
     def merge(self, other: BatchResult) -> None:
         """Add ``other``'s counts (after ``process_reliably`` split a batch)."""
@@ -60,6 +68,7 @@ class BatchResult:
         self.users_written += other.users_written
         self.stale += other.stale
         self.click_to_vector_s.extend(other.click_to_vector_s)
+        self.durable_seq = max(self.durable_seq, other.durable_seq)
 
 
 class ModelHolder:
@@ -80,17 +89,36 @@ class ModelHolder:
 
 
 class InteractionPipeline:
-    """Validate → de-duplicate → update user state and popularity → learn → write."""
+    """Validate → de-duplicate → update user state → learn → hot state and popularity
+    (Redis) → durable documents (MongoDB, behind the pipeline).
+
+    ``durable_users`` defaults to one over ``user_writes`` with the default limits;
+    ``hot_state_ttl_s`` is the lifetime of the hot records (``items``' Redis client and
+    key layout). A model exposing ``user_sparse_vectors`` still serves its dense
+    ``user_vectors`` here (TODO: carry the sparse query in the hot record when a model
+    that needs it becomes the product default).
+    """
 
     def __init__(self, holder: ModelHolder, users: UserStore, items: ItemCache,
                  metrics: statsd.StatsClient, *, topic: str, dead_letter_topic: str,
                  history_size: int = 50, half_life_s: float = 7 * 86400.0,
                  max_event_bytes: int = 65536, lookup: RecordLookup | None = None,
-                 user_writes: UserWriter | None = None) -> None:
+                 user_writes: UserWriter | None = None,
+                 durable_users: DurableUsers | None = None,
+                 hot_state_ttl_s: float | None = None) -> None:
+        defaults = Settings()
         self.holder = holder
         self.users = users
         self.user_writes = user_writes or UserWriter(
-            users, metrics, WritePolicy.from_settings(Settings()))
+            users, metrics, WritePolicy.from_settings(defaults))
+        self.durable_users = durable_users or DurableUsers(
+            self.user_writes, metrics, max_dirty=defaults.worker_max_dirty_users,
+            max_lag_s=defaults.worker_max_write_lag_s)
+        ttl_s = hot_state_ttl_s or defaults.worker_hot_state_ttl_s
+        if ttl_s <= self.durable_users.max_lag_s:
+            raise ValueError(f"hot state TTL ({ttl_s} s) must exceed the durable write lag "
+                             f"bound ({self.durable_users.max_lag_s} s)")
+        self.hot = HotUsers(items.r, items.keys, ttl_s)
         self.items = items
         self.metrics = metrics
         self.topic = topic
@@ -188,22 +216,29 @@ class InteractionPipeline:
         factor = self.popularity.rescale_factor(max((ts for _, _, ts in pop_events), default=0))
         increments = self.popularity.increments(pop_events)
         anchors = self.epochs.advanced(messages)
-        # MongoDB and Redis are independent stores: write both at once.
-        await asyncio.gather(self.user_writes.write(docs),  # bounded, one write in flight
-                             asyncio.to_thread(self._write_popularity, increments,
-                                               anchors, factor))
+        # What serving reads (hot state) and popularity: Redis, one thread, before MongoDB.
+        await asyncio.to_thread(self._write_redis, docs, increments, anchors, factor)
         self.epochs.update(anchors)
-        result.write_s = time.perf_counter() - t0
-        result.users_written = len(docs)
         now = time.time()
         result.click_to_vector_s = [now - msg.timestamp_s for _, msg in fresh
                                     if msg.timestamp_s > 0]
+        # MongoDB behind the pipeline: coalesced, one write in flight, bounded backlog.
+        result.durable_seq = await self.durable_users.submit(docs)
+        result.write_s = time.perf_counter() - t0
+        result.users_written = len(docs)
+
+    def durable(self, seq: int) -> asyncio.Future[None]:
+        """Done once batch ``seq``'s user documents (and every earlier batch's) are
+        durable in MongoDB: the consumer commits the batch's offsets then."""
+        return self.durable_users.durable(seq)
 
     def forget(self, messages: Sequence[RawMessage]) -> None:
         """Drop cached state after a failed batch: a retry reloads it from MongoDB.
 
         Per-user state is applied in memory before the write; if the write fails those
-        changes must not look applied, or the retry would skip the events.
+        changes must not look applied, or the retry would skip the events. Documents
+        waiting for their durable write belong to batches fully applied before this
+        one: they stay, and the reload reads them first (:meth:`_load_states`).
         """
         self.states.clear()
         self._popularity_loaded = False
@@ -212,11 +247,26 @@ class InteractionPipeline:
         missing = [u for u in user_ids if u not in self.states]
         if not missing:
             return
-        docs = await asyncio.to_thread(self.users.get_many, missing)
+        # A version not yet durable is newer than MongoDB's: it comes first.
+        docs: dict[str, UserDoc] = {}
+        for u in missing:
+            doc = self.durable_users.latest(u)
+            if doc is not None:
+                docs[u] = doc
+        unknown = [u for u in missing if u not in docs]
+        if unknown:
+            docs.update(await asyncio.to_thread(self.users.get_many, unknown))
         for u in missing:
             doc = docs.get(u)
             self.states[u] = (UserState(doc, self.history_size) if doc
                               else UserState.new(u, self.history_size))
+
+    def _write_redis(self, docs: list[UserDoc], increments: dict[str, float],
+                     anchors: dict[int, Anchor], factor: float | None) -> None:
+        # Popularity first: if its script fails the batch is retried or split, and no
+        # hot record then shows events that are not applied.
+        self._write_popularity(increments, anchors, factor)
+        self.hot.put_many(docs)
 
     def _write_popularity(self, increments: dict[str, float], anchors: dict[int, Anchor],
                           factor: float | None) -> None:
@@ -319,6 +369,9 @@ async def _retry_transient(pipeline: Pipeline,
 def _learn_and_export(model: Recommender, batch: EventBatch,
                       users: list[str]) -> tuple[float, np.ndarray, str]:
     loss = model.learn_many(batch)
+    # TODO(issue 11): a model whose ``user_sparse_vectors`` returns non-empty lists (the
+    # hybrid's co-occurrence part) needs that sparse query in the hot record and in the
+    # API's scoring; only the dense ``user_vectors`` are served for now.
     return loss, model.user_vectors(users), model.version
 
 

@@ -13,6 +13,7 @@ from common.stores import ItemCache, UserStore
 from faiss_server.client import FaissClient
 from models import kernels
 from models.checkpoint import save_checkpoint
+from streams.durable_users import DurableUsers
 from streams.epochs import RecordLookup
 from streams.model_files import load_model, worker_checkpoint_dir
 from streams.pipeline import InteractionPipeline, ItemPipeline, ModelHolder
@@ -41,8 +42,12 @@ class Runtime:
             history_size=settings.worker_history_size,
             half_life_s=settings.popularity_half_life_s,
             max_event_bytes=settings.max_event_bytes, lookup=lookup,
-            user_writes=UserWriter(UserStore(self.db), self.metrics,
-                                   WritePolicy.from_settings(settings)))
+            durable_users=DurableUsers(
+                UserWriter(UserStore(self.db), self.metrics,
+                           WritePolicy.from_settings(settings)),
+                self.metrics, max_dirty=settings.worker_max_dirty_users,
+                max_lag_s=settings.worker_max_write_lag_s),
+            hot_state_ttl_s=settings.worker_hot_state_ttl_s)
         self.items = ItemPipeline(self.holder, self.item_cache, self.faiss, self.metrics,
                                   topic=settings.topic_items,
                                   max_event_bytes=settings.max_event_bytes)

@@ -109,7 +109,7 @@ def _check_duplicate_keys(raw: bytes) -> None:
 
 def _interaction_needs_key_check(raw: bytes) -> bool:
     """Cheap test: could a top-level field be repeated? (Escapes may hide a name.)"""
-    return b"\\u" in raw or any(raw.count(name) > 1 for name in _INTERACTION_FIELDS)
+    return b"\\u" in raw or max(map(raw.count, _INTERACTION_FIELDS)) > 1
 
 
 def _check_id(value: str, name: str) -> None:

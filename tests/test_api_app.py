@@ -11,6 +11,7 @@ import pytest
 import redis
 from falcon import testing
 
+from common import hot_users
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from common.settings import Settings
 from common.stores import RedisKeys, UserDoc
@@ -20,6 +21,7 @@ from recommender_server.batching import SearchBatcher
 from recommender_server.caches import Catalog, UserCache
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Breaker, Dependencies
+from recommender_server.hot_users import HotUserReader
 
 POPULAR = [(f"p{i}", 100.0 - i) for i in range(30)]
 
@@ -44,6 +46,7 @@ class FakeRedis:
         self.unavail = {"gone", "p1"}
         self.fail = False
         self.mgets = 0
+        self.hot: dict[str, str] = {}  # hot user records by key
 
     def _check(self) -> None:
         if self.fail:
@@ -64,6 +67,10 @@ class FakeRedis:
                 return [[(i, str(s)) for i, s in POPULAR], set(outer.unavail)]
 
         return Pipe()
+
+    async def get(self, key: str) -> str | None:
+        self._check()
+        return self.hot.get(key)
 
     async def mget(self, keys: list[str]) -> list[str | None]:
         self._check()
@@ -112,10 +119,10 @@ def fakes() -> tuple[FakeUsers, FakeRedis, FakeFaiss]:
     return FakeUsers(), FakeRedis(), FakeFaiss()
 
 
-def make_client(fakes: Any, **over: Any) -> testing.TestClient:
+def make_client(fakes: Any, hot: bool = False, **over: Any) -> testing.TestClient:
     users, r, faiss = fakes
     deps = Dependencies(users=users, catalog=Catalog(r, RedisKeys("t:"), refresh_s=0.0),
-                        faiss=faiss)
+                        faiss=faiss, hot=HotUserReader(r, RedisKeys("t:")) if hot else None)
     config = ApiConfig.from_env(Settings.from_env(), **{"breaker_cooldown_s": 0.0, **over})
     return testing.TestClient(create_app(config, deps))
 
@@ -441,3 +448,60 @@ def test_user_cache_is_bounded_by_bytes_not_only_entries() -> None:
     assert kept is not None and kept[1] is not None and kept[1].event_ids == []
     assert cache.bytes == sum(entry_bytes(u, cache.last_known(u)[1])  # type: ignore[index]
                               for u in list(cache._entries))
+
+
+# --- the worker's hot user state (Redis) against the MongoDB document ----------------------
+class CachedUsers(FakeUsers):
+    """Users whose documents the API's cache holds (no MongoDB read needed)."""
+
+    def cached(self, user_id: str) -> tuple[UserDoc | None] | None:
+        return (self.docs[user_id],) if user_id in self.docs else None
+
+
+def put_hot(r: FakeRedis, doc: UserDoc) -> None:
+    r.hot[RedisKeys("t:").user_state(doc.user_id)] = hot_users.encode(doc).decode()
+
+
+def served(fakes: Any, out: dict[str, Any]) -> tuple[str, list[str]]:
+    """(model version, history sent to FAISS as exclusions) of an unbatched answer."""
+    return out["model_version"], fakes[2].searches[-1][2]
+
+
+@pytest.mark.parametrize("hot_n, stored_n, winner", [
+    (6, 5, "hot"), (5, 5, "hot"), (4, 5, "stored")])
+def test_the_higher_version_of_hot_state_and_document_is_served(hot_n, stored_n,
+                                                                winner) -> None:
+    fakes = (CachedUsers(), FakeRedis(), FakeFaiss())
+    fakes[0].docs["u1"] = UserDoc("u1", [1.0, 0.0], "m-stored", history=["a", "seen"],
+                                  n_events=stored_n)
+    put_hot(fakes[1], UserDoc("u1", [0.0, 1.0], "m-hot", history=["a", "seen", "new"],
+                              n_events=hot_n))
+    out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0))
+    assert out["source"] == "personalized" and out["fallback_reason"] is None
+    expected = (("m-hot", ["a", "seen", "new"]) if winner == "hot"
+                else ("m-stored", ["a", "seen"]))
+    assert served(fakes, out) == expected
+
+
+def test_a_click_of_a_user_mongodb_does_not_know_yet_is_served_from_the_hot_state(
+        fakes) -> None:
+    put_hot(fakes[1], UserDoc("fresh", [1.0, 0.0], "m-hot", history=["c0"], n_events=1))
+    out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0), user="fresh")
+    assert out["source"] == "personalized" and out["fallback_reason"] is None
+    assert "c0" not in {i["id"] for i in out["items"]}  # the click is in the seen filter
+    assert fakes[0].calls == 0  # MongoDB not read: the hot record is never older
+
+
+def test_mongodb_down_does_not_matter_to_a_user_with_hot_state(fakes) -> None:
+    fakes[0].fail = pymongo.errors.ServerSelectionTimeoutError("x")
+    put_hot(fakes[1], UserDoc("u1", [1.0, 0.0], "m-hot", history=["a"], n_events=3))
+    out = rec(make_client(fakes, hot=True))
+    assert out["source"] == "personalized" and "degraded" not in out
+
+
+def test_redis_down_falls_back_to_the_document_and_says_degraded(fakes) -> None:
+    put_hot(fakes[1], UserDoc("u1", [0.0, 1.0], "m-hot", history=["x"], n_events=9))
+    fakes[1].fail = True
+    out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0))
+    assert out["source"] == "personalized" and out["degraded"] == ["redis"]
+    assert served(fakes, out) == ("m7", ["a", "seen"])

@@ -98,7 +98,13 @@ def world(request: pytest.FixtureRequest, settings: Settings) -> Iterator[dict[s
 
 
 def _run(pipeline: Any, msgs: list[RawMessage]) -> Any:
-    return asyncio.run(process_reliably(pipeline, msgs, max_backoff_s=0.01))
+    """Process a batch, then wait for its durable writes (they run behind the pipeline)."""
+    async def run() -> Any:
+        result = await process_reliably(pipeline, msgs, max_backoff_s=0.01)
+        if isinstance(pipeline, InteractionPipeline):
+            await pipeline.durable(result.durable_seq)
+        return result
+    return asyncio.run(run())
 
 
 def _item(item_id: str, op: str, ts: int, offset: int, title: str = "t") -> RawMessage:
@@ -221,3 +227,95 @@ def test_users_get_history_counts_vector_and_watermark(world: dict[str, Any]) ->
     assert doc["history"] == ["i2", "i0", "i1"]  # de-duplicated, newest last
     assert doc["n_events"] == 5 and doc["watermark"] == {"p": 2, "o": 4, "e": 0}
     assert len(doc["vector"]) == 8 and all(np.isfinite(doc["vector"]))
+
+
+# --- hot state before the durable write ------------------------------------------------------
+class _HeldWrites:
+    """A user-document writer that holds every write until released (a stalled MongoDB)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.release = asyncio.Event()
+
+    async def write(self, docs: Any) -> None:
+        await self.release.wait()
+        self.store.upsert_many(docs)
+
+
+class _Hits:
+    """FAISS stand-in: the same candidates for every query, the clicked item first."""
+
+    async def search(self, vector: Any, k: int, exclude: Any = ()) -> Any:
+        from faiss_server.protocol import SearchResult
+
+        hits = [(i, 1.0 - n / 100) for n, i in enumerate(["clicked", "x1", "x2", "x3"])]
+        return SearchResult("idx", [[h for h in hits if h[0] not in exclude]])
+
+    async def health(self) -> dict[str, Any]:
+        return {}
+
+
+class _NoDocs:
+    """The API's user lookup while MongoDB holds nothing for the user yet."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def get(self, user_id: str) -> UserDoc | None:
+        return self.store.get_many([user_id]).get(user_id)
+
+
+@pytest.mark.parametrize("where", ["memory", pytest.param("stack",
+                                                          marks=pytest.mark.integration)])
+def test_a_click_is_served_from_the_hot_state_before_its_document_is_written(
+        where: str, request: pytest.FixtureRequest, settings: Settings) -> None:
+    from common.stores import RedisKeys
+    from recommender_server.caches import Catalog
+    from recommender_server.config import ApiConfig
+    from recommender_server.deps import Dependencies
+    from recommender_server.hot_users import HotUserReader
+    from recommender_server.recommend import RecommendationService
+    from streams.durable_users import DurableUsers
+
+    users: Any
+    if where == "memory":
+        import fakeredis
+
+        server = fakeredis.FakeServer()
+        r: Any = fakeredis.FakeRedis(server=server, decode_responses=True)
+        ar: Any = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+        users = _Users()
+    else:
+        import redis.asyncio
+
+        r = request.getfixturevalue("redis_client")
+        ar = redis.asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+        users = UserStore(request.getfixturevalue("mongo_db"))
+    metrics = statsd.StatsClient("127.0.0.1", 9)
+    held = _HeldWrites(users)
+    cache = ItemCache(r, settings.redis_prefix)
+    pipeline = InteractionPipeline(
+        ModelHolder(GMF(dim=8, negatives=8, history_size=10)), users, cache, metrics,
+        topic="interactions", dead_letter_topic="dlq",
+        durable_users=DurableUsers(held, metrics, max_dirty=100, max_lag_s=60.0))
+    keys = RedisKeys(settings.redis_prefix)
+    api = RecommendationService(
+        ApiConfig.from_env(settings, faiss_batch_inflight=0),
+        Dependencies(users=_NoDocs(users), catalog=Catalog(ar, keys), faiss=_Hits(),
+                     hot=HotUserReader(ar, keys)))
+
+    async def run() -> None:
+        result = await process_reliably(pipeline, [_click("hot-u", "clicked", TS, 0)])
+        durable = pipeline.durable(result.durable_seq)
+        await asyncio.sleep(0)
+        assert not durable.done() and users.get_many(["hot-u"]) == {}  # MongoDB: nothing
+        out = await api.recommend("hot-u", 3)
+        assert out["source"] == "personalized" and out["fallback_reason"] is None
+        assert [i["id"] for i in out["items"]] == ["x1", "x2", "x3"]  # the click filters
+        held.release.set()
+        await durable
+        doc = users.get_many(["hot-u"])["hot-u"]
+        assert (doc.n_events, doc.history) == (1, ["clicked"])
+        await ar.aclose()
+
+    asyncio.run(run())

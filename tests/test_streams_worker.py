@@ -13,9 +13,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from common.clients import mongo_client, redis_client
+from common.hot_users import HotUsers
 from common.kafka import ensure_topics
 from common.settings import Settings
-from common.stores import ItemCache
+from common.stores import ItemCache, RedisKeys
 from datasets import movielens
 from datasets.types import Interactions
 from devstack.malformed import malformed_interactions
@@ -129,6 +130,16 @@ def test_replay_5000_builds_user_documents_and_popular_list(
     got_top = [i for i, _ in popular]
     assert got_top[:5] == expected_top[:5]
     assert len(set(got_top) & set(expected_top)) >= 9
+
+    # The hot state the API reads first: every user's, at the document's version.
+    r = redis_client(wsettings)
+    hot = HotUsers(r, RedisKeys(wsettings.redis_prefix), ttl_s=60).get_many(sorted(docs))
+    r.close()
+    assert set(hot) == set(docs)
+    for user, state in hot.items():
+        assert (state.n_events, state.history) == (docs[user]["n_events"],
+                                                   docs[user]["history"])
+        assert np.allclose(state.vector, docs[user]["vector"], atol=1e-6)
 
 
 def test_malformed_events_go_to_dead_letters_and_valid_ones_apply(
