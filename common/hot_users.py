@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import msgspec
 import redis
 
+from common.session_query import StreamClock
 from common.stores import RedisKeys, UserDoc
 
 
@@ -40,11 +41,26 @@ class HotUser(msgspec.Struct, array_like=True, frozen=True):
     model_version: str
     vector: bytes  # float32, little-endian
     history: list[str]
+    long_vector: bytes = b""  # float32; empty: the model has no session part
 
 
 _BIG_ENDIAN = sys.byteorder == "big"
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(HotUser)
+
+
+def _pack(values: list[float]) -> bytes:
+    vector = array.array("f", values)
+    if _BIG_ENDIAN:
+        vector.byteswap()
+    return vector.tobytes()
+
+
+def _unpack(raw: bytes) -> list[float]:
+    vector = array.array("f", raw)
+    if _BIG_ENDIAN:
+        vector.byteswap()
+    return vector.tolist()
 
 
 def encode(doc: UserDoc) -> bytes:
@@ -55,22 +71,30 @@ def encode(doc: UserDoc) -> bytes:
     >>> back.vector, back.history, back.n_events, back.model_version
     ([0.5, -1.0], ['a', 'b'], 7, 'v3')
     """
-    vector = array.array("f", doc.vector)
-    if _BIG_ENDIAN:
-        vector.byteswap()
     return _encoder.encode(HotUser(doc.n_events, doc.last_event_ms, doc.model_version,
-                                   vector.tobytes(), list(doc.history)))
+                                   _pack(doc.vector), list(doc.history),
+                                   _pack(doc.long_vector)))
 
 
 def decode(user_id: str, raw: bytes | str) -> UserDoc:
     """A :class:`UserDoc` holding the served fields of a hot record."""
     hot = _decoder.decode(raw)
-    vector = array.array("f", hot.vector)
-    if _BIG_ENDIAN:
-        vector.byteswap()
-    return UserDoc(user_id=user_id, vector=vector.tolist(), model_version=hot.model_version,
-                   history=hot.history, n_events=hot.n_events,
-                   last_event_ms=hot.last_event_ms)
+    return UserDoc(user_id=user_id, vector=_unpack(hot.vector),
+                   model_version=hot.model_version, history=hot.history,
+                   n_events=hot.n_events, last_event_ms=hot.last_event_ms,
+                   long_vector=_unpack(hot.long_vector))
+
+
+_clock_decoder = msgspec.json.Decoder(StreamClock)
+
+
+def decode_clock(raw: bytes | str | None) -> StreamClock | None:
+    """The stream clock as stored (``None`` if there is none yet).
+
+    >>> decode_clock(_encoder.encode(StreamClock(5, 6, 1800.0)))
+    StreamClock(event_ms=5, wall_ms=6, half_life_s=1800.0)
+    """
+    return None if raw is None else _clock_decoder.decode(raw)
 
 
 def newest(hot: UserDoc | None, stored: UserDoc | None) -> UserDoc | None:
@@ -109,17 +133,28 @@ class HotUsers:
         self.chunk = chunk  # users per script call: bounds how long Redis is busy with one
         self._set_all = client.register_script(_SET_ALL)
 
-    def put_many(self, docs: Sequence[UserDoc]) -> None:
+    def put_many(self, docs: Sequence[UserDoc], clock: StreamClock | None = None) -> None:
         """Write the hot records of ``docs`` in one pipelined round trip (each with its
-        TTL, so an idle user's record goes away on its own)."""
+        TTL, so an idle user's record goes away on its own), and the stream ``clock``
+        their vectors are as of (what the API blends a session query by)."""
         if not docs:
             return
         pipe = self.r.pipeline(transaction=False)
+        if clock is not None:
+            pipe.set(self.keys.stream_clock, _encoder.encode(clock))
         for start in range(0, len(docs), self.chunk):
             part = docs[start:start + self.chunk]
             self._set_all(keys=[self.keys.user_state(d.user_id) for d in part],
                           args=[self.ttl_ms, *map(encode, part)], client=pipe)
         pipe.execute()
+
+    def put_clock(self, clock: StreamClock) -> None:
+        """Set the stream clock alone (a bootstrap publishes its model's)."""
+        self.r.set(self.keys.stream_clock, _encoder.encode(clock))
+
+    def clock(self) -> StreamClock | None:
+        """The stream clock the worker wrote last (``None`` before its first batch)."""
+        return decode_clock(self.r.get(self.keys.stream_clock))
 
     def get_many(self, user_ids: Sequence[str]) -> dict[str, UserDoc]:
         """Hot records of the ``user_ids`` that have one."""

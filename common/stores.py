@@ -134,6 +134,11 @@ class RedisKeys:
         return f"{self.prefix}user:{user_id}"
 
     @property
+    def stream_clock(self) -> str:
+        """The worker's stream clock (:class:`common.session_query.StreamClock`)."""
+        return f"{self.prefix}stream:clock"
+
+    @property
     def popular_tmp(self) -> str:
         """Scratch key :meth:`ItemCache.set_popular` fills before renaming it."""
         return f"{self.prefix}popular:tmp"
@@ -290,10 +295,15 @@ class UserDoc:
     #: ``[event id, content digest]`` of the user's most recent events, oldest first:
     #: skips duplicates sent twice by a producer, dead-letters conflicting ones.
     event_ids: list[Any] = field(default_factory=list)
+    #: The query with the session part gone (session-aware models; empty otherwise):
+    #: ``vector`` is the query right at the last event, and the one served at time
+    #: ``t`` is their blend by the session gate (:mod:`common.session_query`).
+    long_vector: list[float] = field(default_factory=list)
 
     def to_mongo(self) -> dict[str, Any]:
         return {
-            "vector": self.vector, "model_version": self.model_version,
+            "vector": self.vector, "long_vector": self.long_vector,
+            "model_version": self.model_version,
             "history": self.history, "n_events": self.n_events,
             "last_event_ms": self.last_event_ms,
             "updated_at": self.updated_at or dt.datetime.now(dt.UTC),
@@ -304,6 +314,7 @@ class UserDoc:
     def from_mongo(cls, doc: Mapping[str, Any]) -> UserDoc:
         return cls(
             user_id=str(doc["_id"]), vector=list(doc.get("vector") or []),
+            long_vector=list(doc.get("long_vector") or []),
             model_version=str(doc.get("model_version", "")),
             history=list(doc.get("history") or []), n_events=int(doc.get("n_events", 0)),
             last_event_ms=int(doc.get("last_event_ms", 0)), updated_at=doc.get("updated_at"),

@@ -44,6 +44,8 @@ class Recommender(ABC):
 
     version: str
     dim: int
+    #: Half-life of a session-aware query's session part (0: the model has none).
+    session_half_life_s: float = 0.0
 
     def __init__(self, event_weights: Mapping[str, float] | None = None,
                  history_size: int = 20, seed: int = 0) -> None:

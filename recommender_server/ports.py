@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol
 
+from common.session_query import StreamClock
 from common.stores import UserDoc
 from faiss_server.protocol import SearchResult, SimilarResult
 
@@ -91,6 +92,9 @@ class HotLookup(Protocol):
     """Users' hot serving state (:class:`~recommender_server.hot_users.HotUserReader`)."""
 
     async def get(self, user_id: str) -> UserDoc | None: ...
+
+    #: The worker's stream clock as last read (``None``: not known yet).
+    clock: StreamClock | None
 
 
 # --- FAISS service ------------------------------------------------------------------------

@@ -47,6 +47,7 @@ import redis
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from common.hot_users import newest
+from common.session_query import query_at
 from common.stores import UserDoc
 from faiss_server.protocol import FaissRequestError, Hit
 from recommender_server.batching import SearchBatcher
@@ -174,7 +175,7 @@ class RecommendationService:
             assert doc is not None
             # The catalog refresh (rare) overlaps the FAISS call.
             (reason, index_version, candidates), cat = await asyncio.gather(
-                self._search(doc.vector, doc.history, k), self._catalog(degraded))
+                self._search(self._query(doc), doc.history, k), self._catalog(degraded))
         else:
             cat = await self._catalog(degraded)
         gone = cat.unavailable
@@ -197,6 +198,18 @@ class RecommendationService:
             "items": items,
             **({"degraded": sorted(set(degraded))} if degraded else {}),
         }
+
+    def _query(self, doc: UserDoc) -> list[float]:
+        """The user's query now. A session-aware model's document carries the query at
+        the user's last event and the one with the session gone; the served query is
+        their blend by the session gate at the stream's clock (:mod:`common.session_query`),
+        so a session fades while the user is away even though nothing is written. Without
+        a clock yet (no batch applied since the worker started), the last query."""
+        clock = self.deps.hot.clock if self.deps.hot is not None else None
+        if not doc.long_vector or clock is None:
+            return doc.vector
+        return query_at(doc.long_vector, doc.vector, doc.last_event_ms,
+                        clock.now_ms(int(time.time() * 1000)), clock.half_life_s)
 
     async def _user(self, user_id: str,
                     degraded: list[str]) -> tuple[UserDoc | None, str | None]:

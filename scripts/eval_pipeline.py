@@ -35,6 +35,7 @@ from tqdm import tqdm
 from common.clients import redis_client
 from common.events import interaction_json
 from common.hot_users import HotUsers, newest
+from common.session_query import query_at
 from common.settings import Settings
 from common.stores import RedisKeys, UserStore
 from datasets import movielens
@@ -57,6 +58,7 @@ def pipeline_top(world: DrillWorld, hot: HotUsers, faiss: FaissClient, users: li
     drop seen."""
     hot_docs = hot.get_many(users)
     stored = UserStore(world.mongo[world.settings.mongo_db]).get_many(users)
+    clock = hot.clock()
     out: dict[str, list[str]] = {}
     for user in users:
         doc = newest(hot_docs.get(user), stored.get(user))
@@ -64,7 +66,10 @@ def pipeline_top(world: DrillWorld, hot: HotUsers, faiss: FaissClient, users: li
             out[user] = []
             continue
         user_seen = seen.get(user, set())
-        result = faiss.search(np.asarray(doc.vector, np.float32), k=K + len(user_seen))
+        query = doc.vector if clock is None else query_at(  # as the API blends it
+            doc.long_vector, doc.vector, doc.last_event_ms,
+            clock.now_ms(int(time.time() * 1000)), clock.half_life_s)
+        result = faiss.search(np.asarray(query, np.float32), k=K + len(user_seen))
         out[user] = [i for i, _ in result.results[0] if i not in user_seen][:K]
     return out
 

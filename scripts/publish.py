@@ -21,6 +21,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common.clients import mongo_db, redis_client
+from common.hot_users import HotUsers
+from common.session_query import StreamClock
 from common.settings import Settings
 from common.stores import ItemCache, UserDoc, UserStore
 from datasets import movielens
@@ -39,10 +41,15 @@ def publish_users(model: Recommender, users: UserStore, history_size: int,
     with tqdm(total=len(ids), unit="user", desc="users → MongoDB", disable=not progress) as bar:
         for start in range(0, len(ids), chunk):
             part = ids[start:start + chunk]
-            vectors = model.user_vectors(part)
-            docs = [UserDoc(u, vec.tolist(), model.version,
-                            history=model.recent_history(u)[-history_size:])
-                    for u, vec in zip(part, vectors, strict=True)]
+            # a session-aware model: both queries and the last event time, as the worker
+            # writes them (the API blends them by the stream clock)
+            long_term, fresh, last = model.user_vector_parts(part)
+            session = model.session_half_life_s > 0
+            docs = [UserDoc(u, fresh[j].tolist(), model.version,
+                            history=model.recent_history(u)[-history_size:],
+                            last_event_ms=max(int(last[j]), 0),
+                            long_vector=long_term[j].tolist() if session else [])
+                    for j, u in enumerate(part)]
             written += users.upsert_many(docs)
             bar.update(len(part))
     return written
@@ -79,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     summary["users"] = publish_users(model, UserStore(mongo_db(settings)),
                                      settings.worker_history_size)
     cache = ItemCache(redis_client(settings, timeout_s=10), settings.redis_prefix)
+    # the stream's clock as of the bootstrap, until the worker's first batch moves it
+    HotUsers(cache.r, cache.keys, settings.worker_hot_state_ttl_s).put_clock(
+        StreamClock(model.clock_ms(), int(time.time() * 1000), model.session_half_life_s))
     if args.until_fraction is not None:
         ds = movielens.load(settings.cache_dir)
         inter = ds.interactions.sorted_by_time()

@@ -61,7 +61,7 @@ def snapshot(doc: UserDoc) -> UserDoc:
     return UserDoc(doc.user_id, list(doc.vector), doc.model_version, list(doc.history),
                    doc.n_events, doc.last_event_ms, doc.updated_at,
                    dict(doc.watermark) if doc.watermark is not None else None,
-                   list(doc.event_ids))
+                   list(doc.event_ids), list(doc.long_vector))
 
 
 class DurableUsers:

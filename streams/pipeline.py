@@ -30,6 +30,7 @@ import statsd
 from common.errors import BadEvent, RecsysError, ServiceUnavailable
 from common.events import Interaction, ItemEvent
 from common.hot_users import HotUsers
+from common.session_query import StreamClock
 from common.settings import Settings
 from common.stores import ItemCache, UserDoc, UserStore
 from models.base import Recommender
@@ -202,22 +203,23 @@ class InteractionPipeline:
                 ts_ms=np.array([ev.ts for ev, _ in fresh], dtype=np.int64),
             )
             t0 = time.perf_counter()
-            result.loss, vectors, version = await self.holder.run(_learn_and_export, batch,
-                                                                  dirty)
+            out = await self.holder.run(_learn_and_export, batch, dirty)
+            result.loss, clock = out.loss, out.clock
             result.learn_s = time.perf_counter() - t0
             docs = [self.states[u].doc for u in dirty]
-            for doc, vec in zip(docs, vectors, strict=True):
-                doc.vector, doc.model_version = vec.tolist(), version
+            for j, doc in enumerate(docs):
+                doc.vector, doc.model_version = out.fresh[j].tolist(), out.version
+                doc.long_vector = [] if out.long_term is None else out.long_term[j].tolist()
                 doc.updated_at = None  # stamped when written
         else:
-            docs = []
+            docs, clock = [], None
         t0 = time.perf_counter()
         # Move the decay reference first, so new increments never overflow a double.
         factor = self.popularity.rescale_factor(max((ts for _, _, ts in pop_events), default=0))
         increments = self.popularity.increments(pop_events)
         anchors = self.epochs.advanced(messages)
         # What serving reads (hot state) and popularity: Redis, one thread, before MongoDB.
-        await asyncio.to_thread(self._write_redis, docs, increments, anchors, factor)
+        await asyncio.to_thread(self._write_redis, docs, increments, anchors, factor, clock)
         self.epochs.update(anchors)
         now = time.time()
         result.click_to_vector_s = [now - msg.timestamp_s for _, msg in fresh
@@ -262,11 +264,12 @@ class InteractionPipeline:
                               else UserState.new(u, self.history_size))
 
     def _write_redis(self, docs: list[UserDoc], increments: dict[str, float],
-                     anchors: dict[int, Anchor], factor: float | None) -> None:
+                     anchors: dict[int, Anchor], factor: float | None,
+                     clock: StreamClock | None) -> None:
         # Popularity first: if its script fails the batch is retried or split, and no
         # hot record then shows events that are not applied.
         self._write_popularity(increments, anchors, factor)
-        self.hot.put_many(docs)
+        self.hot.put_many(docs, clock)
 
     def _write_popularity(self, increments: dict[str, float], anchors: dict[int, Anchor],
                           factor: float | None) -> None:
@@ -366,13 +369,30 @@ async def _retry_transient(pipeline: Pipeline,
             raise
 
 
-def _learn_and_export(model: Recommender, batch: EventBatch,
-                      users: list[str]) -> tuple[float, np.ndarray, str]:
+@dataclass
+class Exported:
+    """What one learnt batch hands to serving: per user the query right at their last
+    event (``fresh``) and, for a session-aware model, the query with the session gone
+    (``long_term``; ``None`` otherwise), plus the clock they are as of."""
+
+    loss: float
+    fresh: np.ndarray
+    long_term: np.ndarray | None
+    version: str
+    clock: StreamClock
+
+
+def _learn_and_export(model: Recommender, batch: EventBatch, users: list[str]) -> Exported:
     loss = model.learn_many(batch)
     # TODO(issue 11): a model whose ``user_sparse_vectors`` returns non-empty lists (the
     # hybrid's co-occurrence part) needs that sparse query in the hot record and in the
-    # API's scoring; only the dense ``user_vectors`` are served for now.
-    return loss, model.user_vectors(users), model.version
+    # API's scoring; only the dense query is served for now.
+    half_life = float(model.session_half_life_s)
+    clock = StreamClock(model.clock_ms(), int(time.time() * 1000), half_life)
+    if half_life <= 0:
+        return Exported(loss, model.user_vectors(users), None, model.version, clock)
+    long_term, fresh, _ = model.user_vector_parts(users)
+    return Exported(loss, fresh, long_term, model.version, clock)
 
 
 class ItemPipeline:

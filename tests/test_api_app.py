@@ -4,8 +4,11 @@ fakes; plus the caches and the search batcher on their own."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import msgspec
+import numpy as np
 import pymongo.errors
 import pytest
 import redis
@@ -13,6 +16,7 @@ from falcon import testing
 
 from common import hot_users
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
+from common.session_query import StreamClock
 from common.settings import Settings
 from common.stores import RedisKeys, UserDoc
 from faiss_server.protocol import FaissRequestError, SearchResult, SimilarResult
@@ -74,6 +78,8 @@ class FakeRedis:
 
     async def mget(self, keys: list[str]) -> list[str | None]:
         self._check()
+        if keys and keys[0].startswith(RedisKeys("t:").user_state("")):  # hot record, clock
+            return [self.hot.get(k) for k in keys]
         self.mgets += 1
         ids = [k.rsplit(":", 1)[1] for k in keys]
         return [None if i.startswith("nometa") else f'{{"title": "{i.upper()}"}}' for i in ids]
@@ -83,6 +89,7 @@ class FakeFaiss:
     def __init__(self) -> None:
         self.fail: Exception | None = None
         self.searches: list[tuple[int, int, list[str]]] = []
+        self.vectors: list[list[float]] = []
 
     def _hits(self, k: int) -> list[tuple[str, float]]:
         hits = [(f"c{i}", 1.0 - i / 100) for i in range(k)]
@@ -99,6 +106,7 @@ class FakeFaiss:
         if self.fail:
             raise self.fail
         self.searches.append((len(vectors), k, list(exclude)))
+        self.vectors.extend([list(map(float, v)) for v in vectors])
         return SearchResult("idx-3", [self._hits(k) for _ in vectors])
 
     async def similar(self, item_id: str, k: int, exclude: Any = ()) -> SimilarResult:
@@ -505,3 +513,20 @@ def test_redis_down_falls_back_to_the_document_and_says_degraded(fakes) -> None:
     out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0))
     assert out["source"] == "personalized" and out["degraded"] == ["redis"]
     assert served(fakes, out) == ("m7", ["a", "seen"])
+
+
+@pytest.mark.parametrize("away_s, expected", [(0.0, [1.0, 0.0]), (1800.0, [0.5, 0.5]),
+                                              (None, [1.0, 0.0])])
+def test_a_session_aware_query_is_blended_by_the_stream_clock(fakes, away_s, expected) -> None:
+    """The document holds the query at the last event ([1, 0]) and the long-term one
+    ([0, 1]); the API serves their blend by the session gate at the worker's stream
+    clock (30-minute half-life: half-way after 30 minutes), or the last query when no
+    clock is known yet (``away_s`` None)."""
+    put_hot(fakes[1], UserDoc("u1", [1.0, 0.0], "m-hot", history=["a"], n_events=3,
+                              last_event_ms=1_000, long_vector=[0.0, 1.0]))
+    if away_s is not None:
+        clock = StreamClock(1_000 + int(away_s * 1000), int(time.time() * 1000), 1800.0)
+        fakes[1].hot[RedisKeys("t:").stream_clock] = msgspec.json.encode(clock).decode()
+    out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0))
+    assert out["source"] == "personalized"
+    np.testing.assert_allclose(fakes[2].vectors[-1], expected, atol=1e-3)

@@ -214,3 +214,19 @@ def test_the_consumer_commits_a_batch_only_after_it_and_every_earlier_batch_are_
         assert consumer._pending == {tp: 30}  # never committed past a failed write
 
     asyncio.run(run())
+
+
+def test_a_snapshot_copies_every_field_of_the_document() -> None:
+    """Built field by field for speed: a field added to ``UserDoc`` must be copied too."""
+    import dataclasses
+
+    from streams.durable_users import snapshot
+
+    doc = UserDoc("u", [1.0], "v", history=["a"], n_events=2, last_event_ms=3,
+                  watermark={"p": 0, "o": 1}, event_ids=[["e", "d"]], long_vector=[0.5])
+    copy = snapshot(doc)
+    for f in dataclasses.fields(UserDoc):
+        value = getattr(doc, f.name)
+        assert getattr(copy, f.name) == value, f.name
+        if isinstance(value, list | dict):
+            assert getattr(copy, f.name) is not value, f.name

@@ -319,3 +319,32 @@ def test_a_click_is_served_from_the_hot_state_before_its_document_is_written(
         await ar.aclose()
 
     asyncio.run(run())
+
+
+def test_a_session_model_hands_serving_both_queries_and_the_stream_clock(
+        world: dict[str, Any]) -> None:
+    """With a session-aware model the hot record and the document carry the query at the
+    last event and the long-term one, and the stream clock is written with them: the
+    API's blend of the two (``common.session_query``) is the model's own query now."""
+    from common.hot_users import HotUsers
+    from common.session_query import query_at
+    from models.two_tower import SessionTwoTower
+
+    db = world["db"]
+    users = db["users"] if isinstance(db, dict) else UserStore(db)
+    model = SessionTwoTower(dim=8, negatives=8, n_buckets=16, history_size=10)
+    pipeline = InteractionPipeline(ModelHolder(model), users, world["cache"],
+                                   statsd.StatsClient("127.0.0.1", 9),
+                                   topic="interactions", dead_letter_topic="dlq")
+    _run(pipeline, [_click("s1", f"i{j}", TS + 1000 * j, j) for j in range(3)])
+    hot = HotUsers(world["cache"].r, world["cache"].keys, 60.0)
+    doc, clock = hot.get_many(["s1"])["s1"], hot.clock()
+    assert clock is not None and clock.event_ms == TS + 2000
+    assert clock.half_life_s == model.session_half_life_s > 0
+    assert len(doc.vector) == len(doc.long_vector) == model.vector_dim
+    assert doc.vector != doc.long_vector and doc.last_event_ms == TS + 2000
+    served = query_at(doc.long_vector, doc.vector, doc.last_event_ms, clock.event_ms,
+                      clock.half_life_s)
+    np.testing.assert_allclose(served, model.user_vectors(["s1"])[0], atol=1e-5)
+    stored = users.get_many(["s1"])["s1"]
+    np.testing.assert_allclose(stored.long_vector, doc.long_vector, atol=1e-6)
