@@ -33,6 +33,7 @@ from models import kernels
 from models.checkpoint import save_checkpoint
 from models.events import EventBatch
 from models.training import DEFAULT_EPOCHS, PRODUCT_MODEL, SERVED_MODELS, create_model, fit
+from models.two_tower import TwoTower
 
 
 def read_interactions(path: Path) -> Interactions:
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     events = EventBatch.from_interactions(inter)
 
     model = create_model(args.model, dim=args.dim)
-    if args.model == "two_tower":
+    if isinstance(model, TwoTower):  # two_tower and session: attributes before clicks
         for item in items.values():
             model.upsert_item(item.item_id, item.attributes)
     epochs = DEFAULT_EPOCHS[args.model] if args.epochs is None else args.epochs
