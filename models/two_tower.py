@@ -442,7 +442,7 @@ class SessionTwoTower(TwoTower):
 
     def __init__(self, recency: float = 0.8, history_weight: float = 3.0,
                  session_half_life_s: float = 1800.0, content_dims: int = 32,
-                 content_weight: float = 50.0, content_lift: float = 3.0,
+                 content_weight: float = 100.0, content_lift: float = 3.0,
                  session_dropout: float = 0.1, **params: Any) -> None:
         """``params``: any other :class:`TwoTower` hyperparameter."""
         super().__init__(recency=recency, history_weight=history_weight,

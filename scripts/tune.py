@@ -105,6 +105,9 @@ GATE_GRIDS: tuple[Grid, ...] = (
 #: The constraints of :func:`constrained`: a genre share after 5 clicks of at least
 #: this on the responsiveness validation split (issue 11's target) ...
 MIN_GENRE_SHARE = 0.10
+#: Prequential recall differences below this are seed noise (the seed spread of the
+#: session model's prequential recall in ``movielens-100k-session.json``: 0.002).
+RECALL_NOISE = 0.002
 #: ... and a full-protocol NDCG@10 no lower than the two-tower's (the model it
 #: replaces) on the full validation split.
 FULL_BASELINE = "two_tower"
@@ -216,9 +219,13 @@ def constrained(runner: Runner, grid: Grid) -> list[dict[str, Any]]:
     (seed 0: each value is a constraint check; the seed spread of prequential recall
     is ~0.002, see the other records):
 
-    - ``content_weight``: the smallest value whose genre share after 5 clicks is at least
+    - ``content_weight``: among the values whose genre share after 5 clicks is at least
       :data:`MIN_GENRE_SHARE` on the responsiveness validation split (what the product
-      must do), whatever it costs in prequential recall (recorded beside it);
+      must do), the most responsive one whose prequential recall is within
+      :data:`RECALL_NOISE` of the best value's: as responsive as possible at no
+      measurable cost to next-item accuracy. (The first rule, the smallest value meeting
+      the share, chose 50, which left ``make demo``'s user with no Western after five
+      Western clicks; 100 shows three.)
     - ``content_lift``: the best prequential recall@10 among the values meeting that
       genre share;
     - every other axis: the best prequential recall@10 among the values whose full
@@ -240,9 +247,12 @@ def constrained(runner: Runner, grid: Grid) -> list[dict[str, Any]]:
             else:
                 rows[v]["full_ndcg@10"] = runner.score(full, params)
         if axis == "content_weight":
-            rule = f"smallest with genre_share_after >= {MIN_GENRE_SHARE}"
-            ok = [v for v in values if rows[v]["genre_share_after"] >= MIN_GENRE_SHARE]
-            choice = min(ok) if ok else max(values)
+            best = max(r[grid.metric] for r in rows.values())
+            rule = (f"largest genre_share_after (>= {MIN_GENRE_SHARE}) with {grid.metric} "
+                    f"within {RECALL_NOISE} of the best")
+            ok = [v for v in values if rows[v]["genre_share_after"] >= MIN_GENRE_SHARE
+                  and rows[v][grid.metric] >= best - RECALL_NOISE]
+            choice = max(ok or list(values), key=lambda v: rows[v]["genre_share_after"])
         elif axis == "content_lift":
             rule = f"best {grid.metric} with genre_share_after >= {MIN_GENRE_SHARE}"
             ok = [v for v in values if rows[v]["genre_share_after"] >= MIN_GENRE_SHARE]
