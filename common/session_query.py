@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import msgspec
 
+from common.stores import UserDoc
+
 
 class StreamClock(msgspec.Struct, frozen=True):
     """What the worker publishes with every applied batch (``RedisKeys.stream_clock``)."""
@@ -70,3 +72,21 @@ def query_at(long_term: Sequence[float], fresh: Sequence[float], last_event_ms: 
                          f"one {len(fresh)}")
     g = session_gate(now_ms - last_event_ms, half_life_s)
     return [a + g * (b - a) for a, b in zip(long_term, fresh, strict=True)]
+
+
+def served_query(doc: UserDoc, clock: StreamClock | None, wall_now_ms: int) -> list[float]:
+    """The query served for a user document now: its two vectors blended at the stream
+    ``clock`` (:func:`query_at`), or ``doc.vector`` as it is when the model has no
+    session part or no clock is known yet. The API and ``scripts.eval_pipeline`` both
+    call it, so the evaluation reads exactly what is served.
+
+    >>> doc = UserDoc("u", [4.0, 2.0], "v", last_event_ms=0, long_vector=[0.0, 2.0])
+    >>> served_query(doc, StreamClock(1_800_000, 0, 1800.0), 0)
+    [2.0, 2.0]
+    >>> served_query(doc, None, 0)
+    [4.0, 2.0]
+    """
+    if not doc.long_vector or clock is None:
+        return doc.vector
+    return query_at(doc.long_vector, doc.vector, doc.last_event_ms,
+                    clock.now_ms(wall_now_ms), clock.half_life_s)

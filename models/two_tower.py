@@ -222,9 +222,8 @@ class TwoTower(FactorModel):
         ctx = self.history.context(users) if context is None else context
         gate = np.ones(len(users), dtype=np.float32)
         if self.session_half_life_s > 0:
-            gaps = (ctx.gaps_ms if ctx.gaps_ms is not None
-                    else gaps_since(self.history.last_ts[users], self.query_times(users)))
-            gate = self.session_gate(gaps).astype(np.float32)
+            gate = (self._live_gate(users) if ctx.gaps_ms is None
+                    else self.session_gate(ctx.gaps_ms)).astype(np.float32)
         factor = np.ones(len(users), dtype=np.float32)
         if gated is not None:
             factor = gate * np.float32(gated)
@@ -258,8 +257,9 @@ class TwoTower(FactorModel):
 
     def _content(self, rows: torch.Tensor | None) -> torch.Tensor:
         """``(n, content_dims)`` unit vectors of the items' attribute tokens, hashed
-        with a sign into ``content_dims`` coordinates (fixed, not learnt): items that
-        share attributes (genres) have a large inner product."""
+        into ``content_dims`` non-negative coordinates (fixed, not learnt; the lift of
+        :meth:`_query` is clipped per coordinate): items that share attributes (genres)
+        have a large inner product."""
         n, width = len(self.item_ids), self._token_width()
         tok = self.tok[:n, :width] if rows is None else self.tok[rows, :width]
         tokw = self.tokw[:n, :width] if rows is None else self.tokw[rows, :width]
@@ -295,22 +295,26 @@ class TwoTower(FactorModel):
         ``dropout`` (training only): the share of events whose history part is left out,
         so ``U[user]`` also learns to stand alone — what the query is once a session
         has gone quiet (the session gate)."""
-        rows = torch.from_numpy(np.asarray(users, dtype=np.int64))
-        hist, omega = self._history_weights(np.asarray(users, dtype=np.int64), exclude,
-                                            context, dropout)
-        q = torch.from_numpy(kernels.pooled_rows(self.users_t.weight.numpy(), rows.numpy(),
-                                                 self.hist_t.weight.numpy(), hist.numpy(),
-                                                 omega.numpy()))
-        return q, hist, omega
+        users = np.asarray(users, dtype=np.int64)
+        hist, omega = self._history_weights(users, exclude, context, dropout)
+        return self._pool_user(users, hist, omega), hist, omega
+
+    def _pool_user(self, users: np.ndarray, hist: torch.Tensor, omega: torch.Tensor
+                   ) -> torch.Tensor:
+        """``U[user] + Σ_h ω_h H[h]`` in one compiled gather-and-pool pass."""
+        return torch.from_numpy(kernels.pooled_rows(
+            self.users_t.weight.numpy(), np.asarray(users, dtype=np.int64),
+            self.hist_t.weight.numpy(), hist.numpy(), omega.numpy()))
 
     def _query(self, users: np.ndarray) -> torch.Tensor:
-        users = np.asarray(users)
-        q = self._user_tower(users)[0]
+        users = np.asarray(users, dtype=np.int64)
         if not self.content_dims:
-            return q
+            return self._user_tower(users)[0]
+        # one pass of session weights serves both parts of the query
+        hist, omega, base, gate = self._session_weights(users, None, None)
+        q = self._pool_user(users, hist, omega * (gate * self.history_weight).unsqueeze(1))
         # "more like what I just did": the session-weighted mean of the recent items'
         # attribute vectors (scoring only; the towers learn without it)
-        hist, omega, base, gate = self._session_weights(users.astype(np.int64), None, None)
         g = self._content(hist.reshape(-1)).view(*hist.shape, self.content_dims)
         now = (omega.unsqueeze(2) * g).sum(1)
         if self.content_lift:

@@ -47,7 +47,7 @@ import redis
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from common.hot_users import newest
-from common.session_query import query_at
+from common.session_query import served_query
 from common.stores import UserDoc
 from faiss_server.protocol import FaissRequestError, Hit
 from recommender_server.batching import SearchBatcher
@@ -206,10 +206,7 @@ class RecommendationService:
         so a session fades while the user is away even though nothing is written. Without
         a clock yet (no batch applied since the worker started), the last query."""
         clock = self.deps.hot.clock if self.deps.hot is not None else None
-        if not doc.long_vector or clock is None:
-            return doc.vector
-        return query_at(doc.long_vector, doc.vector, doc.last_event_ms,
-                        clock.now_ms(int(time.time() * 1000)), clock.half_life_s)
+        return served_query(doc, clock, int(time.time() * 1000))
 
     async def _user(self, user_id: str,
                     degraded: list[str]) -> tuple[UserDoc | None, str | None]:

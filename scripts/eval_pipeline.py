@@ -35,7 +35,7 @@ from tqdm import tqdm
 from common.clients import redis_client
 from common.events import interaction_json
 from common.hot_users import HotUsers, newest
-from common.session_query import query_at
+from common.session_query import served_query
 from common.settings import Settings
 from common.stores import RedisKeys, UserStore
 from datasets import movielens
@@ -66,9 +66,7 @@ def pipeline_top(world: DrillWorld, hot: HotUsers, faiss: FaissClient, users: li
             out[user] = []
             continue
         user_seen = seen.get(user, set())
-        query = doc.vector if clock is None else query_at(  # as the API blends it
-            doc.long_vector, doc.vector, doc.last_event_ms,
-            clock.now_ms(int(time.time() * 1000)), clock.half_life_s)
+        query = served_query(doc, clock, int(time.time() * 1000))  # as the API serves it
         result = faiss.search(np.asarray(query, np.float32), k=K + len(user_seen))
         out[user] = [i for i, _ in result.results[0] if i not in user_seen][:K]
     return out
