@@ -8,8 +8,9 @@ this small record for every user of an applied batch in one pipelined Redis roun
 and writes MongoDB (the durable state, the source of truth after a restart) behind the
 pipeline, coalesced (:mod:`streams.durable_users`).
 
-The record holds only what serving reads: the query vector (float32 bytes), the recent
-item ids the seen/recent filter uses, the model version, the last event time and a
+The record holds only what serving reads: the query vector (float32 bytes), the user's
+recent events (the one history: the seen/recent filter derives its items from it, as
+from the MongoDB document), the model version, the last event time and a
 **version**, the user's event count ``n_events``. Both the hot record and the MongoDB
 document carry ``n_events``; a reader takes the higher one (:func:`newest`), so a hot
 record that expired, or one left behind by a failed write, can never hide a newer
@@ -40,7 +41,7 @@ class HotUser(msgspec.Struct, array_like=True, frozen=True):
     last_event_ms: int
     model_version: str
     vector: bytes  # float32, little-endian
-    history: list[str]
+    recent: list[tuple[str, str]]  # (item_id, event type), newest last
     long_vector: bytes = b""  # float32; empty: the model has no session part
 
 
@@ -66,21 +67,25 @@ def _unpack(raw: bytes) -> list[float]:
 def encode(doc: UserDoc) -> bytes:
     """The hot record of ``doc`` as stored in Redis.
 
-    >>> doc = UserDoc("u1", [0.5, -1.0], "v3", history=["a", "b"], n_events=7)
+    >>> doc = UserDoc("u1", [0.5, -1.0], "v3", recent=[("a", "view"), ("b", "click")],
+    ...               n_events=7)
     >>> back = decode("u1", encode(doc))
-    >>> back.vector, back.history, back.n_events, back.model_version
-    ([0.5, -1.0], ['a', 'b'], 7, 'v3')
+    >>> back.vector, back.recent, back.history, back.n_events, back.model_version
+    ([0.5, -1.0], [('a', 'view'), ('b', 'click')], ['a', 'b'], 7, 'v3')
     """
     return _encoder.encode(HotUser(doc.n_events, doc.last_event_ms, doc.model_version,
-                                   _pack(doc.vector), list(doc.history),
-                                   _pack(doc.long_vector)))
+                                   _pack(doc.vector), doc.recent, _pack(doc.long_vector)))
 
 
 def decode(user_id: str, raw: bytes | str) -> UserDoc:
-    """A :class:`UserDoc` holding the served fields of a hot record."""
+    """A :class:`UserDoc` holding the served fields of a hot record.
+
+    Raises ``msgspec.DecodeError`` for a record that is not one (e.g. written by an
+    older worker, whose records held item ids only): readers treat it as missing.
+    """
     hot = _decoder.decode(raw)
     return UserDoc(user_id=user_id, vector=_unpack(hot.vector),
-                   model_version=hot.model_version, history=hot.history,
+                   model_version=hot.model_version, recent=hot.recent,
                    n_events=hot.n_events, last_event_ms=hot.last_event_ms,
                    long_vector=_unpack(hot.long_vector))
 

@@ -92,7 +92,10 @@ class Settings:
                              "default, `models.training.PRODUCT_MODEL`).", "session")
     worker_batch_size: int = _doc("Max interactions per micro-batch.", 5000)
     worker_batch_within_s: float = _doc("Max wait to fill a micro-batch (seconds).", 0.05)
-    worker_history_size: int = _doc("Recent items kept per user.", 50)
+    worker_history_size: int = _doc(
+        "Recent events kept per user (the user's one history: the API filters out its "
+        "items, the model's recent-history ring is loaded from it, so it must be at least "
+        "the model's `history_size`).", 50)
     worker_commit_interval_s: float = _doc("Seconds between Kafka offset commits.", 0.5)
     worker_write_chunk: int = _doc("Max user documents per MongoDB write; halved after a "
                                    "timeout, grown back after successes.", 500)

@@ -17,15 +17,16 @@ Redis (``settings.redis_prefix`` + key):
   ``{"e": epoch, "o": offset, "fp": fingerprint}`` (exactly-once counting; see
   ``streams/epochs.py``; a bare integer is the older offset-only form).
 - ``user:{user_id}`` — the user's *hot state*: what the API needs to serve (query
-  vector, recent items, version = event count), JSON encoded by
+  vector, recent events, version = event count), JSON encoded by
   :mod:`common.hot_users`, written by the worker for every applied batch before the
   durable MongoDB write, with a TTL (``RECSYS_WORKER_HOT_STATE_TTL_S``). The API reads
   it first; the MongoDB document answers when it is missing or older.
 
 MongoDB collection ``users`` — one document per user::
 
-    {_id: user_id, vector: [float], model_version: str, history: [item_id, ...newest last],
-     n_events: int, updated_at: datetime, last_event_ms: int,
+    {_id: user_id, vector: [float], long_vector: [float], model_version: str,
+     recent: [[item_id, event type], ...newest last], n_events: int,
+     updated_at: datetime, last_event_ms: int,
      watermark: {p: partition, o: offset, e: epoch},
      event_ids: [[event id, content digest], ...oldest first]}
 
@@ -278,14 +279,47 @@ class ItemCache:
         return json.loads(raw) if raw else {}
 
 
+#: One event of a user's recent history: ``(item_id, event type)``.
+RecentEvent = tuple[str, str]
+
+#: The event type given to the items of a document written before ``recent`` existed
+#: (it kept item ids only, as ``history``).
+LEGACY_EVENT_TYPE = "click"
+
+
+def as_clicks(items: Iterable[str]) -> list[RecentEvent]:
+    """Recent events of type click on ``items`` (tests, benchmarks, drills).
+
+    >>> as_clicks(["a", "b"])
+    [('a', 'click'), ('b', 'click')]
+    """
+    return [(str(i), "click") for i in items]
+
+
+def distinct_items(recent: Sequence[RecentEvent]) -> list[str]:
+    """The items of ``recent`` once each, newest last (where each last occurred).
+
+    >>> distinct_items([("a", "view"), ("b", "click"), ("a", "purchase")])
+    ['b', 'a']
+    """
+    return list(reversed(dict.fromkeys(item for item, _ in reversed(recent))))
+
+
 @dataclass
 class UserDoc:
-    """One user's serving state, as stored in MongoDB."""
+    """One user's serving state, as stored in MongoDB.
+
+    ``recent`` is the user's one history: the last events (item, type), newest last,
+    owned by the worker (:class:`streams.state.UserState` appends to it). Everything else
+    that needs a user's past derives from it: the API's seen/recent filter
+    (:attr:`history`) and the model's recent-history ring, which the worker reloads from
+    it whenever the two disagree (:meth:`models.base.Recommender.sync_histories`).
+    """
 
     user_id: str
     vector: list[float]
     model_version: str
-    history: list[str] = field(default_factory=list)
+    recent: list[RecentEvent] = field(default_factory=list)
     n_events: int = 0
     last_event_ms: int = 0
     updated_at: dt.datetime | None = None
@@ -300,11 +334,17 @@ class UserDoc:
     #: ``t`` is their blend by the session gate (:mod:`common.session_query`).
     long_vector: list[float] = field(default_factory=list)
 
+    @property
+    def history(self) -> list[str]:
+        """The recently seen items the API filters out: :attr:`recent`'s items, each
+        once, newest last."""
+        return distinct_items(self.recent)
+
     def to_mongo(self) -> dict[str, Any]:
         return {
             "vector": self.vector, "long_vector": self.long_vector,
             "model_version": self.model_version,
-            "history": self.history, "n_events": self.n_events,
+            "recent": self.recent, "n_events": self.n_events,
             "last_event_ms": self.last_event_ms,
             "updated_at": self.updated_at or dt.datetime.now(dt.UTC),
             "watermark": self.watermark, "event_ids": self.event_ids,
@@ -312,11 +352,22 @@ class UserDoc:
 
     @classmethod
     def from_mongo(cls, doc: Mapping[str, Any]) -> UserDoc:
+        """The document as stored; one written before ``recent`` existed keeps its
+        ``history`` items, as events of type :data:`LEGACY_EVENT_TYPE`.
+
+        >>> UserDoc.from_mongo({"_id": "u", "history": ["a", "b"]}).recent
+        [('a', 'click'), ('b', 'click')]
+        """
+        raw = doc.get("recent")
+        if raw is None:
+            recent = [(str(i), LEGACY_EVENT_TYPE) for i in doc.get("history") or []]
+        else:
+            recent = [(str(i), str(e)) for i, e in raw]
         return cls(
             user_id=str(doc["_id"]), vector=list(doc.get("vector") or []),
             long_vector=list(doc.get("long_vector") or []),
             model_version=str(doc.get("model_version", "")),
-            history=list(doc.get("history") or []), n_events=int(doc.get("n_events", 0)),
+            recent=recent, n_events=int(doc.get("n_events", 0)),
             last_event_ms=int(doc.get("last_event_ms", 0)), updated_at=doc.get("updated_at"),
             watermark=doc.get("watermark"), event_ids=list(doc.get("event_ids") or []),
         )

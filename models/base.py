@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from common.errors import BadEvent, UnknownItem, UnknownUser
-from models.events import DEFAULT_EVENT_WEIGHTS, EventBatch
+from models.events import DEFAULT_EVENT_WEIGHTS, EventBatch, type_codes, type_names
 from models.history import NO_TS, HistoryContext, RecentHistory, SeenItems
 from models.ids import IdMap
 
@@ -124,7 +124,7 @@ class Recommender(ABC):
             loss = self._learn(users, items, torch.from_numpy(weights))
         # offline epochs in context revisit the log in random order: nothing to count
         # about what followed what (``reset_history`` recounts it in time order)
-        self._record(users, items, weights, batch.ts_ms, sequence=context is None)
+        self._record(users, items, weights, batch, sequence=context is None)
         return loss
 
     def observe(self, batch: EventBatch) -> None:
@@ -133,7 +133,7 @@ class Recommender(ABC):
             return
         weights = self.event_weights_of(batch)
         users, items = self._register(batch)
-        self._record(users, items, weights, batch.ts_ms)
+        self._record(users, items, weights, batch)
 
     def register(self, users: Sequence[str] = (), items: Sequence[str] = ()) -> None:
         """Give rows to ids ahead of their first event (bulk loads, benchmarks)."""
@@ -167,10 +167,11 @@ class Recommender(ABC):
         self._resize_tables(len(self.user_ids), len(self.item_ids))
 
     def _record(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
-                ts_ms: np.ndarray, sequence: bool = True) -> None:
+                batch: EventBatch, sequence: bool = True) -> None:
+        ts_ms = batch.ts_ms
         if sequence:
             self._observe_sequence(users, items, weights, ts_ms)
-        self.history.append(users, items, weights, ts_ms)
+        self.history.append(users, items, weights, ts_ms, type_codes(batch.events))
         if self.track_seen:
             self.seen.add(users, items)
         self._count(items, weights)
@@ -378,10 +379,49 @@ class Recommender(ABC):
 
     def recent_history(self, user: str) -> list[str]:
         """The user's most recent item ids, oldest first (``[]`` for unknown users)."""
+        return [item for item, _ in self.recent_events(user)]
+
+    def recent_events(self, user: str) -> list[tuple[str, str]]:
+        """The user's most recent ``(item id, event type)``, oldest first (``[]`` for
+        unknown users): what a published user document starts its history with."""
         rows = self.user_ids.lookup([user])
         if rows[0] < 0:
             return []
-        return self.item_ids.ids_of(self.history.of(int(rows[0])).tolist())
+        row = int(rows[0])
+        items = self.item_ids.ids_of(self.history.of(row).tolist())
+        return list(zip(items, type_names(self.history.types_of(row).tolist()), strict=True))
+
+    def sync_histories(self, users: Sequence[str], versions: Sequence[int],
+                       recents: Sequence[Sequence[tuple[str, str]]],
+                       last_event_ms: Sequence[int]) -> int:
+        """Make each user's recent-history ring hold what their stored history holds.
+
+        Why: the user document's ``recent`` events are the one history of a user
+        (:class:`common.stores.UserDoc`), and the ring is the model's working copy. A
+        ring row reflecting the same ``version`` (the document's ``n_events``) holds
+        the same events and is left alone, so the live path costs one comparison per
+        user; any other row is reloaded from ``recents`` (newest last; items the model
+        does not know are left out) and tied to its version. The worker calls this
+        before every batch it learns from. Returns the number of rows reloaded.
+        """
+        if not len(users):
+            return 0
+        rows = self.user_ids.add(users)
+        self._resize()
+        stale = np.flatnonzero(self.history.version[rows] != np.asarray(versions))
+        for j in stale.tolist():
+            recent = recents[j][-self.history.size:] if self.history.size else []
+            # an item the model lost (a checkpoint older than its first event) gets its
+            # row back, as at a first event: the ring holds exactly what is stored
+            items = (self.item_ids.add([i for i, _ in recent]) if recent
+                     else np.zeros(0, np.int64))
+            self._resize()
+            weights = np.array([self.event_weights.get(e, 1.0) for _, e in recent],
+                               dtype=np.float32)
+            last = int(last_event_ms[j])
+            self.history.load(int(rows[j]), items, weights, type_codes([e for _, e in recent]),
+                              last if last > 0 else NO_TS, int(versions[j]))
+        return len(stale)
 
     def reset_history(self, batch: EventBatch) -> None:
         """Rebuild recent histories from a time-ordered log (after epochs in random order).
@@ -390,7 +430,7 @@ class Recommender(ABC):
         self.history.clear()
         weights = self.event_weights_of(batch)
         self.history.append(self.user_ids.add(batch.users), self.item_ids.add(batch.items),
-                            weights, batch.ts_ms)
+                            weights, batch.ts_ms, type_codes(batch.events))
 
     # --- sparse part of the query (hybrid models) -------------------------------------
     def user_sparse_vectors(self, users: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
@@ -418,8 +458,10 @@ class Recommender(ABC):
         n = len(self.user_ids)
         return {"history.buf": self.history.buf[:n].copy(),
                 "history.weight": self.history.wbuf[:n].copy(),
+                "history.type": self.history.tbuf[:n].copy(),
                 "history.count": self.history.count[:n].copy(),
                 "history.last_ts": self.history.last_ts[:n].copy(),
+                "history.version": self.history.version[:n].copy(),
                 "seen.users": seen_u, "seen.items": seen_i}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -432,6 +474,10 @@ class Recommender(ABC):
         # checkpoints written before event-type weights were kept: every event weighs 1
         self.history.wbuf[:n] = arrays.get("history.weight", np.ones_like(buf, np.float32))
         self.history.count[:n] = arrays["history.count"]
+        # checkpoints written before event types and versions were kept: types unknown,
+        # rows tied to no stored history (the worker reloads each one on first use)
+        self.history.tbuf[:n] = arrays.get("history.type", np.full_like(buf, -1, np.int8))
+        self.history.version[:n] = arrays.get("history.version", np.full(n, -1, np.int64))
         # checkpoints written before event times were kept: no session is under way
         self.history.last_ts[:n] = arrays.get("history.last_ts",
                                               np.full(n, NO_TS, np.int64))

@@ -32,6 +32,32 @@ DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = {
 }
 
 
+#: Type code of an event type not in :data:`EVENT_TYPES` (kept in recent-history rings).
+UNKNOWN_TYPE = -1
+
+
+def type_codes(events: np.ndarray | list[str]) -> np.ndarray:
+    """``int8`` index of each event type in :data:`EVENT_TYPES` (:data:`UNKNOWN_TYPE` if
+    not one): how a recent-history ring keeps the types of its events.
+
+    >>> type_codes(["click", "purchase", "nope"]).tolist()
+    [1, 3, -1]
+    """
+    names = np.asarray(EVENT_TYPES)
+    order = np.argsort(names)
+    events = np.asarray(events, dtype=str)
+    at = np.searchsorted(names[order], events).clip(max=len(names) - 1)
+    codes = order[at].astype(np.int8)
+    codes[names[codes] != events] = UNKNOWN_TYPE
+    return codes
+
+
+def type_names(codes: np.ndarray | list[int]) -> list[str]:
+    """Inverse of :func:`type_codes` (``"click"`` for an unknown code: the default
+    event of a producer)."""
+    return [EVENT_TYPES[c] if 0 <= c < len(EVENT_TYPES) else "click" for c in codes]
+
+
 @dataclass(frozen=True)
 class EventBatch:
     """Positive events, row ``i`` is one event (``user`` did ``event`` on ``item``).

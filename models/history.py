@@ -3,6 +3,13 @@
 The two-tower user tower reads the recent history; every model uses the seen sets to
 exclude already-consumed items from recommendations. The ring buffer is one int32
 array, so a million users cost ``4 × size`` MB and an append is vectorised per batch.
+
+In the streaming worker the ring is not the owner of a user's history: the user
+document's ``recent`` events are (:class:`common.stores.UserDoc`). Each ring row keeps
+the ``version`` (the document's event count ``n_events``) it reflects, and the worker
+reloads a row from the document whenever the two differ (after a restart from an older
+checkpoint, a retried batch, a document written behind the checkpoint), so the model
+never learns from a history the document does not hold.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models import kernels
+from models.events import UNKNOWN_TYPE
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,14 @@ class RecentHistory:
         self.buf = np.full((max(1, capacity), size), -1, dtype=np.int32)
         #: event weight (by type: a purchase counts more than a view) of each slot
         self.wbuf = np.ones((max(1, capacity), size), dtype=np.float32)
+        #: event type code of each slot (:func:`models.events.type_codes`)
+        self.tbuf = np.full((max(1, capacity), size), UNKNOWN_TYPE, dtype=np.int8)
         self.count = np.zeros(max(1, capacity), dtype=np.int64)
         #: event time (epoch ms) of each user's latest event, :data:`NO_TS` if none
         self.last_ts = np.full(max(1, capacity), NO_TS, dtype=np.int64)
+        #: the stored history's event count each row reflects (-1: not tied to one);
+        #: every appended event adds one to a tied row
+        self.version = np.full(max(1, capacity), -1, dtype=np.int64)
         self.n_rows = 0
 
     def resize(self, n_rows: int) -> None:
@@ -78,39 +91,81 @@ class RecentHistory:
             buf[: self.n_rows] = self.buf[: self.n_rows]
             wbuf = np.ones((new_cap, self.size), dtype=np.float32)
             wbuf[: self.n_rows] = self.wbuf[: self.n_rows]
+            tbuf = np.full((new_cap, self.size), UNKNOWN_TYPE, dtype=np.int8)
+            tbuf[: self.n_rows] = self.tbuf[: self.n_rows]
             count = np.zeros(new_cap, dtype=np.int64)
             count[: self.n_rows] = self.count[: self.n_rows]
             last_ts = np.full(new_cap, NO_TS, dtype=np.int64)
             last_ts[: self.n_rows] = self.last_ts[: self.n_rows]
-            self.buf, self.wbuf, self.count, self.last_ts = buf, wbuf, count, last_ts
+            version = np.full(new_cap, -1, dtype=np.int64)
+            version[: self.n_rows] = self.version[: self.n_rows]
+            self.buf, self.wbuf, self.tbuf = buf, wbuf, tbuf
+            self.count, self.last_ts, self.version = count, last_ts, version
         self.n_rows = n_rows
 
     def append(self, users: np.ndarray, items: np.ndarray,
-               weights: np.ndarray | None = None, ts_ms: np.ndarray | None = None) -> None:
+               weights: np.ndarray | None = None, ts_ms: np.ndarray | None = None,
+               types: np.ndarray | None = None) -> None:
         """Record events in order; several events of one user in a batch keep their order.
 
         ``weights`` are the events' type weights (1 if ``None``): session-aware queries
-        weight a recent purchase above a recent view. ``ts_ms`` (event times) move each
-        user's :attr:`last_ts` forward (never back: a late event is not a new session).
+        weight a recent purchase above a recent view; ``types`` their type codes. ``ts_ms``
+        (event times) move each user's :attr:`last_ts` forward (never back: a late
+        event is not a new session). A row tied to a stored history (:attr:`version`)
+        counts the events.
         """
         if len(users) == 0:
             return
+        users = np.asarray(users, dtype=np.int64)
+        tied = users[self.version[users] >= 0]
+        if len(tied):
+            np.add.at(self.version, tied, 1)
         if ts_ms is not None:
-            np.maximum.at(self.last_ts, np.asarray(users, dtype=np.int64),
-                          np.asarray(ts_ms, dtype=np.int64))
+            np.maximum.at(self.last_ts, users, np.asarray(ts_ms, dtype=np.int64))
         if self.size == 0:
             return
         w = (np.ones(len(users), dtype=np.float32) if weights is None
              else np.asarray(weights, dtype=np.float32))
-        kernels.ring_append_weighted(self.buf, self.wbuf, self.count,
-                                     np.asarray(users, dtype=np.int64),
-                                     np.asarray(items, dtype=np.int32), w)
+        t = (np.full(len(users), UNKNOWN_TYPE, dtype=np.int8) if types is None
+             else np.asarray(types, dtype=np.int8))
+        kernels.ring_append_weighted(self.buf, self.wbuf, self.tbuf, self.count, users,
+                                     np.asarray(items, dtype=np.int32), w, t)
+
+    def load(self, user: int, items: np.ndarray, weights: np.ndarray, types: np.ndarray,
+             last_ts: int, version: int) -> None:
+        """Replace ``user``'s row by a stored history (oldest first; the newest ``size``
+        events are kept), its last event time and the ``version`` it reflects.
+
+        >>> h = RecentHistory(size=2)
+        >>> h.resize(1)
+        >>> h.load(0, np.array([4, 5, 6]), np.ones(3), np.zeros(3), 9, version=3)
+        >>> h.of(0).tolist(), int(h.version[0]), int(h.last_ts[0])
+        ([5, 6], 3, 9)
+        """
+        n = min(len(items), self.size)
+        self.buf[user] = -1
+        self.wbuf[user] = 1.0
+        self.tbuf[user] = UNKNOWN_TYPE
+        if n:
+            self.buf[user, :n] = np.asarray(items, dtype=np.int32)[-n:]
+            self.wbuf[user, :n] = np.asarray(weights, dtype=np.float32)[-n:]
+            self.tbuf[user, :n] = np.asarray(types, dtype=np.int8)[-n:]
+        self.count[user] = n
+        self.last_ts[user] = last_ts
+        self.version[user] = version
 
     def of(self, user: int) -> np.ndarray:
         """Item rows of ``user``, oldest first."""
+        return self._oldest_first(self.buf, user)
+
+    def types_of(self, user: int) -> np.ndarray:
+        """Event type codes of ``user``'s ring, aligned with :meth:`of`."""
+        return self._oldest_first(self.tbuf, user)
+
+    def _oldest_first(self, ring: np.ndarray, user: int) -> np.ndarray:
         n = int(min(self.count[user], self.size))
         start = int(self.count[user]) % self.size if self.count[user] > self.size else 0
-        row = self.buf[user]
+        row = ring[user]
         return np.concatenate([row[start:], row[:start]]) if n == self.size else row[:n].copy()
 
     def matrix(self, users: np.ndarray) -> np.ndarray:
@@ -175,8 +230,10 @@ class RecentHistory:
     def clear(self) -> None:
         self.buf[: self.n_rows] = -1
         self.wbuf[: self.n_rows] = 1.0
+        self.tbuf[: self.n_rows] = UNKNOWN_TYPE
         self.count[: self.n_rows] = 0
         self.last_ts[: self.n_rows] = NO_TS
+        self.version[: self.n_rows] = -1
 
 
 class SeenItems:

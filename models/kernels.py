@@ -314,12 +314,15 @@ def _bag_adagrad(weight: np.ndarray, accum: np.ndarray, bags: np.ndarray,
 
 # --- recent history ring buffer -------------------------------------------------------
 @_compiled
-def ring_append_weighted(buf: np.ndarray, wbuf: np.ndarray, count: np.ndarray,
-                         users: np.ndarray, items: np.ndarray, weights: np.ndarray) -> None:
-    """Append ``items[j]`` (and its event weight ``weights[j]``) to the ring of
-    ``users[j]``, in batch order."""
+def ring_append_weighted(buf: np.ndarray, wbuf: np.ndarray, tbuf: np.ndarray,
+                         count: np.ndarray, users: np.ndarray, items: np.ndarray,
+                         weights: np.ndarray, types: np.ndarray) -> None:
+    """Append ``items[j]`` (its event weight ``weights[j]`` and type code ``types[j]``)
+    to the ring of ``users[j]``, in batch order."""
     size = buf.shape[1]
-    if wbuf.shape[0] < buf.shape[0] or wbuf.shape[1] != size or len(weights) < len(users):
+    if (wbuf.shape[0] < buf.shape[0] or wbuf.shape[1] != size or tbuf.shape[0] < buf.shape[0]
+            or tbuf.shape[1] != size or len(weights) < len(users) or len(types) < len(users)
+            or len(items) < len(users)):
         raise IndexError("ring_append_weighted: shapes do not match")
     for j in range(len(users)):
         u = users[j]
@@ -328,6 +331,7 @@ def ring_append_weighted(buf: np.ndarray, wbuf: np.ndarray, count: np.ndarray,
         s = count[u] % size
         buf[u, s] = items[j]
         wbuf[u, s] = weights[j]
+        tbuf[u, s] = types[j]
         count[u] += 1
 
 
@@ -569,8 +573,8 @@ def warm_up() -> float:
                 rows.reshape(3, 1), np.ones((3, 1), np.float32), np.ones((3, 4), np.float32),
                 np.ones(3, np.float32), 0.1, 1.0, 1e-8)
     ring_append_weighted(np.zeros((2, 2), np.int32), np.zeros((2, 2), np.float32),
-                         np.zeros(2, np.int64), rows, np.zeros(3, np.int32),
-                         np.ones(3, np.float32))
+                         np.zeros((2, 2), np.int8), np.zeros(2, np.int64), rows,
+                         np.zeros(3, np.int32), np.ones(3, np.float32), np.zeros(3, np.int8))
     ring_contexts(2, 2, rows, np.zeros(3, np.int32), np.ones(3, np.float32))
     mask_hits(np.zeros((3, 3), np.float32), rows, rows)
     pooled_rows(np.zeros((2, 4), np.float32), rows, np.zeros((2, 4), np.float32),

@@ -118,6 +118,10 @@ METRICS: tuple[Metric, ...] = (
            "Users added to the model's tables (table growth).", _W),
     Metric("worker", "model.new_items", COUNTER,
            "Items added to the model's tables (table growth).", _W),
+    Metric("worker", "model.history_reloads", COUNTER,
+           "Users whose model recent-history ring was reloaded from their stored history "
+           "(it reflected another version: first touch after a restart, a retried batch, "
+           "a new user). Steady growth outside those means the two are drifting.", _W),
     Metric("worker", "latency.click_to_vector_ms", TIMER,
            "Freshness: click published on Kafka → the user's new query vector and history "
            "in the hot state the API reads (Redis), one sample per applied event.", _W),
@@ -185,6 +189,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("api", "user_state.stored", COUNTER,
            "User states served from the MongoDB document (no hot state, an older one, or "
            "Redis unavailable).", _API),
+    Metric("api", "user_state.undecodable", COUNTER,
+           "Hot records that did not decode (written by an older worker version, until "
+           "their TTL ends them): the MongoDB document answered.", _API),
     Metric("api", "user_cache.hit", COUNTER, "User-document cache hits.", _API),
     Metric("api", "user_cache.miss", COUNTER, "User-document cache misses.", _API),
     # --- FAISS service ------------------------------------------------------------------

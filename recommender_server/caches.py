@@ -47,8 +47,11 @@ from recommender_server.ports import AsyncRedis, Document, Metadata, UsersCollec
 log = logging.getLogger(__name__)
 
 #: Fields the API needs from a user document (reads fetch only these; ``n_events`` is
-#: the version compared with the hot state's).
-USER_FIELDS = {"vector": 1, "model_version": 1, "history": 1, "n_events": 1}
+#: the version compared with the hot state's; ``long_vector`` and ``last_event_ms`` blend
+#: a session-aware query; ``history`` is the item list of documents written before
+#: ``recent`` existed).
+USER_FIELDS = {"vector": 1, "long_vector": 1, "last_event_ms": 1, "model_version": 1,
+               "recent": 1, "history": 1, "n_events": 1}
 #: How many popular items are kept in process (enough to fill k after exclusions).
 POPULAR_DEPTH = 1000
 
@@ -62,8 +65,9 @@ def entry_bytes(user_id: str, doc: UserDoc | None) -> int:
     size = 120 + len(user_id)  # key, tuple, trust time
     if doc is not None:
         size += 400 + len(doc.model_version)  # the dataclass and its small fields
-        size += 56 + 32 * len(doc.vector)  # list of float objects
-        size += 56 + sum(57 + len(h) for h in doc.history)  # list of str objects
+        size += 112 + 32 * (len(doc.vector) + len(doc.long_vector))  # lists of floats
+        # list of (item, type) tuples of str objects
+        size += 56 + sum(64 + 114 + len(i) + len(e) for i, e in doc.recent)
     return size
 
 

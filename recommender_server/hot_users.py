@@ -20,7 +20,9 @@ class HotUserReader:
     a session-aware query is blended by (:mod:`common.session_query`).
 
     Redis errors propagate: the caller guards the read with its Redis breaker and falls
-    back to the MongoDB document (and the last clock read).
+    back to the MongoDB document (and the last clock read). So does
+    ``msgspec.DecodeError`` for a record that is not one (written by an older worker,
+    until its TTL ends it): the caller serves the MongoDB document.
     """
 
     def __init__(self, redis: AsyncRedis, keys: RedisKeys) -> None:

@@ -29,7 +29,7 @@ popular list / unavailable set read stays in use, metadata is left out.
 statsd names (prefix ``{statsd_prefix}.api``), counters aggregated in process and sent
 at most every ``metrics_flush_s``: ``fallback.<reason>``,
 ``dependency_errors.<mongo|redis|faiss>``, ``source.<personalized|popular>``,
-``user_state.<hot|stored>``, ``user_cache.hit|miss``, plus the per-request
+``user_state.<hot|stored|undecodable>``, ``user_cache.hit|miss``, plus the per-request
 ``requests.<resource>.<method>.<status>`` / ``latency.<resource>.<method>`` from
 :mod:`common.http_metrics`.
 """
@@ -42,6 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
+import msgspec
 import pymongo.errors
 import redis
 
@@ -235,6 +236,10 @@ class RecommendationService:
         except REDIS_ERRORS as exc:
             self._dep_error("redis", exc)
             degraded.append("redis")
+            return None
+        except msgspec.DecodeError as exc:  # not a record of this version: MongoDB answers
+            self._incr("user_state.undecodable")
+            log.warning("hot record of user %r does not decode: %s", user_id, exc)
             return None
 
     async def _stored(self, user_id: str, degraded: list[str],

@@ -63,6 +63,7 @@ import numpy as np
 
 from common.events import interaction_json, item_json
 from common.settings import Settings
+from common.stores import UserDoc
 from datasets import movielens
 from datasets.types import Interactions
 from devstack.drills.system import http_get
@@ -217,9 +218,10 @@ def _recs(world: DrillWorld, user: str) -> list[str]:
 
 
 def _history(world: DrillWorld, user: str) -> set[str]:
+    """The items of the user's stored history (what the API filters out)."""
     doc = world.mongo[world.settings.mongo_db]["users"].find_one({"_id": user},
-                                                                 {"history": 1})
-    return set((doc or {}).get("history") or [])
+                                                                 {"recent": 1, "history": 1})
+    return set(UserDoc.from_mongo(doc).history) if doc else set()
 
 
 def click_samples(world: DrillWorld, producer: SyncProducer, pairs: list[tuple[str, str]],

@@ -169,7 +169,7 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     import requests
 
     from common.clients import mongo_client, redis_client
-    from common.stores import ItemCache, UserDoc, UserStore
+    from common.stores import ItemCache, UserDoc, UserStore, as_clicks
     from devstack.stack import StackManager
     from faiss_server.client import FaissClient
 
@@ -199,7 +199,8 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     t0 = time.perf_counter()
     for start in range(0, n_users, 1000):
         store.upsert_many([UserDoc(f"user{u}", user_vectors[u].tolist(), "bench",
-                                   history=[item_ids[j] for j in rng.integers(0, n_items, 20)])
+                                   recent=as_clicks(item_ids[j]
+                                                    for j in rng.integers(0, n_items, 20)))
                            for u in range(start, min(n_users, start + 1000))])
     seed_s = time.perf_counter() - t0
 

@@ -46,7 +46,7 @@ def publish_users(model: Recommender, users: UserStore, history_size: int,
             long_term, fresh, last = model.user_vector_parts(part)
             session = model.session_half_life_s > 0
             docs = [UserDoc(u, fresh[j].tolist(), model.version,
-                            history=model.recent_history(u)[-history_size:],
+                            recent=model.recent_events(u)[-history_size:],
                             last_event_ms=max(int(last[j]), 0),
                             long_vector=long_term[j].tolist() if session else [])
                     for j, u in enumerate(part)]

@@ -43,7 +43,9 @@ def load_model(settings: Settings) -> Recommender:
         return model
     cls = model_classes()[settings.worker_model]
     log.info("no checkpoint found: starting a fresh %s model", settings.worker_model)
-    return cls(history_size=settings.worker_history_size)
+    # the model's ring keeps its own (tuned) length: the stored history
+    # (``worker_history_size``) must only be at least as long, as it is loaded from it
+    return cls()
 
 
 def model_dim(settings: Settings) -> int:

@@ -60,6 +60,8 @@ class BatchResult:
     #: The batch's number in the durable writer: its offsets may be committed once
     #: ``InteractionPipeline.durable(durable_seq)`` is done (0: nothing to wait for).
     durable_seq: int = 0
+    #: Users whose model history ring was reloaded from their document (it disagreed).
+    history_reloads: int = 0
 
     def merge(self, other: BatchResult) -> None:
         """Add ``other``'s counts (after ``process_reliably`` split a batch)."""
@@ -68,6 +70,7 @@ class BatchResult:
         self.dead_letters.extend(other.dead_letters)
         self.users_written += other.users_written
         self.stale += other.stale
+        self.history_reloads += other.history_reloads
         self.click_to_vector_s.extend(other.click_to_vector_s)
         self.durable_seq = max(self.durable_seq, other.durable_seq)
 
@@ -108,6 +111,11 @@ class InteractionPipeline:
                  durable_users: DurableUsers | None = None,
                  hot_state_ttl_s: float | None = None) -> None:
         defaults = Settings()
+        if history_size < holder.model.history_size:
+            raise ValueError(
+                f"the users' stored history ({history_size} events) must hold the model's "
+                f"recent-history ring ({holder.model.history_size}): the ring is loaded "
+                "from it")
         self.holder = holder
         self.users = users
         self.user_writes = user_writes or UserWriter(
@@ -172,6 +180,8 @@ class InteractionPipeline:
         fresh: list[tuple[Interaction, RawMessage]] = []
         pop_events: list[tuple[str, float, int]] = []
         weights = self.holder.model.event_weights
+        ring = self.holder.model.history_size
+        before: dict[str, Prior] = {}  # each applied user's history before this batch
         for ev, msg in parsed:
             state = self.states[ev.user_id]
             epoch = self.epochs.epoch(msg.partition)
@@ -189,6 +199,10 @@ class InteractionPipeline:
             if redelivered or seen is Seen.DUPLICATE:
                 result.skipped_duplicates += 1
                 continue
+            if ev.user_id not in before:
+                doc = state.doc
+                before[ev.user_id] = Prior(doc.n_events, doc.recent[-ring:] if ring else [],
+                                           doc.last_event_ms)
             state.apply(ev, msg.partition, msg.offset, epoch)
             fresh.append((ev, msg))
         result.applied = len(fresh)
@@ -203,8 +217,10 @@ class InteractionPipeline:
                 ts_ms=np.array([ev.ts for ev, _ in fresh], dtype=np.int64),
             )
             t0 = time.perf_counter()
-            out = await self.holder.run(_learn_and_export, batch, dirty)
+            out = await self.holder.run(_learn_and_export, batch, dirty,
+                                        [before[u] for u in dirty])
             result.loss, clock = out.loss, out.clock
+            result.history_reloads = out.reloads
             result.learn_s = time.perf_counter() - t0
             docs = [self.states[u].doc for u in dirty]
             for j, doc in enumerate(docs):
@@ -286,6 +302,8 @@ class InteractionPipeline:
         pipe.incr("events.applied", r.applied)
         if r.skipped_duplicates:
             pipe.incr("events.duplicates", r.skipped_duplicates)
+        if r.history_reloads:
+            pipe.incr("model.history_reloads", r.history_reloads)
         pipe.gauge("batch.size", n)
         pipe.timing("batch.learn_ms", r.learn_s * 1000)
         pipe.timing("batch.write_ms", r.write_s * 1000)
@@ -369,6 +387,16 @@ async def _retry_transient(pipeline: Pipeline,
             raise
 
 
+@dataclass(frozen=True)
+class Prior:
+    """A user's stored history as it was before a batch: what the model's ring must
+    hold before it learns the batch's events (:meth:`Recommender.sync_histories`)."""
+
+    n_events: int
+    recent: list[tuple[str, str]]
+    last_event_ms: int
+
+
 @dataclass
 class Exported:
     """What one learnt batch hands to serving: per user the query right at their last
@@ -380,9 +408,16 @@ class Exported:
     long_term: np.ndarray | None
     version: str
     clock: StreamClock
+    reloads: int = 0
 
 
-def _learn_and_export(model: Recommender, batch: EventBatch, users: list[str]) -> Exported:
+def _learn_and_export(model: Recommender, batch: EventBatch, users: list[str],
+                      prior: list[Prior]) -> Exported:
+    # The document owns the history: first make the rings hold it (a no-op unless they
+    # disagree: a restart from an older checkpoint, a retried batch)
+    reloads = model.sync_histories(users, [p.n_events for p in prior],
+                                   [p.recent for p in prior],
+                                   [p.last_event_ms for p in prior])
     loss = model.learn_many(batch)
     # TODO(issue 11): a model whose ``user_sparse_vectors`` returns non-empty lists (the
     # hybrid's co-occurrence part) needs that sparse query in the hot record and in the
@@ -390,9 +425,9 @@ def _learn_and_export(model: Recommender, batch: EventBatch, users: list[str]) -
     half_life = float(model.session_half_life_s)
     clock = StreamClock(model.clock_ms(), int(time.time() * 1000), half_life)
     if half_life <= 0:
-        return Exported(loss, model.user_vectors(users), None, model.version, clock)
+        return Exported(loss, model.user_vectors(users), None, model.version, clock, reloads)
     long_term, fresh, _ = model.user_vector_parts(users)
-    return Exported(loss, fresh, long_term, model.version, clock)
+    return Exported(loss, fresh, long_term, model.version, clock, reloads)
 
 
 class ItemPipeline:

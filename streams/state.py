@@ -55,6 +55,7 @@ class UserState:
 
     @property
     def history(self) -> list[str]:
+        """The items the API filters out (derived from the recent events)."""
         return self.doc.history
 
     @property
@@ -85,12 +86,11 @@ class UserState:
         return Seen.NEW
 
     def apply(self, event: Interaction, partition: int, offset: int, epoch: int = 0) -> None:
-        """Record the event: bounded, de-duplicated history (newest last) and counters."""
+        """Record the event: the user's recent events (the last ``history_size``,
+        newest last; the one history everything else derives from) and counters."""
         doc = self.doc
-        if event.item_id in doc.history:
-            doc.history.remove(event.item_id)
-        doc.history.append(event.item_id)
-        del doc.history[:-self.history_size]
+        doc.recent.append((event.item_id, event.event))
+        del doc.recent[:-self.history_size]
         doc.n_events += 1
         doc.last_event_ms = max(doc.last_event_ms, int(event.ts))
         doc.watermark = {"p": partition, "o": offset, "e": epoch}

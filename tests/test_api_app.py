@@ -18,7 +18,7 @@ from common import hot_users
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from common.session_query import StreamClock
 from common.settings import Settings
-from common.stores import RedisKeys, UserDoc
+from common.stores import RedisKeys, UserDoc, as_clicks
 from faiss_server.protocol import FaissRequestError, SearchResult, SimilarResult
 from recommender_server.app import create_app
 from recommender_server.batching import SearchBatcher
@@ -32,7 +32,7 @@ POPULAR = [(f"p{i}", 100.0 - i) for i in range(30)]
 
 class FakeUsers:
     def __init__(self) -> None:
-        self.docs = {"u1": UserDoc("u1", [1.0, 0.0], "m7", history=["a", "seen"])}
+        self.docs = {"u1": UserDoc("u1", [1.0, 0.0], "m7", recent=as_clicks(["a", "seen"]))}
         self.fail: Exception | None = None
         self.calls = 0
 
@@ -480,9 +480,9 @@ def served(fakes: Any, out: dict[str, Any]) -> tuple[str, list[str]]:
 def test_the_higher_version_of_hot_state_and_document_is_served(hot_n, stored_n,
                                                                 winner) -> None:
     fakes = (CachedUsers(), FakeRedis(), FakeFaiss())
-    fakes[0].docs["u1"] = UserDoc("u1", [1.0, 0.0], "m-stored", history=["a", "seen"],
+    fakes[0].docs["u1"] = UserDoc("u1", [1.0, 0.0], "m-stored", recent=as_clicks(["a", "seen"]),
                                   n_events=stored_n)
-    put_hot(fakes[1], UserDoc("u1", [0.0, 1.0], "m-hot", history=["a", "seen", "new"],
+    put_hot(fakes[1], UserDoc("u1", [0.0, 1.0], "m-hot", recent=as_clicks(["a", "seen", "new"]),
                               n_events=hot_n))
     out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0))
     assert out["source"] == "personalized" and out["fallback_reason"] is None
@@ -493,7 +493,7 @@ def test_the_higher_version_of_hot_state_and_document_is_served(hot_n, stored_n,
 
 def test_a_click_of_a_user_mongodb_does_not_know_yet_is_served_from_the_hot_state(
         fakes) -> None:
-    put_hot(fakes[1], UserDoc("fresh", [1.0, 0.0], "m-hot", history=["c0"], n_events=1))
+    put_hot(fakes[1], UserDoc("fresh", [1.0, 0.0], "m-hot", recent=as_clicks(["c0"]), n_events=1))
     out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0), user="fresh")
     assert out["source"] == "personalized" and out["fallback_reason"] is None
     assert "c0" not in {i["id"] for i in out["items"]}  # the click is in the seen filter
@@ -502,16 +502,26 @@ def test_a_click_of_a_user_mongodb_does_not_know_yet_is_served_from_the_hot_stat
 
 def test_mongodb_down_does_not_matter_to_a_user_with_hot_state(fakes) -> None:
     fakes[0].fail = pymongo.errors.ServerSelectionTimeoutError("x")
-    put_hot(fakes[1], UserDoc("u1", [1.0, 0.0], "m-hot", history=["a"], n_events=3))
+    put_hot(fakes[1], UserDoc("u1", [1.0, 0.0], "m-hot", recent=as_clicks(["a"]), n_events=3))
     out = rec(make_client(fakes, hot=True))
     assert out["source"] == "personalized" and "degraded" not in out
 
 
 def test_redis_down_falls_back_to_the_document_and_says_degraded(fakes) -> None:
-    put_hot(fakes[1], UserDoc("u1", [0.0, 1.0], "m-hot", history=["x"], n_events=9))
+    put_hot(fakes[1], UserDoc("u1", [0.0, 1.0], "m-hot", recent=as_clicks(["x"]), n_events=9))
     fakes[1].fail = True
     out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0))
     assert out["source"] == "personalized" and out["degraded"] == ["redis"]
+    assert served(fakes, out) == ("m7", ["a", "seen"])
+
+
+def test_a_hot_record_of_an_older_worker_is_ignored_and_the_document_served(fakes) -> None:
+    """Records written before ``recent`` held (item, type) pairs held item ids only; until
+    their TTL ends them the API serves the MongoDB document instead of failing."""
+    old = msgspec.json.encode([9, 0, "m-old", "", ["x"], ""]).decode()
+    fakes[1].hot[RedisKeys("t:").user_state("u1")] = old
+    out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0))
+    assert out["source"] == "personalized" and "degraded" not in out
     assert served(fakes, out) == ("m7", ["a", "seen"])
 
 
@@ -522,7 +532,7 @@ def test_a_session_aware_query_is_blended_by_the_stream_clock(fakes, away_s, exp
     ([0, 1]); the API serves their blend by the session gate at the worker's stream
     clock (30-minute half-life: half-way after 30 minutes), or the last query when no
     clock is known yet (``away_s`` None)."""
-    put_hot(fakes[1], UserDoc("u1", [1.0, 0.0], "m-hot", history=["a"], n_events=3,
+    put_hot(fakes[1], UserDoc("u1", [1.0, 0.0], "m-hot", recent=as_clicks(["a"]), n_events=3,
                               last_event_ms=1_000, long_vector=[0.0, 1.0]))
     if away_s is not None:
         clock = StreamClock(1_000 + int(away_s * 1000), int(time.time() * 1000), 1800.0)

@@ -17,7 +17,7 @@ import requests
 
 from common.clients import mongo_client, redis_client
 from common.settings import Settings
-from common.stores import ItemCache, UserDoc, UserStore
+from common.stores import ItemCache, UserDoc, UserStore, as_clicks
 from devstack.processes import ServiceProcess, free_port
 from faiss_server.client import FaissClient
 from tests.test_faiss_process import fuzz_openapi
@@ -54,7 +54,8 @@ def world(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     item_ids = [f"it{i}" for i in range(N_ITEMS)]
     vectors = rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)
     users = {f"user{u}": UserDoc(f"user{u}", rng.normal(size=DIM).tolist(), "model-1",
-                                 history=[f"it{j}" for j in rng.choice(N_ITEMS, 5, False)])
+                                 recent=as_clicks(f"it{j}"
+                                                  for j in rng.choice(N_ITEMS, 5, False)))
              for u in range(N_USERS)}
     unavailable = {"it1", "it2", "it3"}
     r = redis_client(settings)
@@ -140,7 +141,8 @@ def test_new_user_vector_written_to_mongo_shows_up_in_recommendations(world: Wor
     doc = world.users["user7"]
     before = world.get("/v1/recommendations", user_id="user7", k=10).json()
     assert before["model_version"] == "model-1"  # now cached in the API worker
-    new = UserDoc("user7", [-x for x in doc.vector], "model-2", history=doc.history + ["it0"])
+    new = UserDoc("user7", [-x for x in doc.vector], "model-2",
+                  recent=doc.recent + as_clicks(["it0"]))
     store.upsert_many([new])
     out = poll(world, "user7", lambda o: o["model_version"] == "model-2")
     assert out["model_version"] == "model-2" and out["source"] == "personalized"

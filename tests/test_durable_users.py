@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from common.stores import UserDoc
+from common.stores import UserDoc, as_clicks
 from streams.durable_users import DurableUsers
 
 
@@ -58,7 +58,7 @@ class HeldWriter:
 
 
 def doc(user: str, n: int) -> UserDoc:
-    return UserDoc(user, [float(n)], "m", history=[f"i{n}"], n_events=n,
+    return UserDoc(user, [float(n)], "m", recent=as_clicks([f"i{n}"]), n_events=n,
                    watermark={"p": 0, "o": n, "e": 0})
 
 
@@ -154,11 +154,11 @@ def test_submitted_documents_are_copies_and_latest_gives_the_pending_version() -
         held, durable = writer_and_durable()
         mine = doc("a", 1)
         await durable.submit([mine])
-        mine.history.append("later")
+        mine.recent.append(("later", "click"))
         mine.n_events = 99
         pending = durable.latest("a")
         assert pending is not None and pending.history == ["i1"] and pending.n_events == 1
-        pending.history.append("x")  # a copy again: the pending version is untouched
+        pending.recent.append(("x", "view"))  # a copy again: the pending version is untouched
         assert durable.latest("a").history == ["i1"]  # type: ignore[union-attr]
         held.allow()
         await durable.drain()
@@ -222,7 +222,7 @@ def test_a_snapshot_copies_every_field_of_the_document() -> None:
 
     from streams.durable_users import snapshot
 
-    doc = UserDoc("u", [1.0], "v", history=["a"], n_events=2, last_event_ms=3,
+    doc = UserDoc("u", [1.0], "v", recent=as_clicks(["a"]), n_events=2, last_event_ms=3,
                   watermark={"p": 0, "o": 1}, event_ids=[["e", "d"]], long_vector=[0.5])
     copy = snapshot(doc)
     for f in dataclasses.fields(UserDoc):

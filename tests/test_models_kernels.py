@@ -133,9 +133,10 @@ def test_kernels_refuse_rows_outside_the_tables() -> None:
                                 0.1, 1.0, 1e-8)
     with pytest.raises(IndexError, match="out of range"):
         kernels.ring_append_weighted(np.zeros((2, 3), np.int32),
-                                     np.zeros((2, 3), np.float32), np.zeros(2, np.int64),
-                                     np.array([0, -1]), np.array([5, 6], np.int32),
-                                     np.ones(2, np.float32))
+                                     np.zeros((2, 3), np.float32), np.zeros((2, 3), np.int8),
+                                     np.zeros(2, np.int64), np.array([0, -1]),
+                                     np.array([5, 6], np.int32), np.ones(2, np.float32),
+                                     np.zeros(2, np.int8))
 
 
 def _adagrad_args(**override: np.ndarray) -> dict[str, np.ndarray]:

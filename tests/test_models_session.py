@@ -132,6 +132,30 @@ def test_event_times_survive_a_checkpoint(tmp_path: Path) -> None:
                                   model.user_vectors(["u", "w"]))
 
 
+def test_a_ring_keeps_event_types_and_the_stored_version_it_reflects(tmp_path: Path) -> None:
+    """The ring gives back (item, type) as a document stores them; a row tied to a stored
+    history counts appended events; both survive a checkpoint."""
+    model = catalogue_model()
+    model.observe(EventBatch.of(["u"], ["a0"], event="view", ts_ms=MINUTE_MS))
+    model.observe(EventBatch.of(["u"], ["b1"], event="purchase", ts_ms=2 * MINUTE_MS))
+    assert model.recent_events("u") == [("a0", "view"), ("b1", "purchase")]
+    row = int(model.user_ids.lookup(["u"])[0])
+    assert model.history.version[row] == -1  # tied to no document yet
+    # a stored history of 4 events with one the model never saw: reloaded, then counted
+    assert model.sync_histories(["u"], [4], [[("a1", "click"), ("zz", "view"),
+                                              ("a2", "click"), ("b3", "rating")]],
+                                [5 * MINUTE_MS]) == 1
+    assert model.recent_events("u") == [("a1", "click"), ("zz", "view"), ("a2", "click"),
+                                        ("b3", "rating")]
+    assert model.history.last_ts[row] == 5 * MINUTE_MS
+    assert model.sync_histories(["u"], [4], [[]], [0]) == 0  # in step: left alone
+    model.observe(EventBatch.of(["u"], ["a3"], ts_ms=6 * MINUTE_MS))
+    assert model.history.version[row] == 5
+    restored = load_checkpoint(tmp_path, save_checkpoint(model, tmp_path))
+    assert restored.recent_events("u") == model.recent_events("u")
+    assert restored.history.version[row] == 5
+
+
 @pytest.mark.parametrize("bad", [{"session_dropout": 1.0}, {"session_half_life_s": -1.0},
                                  {"content_dims": 0, "content_weight": 1.0}])
 def test_bad_session_hyperparameters_are_refused(bad: dict[str, float]) -> None:

@@ -9,7 +9,7 @@ from aiokafka.structs import TopicPartition
 
 from common.kafka import CONSUMER_GROUP_OPTIONS, ensure_topics
 from common.settings import Settings
-from common.stores import ItemCache, UserDoc, UserStore
+from common.stores import ItemCache, UserDoc, UserStore, as_clicks
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def test_mongo_upsert_find_and_unique_index(mongo_db) -> None:
 
 def test_user_store_bulk_round_trip(mongo_db) -> None:
     store = UserStore(mongo_db)
-    docs = [UserDoc(f"u{i}", [0.5, float(i)], "v1", history=[f"i{i}"], n_events=i)
+    docs = [UserDoc(f"u{i}", [0.5, float(i)], "v1", recent=as_clicks([f"i{i}"]), n_events=i)
             for i in range(50)]
     assert store.upsert_many(docs) == 50
     got = store.get("u7")

@@ -224,7 +224,9 @@ def test_users_get_history_counts_vector_and_watermark(world: dict[str, Any]) ->
     result = _run(world["inter"], msgs + [RawMessage(b"{not json", b"k", 2, 5, 0.0)])
     assert result.applied == 5 and len(result.dead_letters) == 1
     doc = world["db"]["users"].find_one({"_id": "u9"})
-    assert doc["history"] == ["i2", "i0", "i1"]  # de-duplicated, newest last
+    # the one history: every event, newest last; the filter's items derive from it
+    assert [list(e) for e in doc["recent"]] == [[f"i{j % 3}", "click"] for j in range(5)]
+    assert UserDoc.from_mongo(doc).history == ["i2", "i0", "i1"]  # once each, newest last
     assert doc["n_events"] == 5 and doc["watermark"] == {"p": 2, "o": 4, "e": 0}
     assert len(doc["vector"]) == 8 and all(np.isfinite(doc["vector"]))
 
@@ -348,3 +350,77 @@ def test_a_session_model_hands_serving_both_queries_and_the_stream_clock(
     np.testing.assert_allclose(served, model.user_vectors(["s1"])[0], atol=1e-5)
     stored = users.get_many(["s1"])["s1"]
     np.testing.assert_allclose(stored.long_vector, doc.long_vector, atol=1e-6)
+
+
+# --- one history per user: the document owns it, the model's ring follows ---------------
+def _pipeline_over(world: dict[str, Any], model: Any) -> InteractionPipeline:
+    db = world["db"]
+    users = db["users"] if isinstance(db, dict) else UserStore(db)
+    return InteractionPipeline(ModelHolder(model), users, world["cache"],
+                               statsd.StatsClient("127.0.0.1", 9),
+                               topic="interactions", dead_letter_topic="dlq")
+
+
+def _stored(world: dict[str, Any], user: str) -> UserDoc:
+    db = world["db"]
+    users = db["users"] if isinstance(db, dict) else UserStore(db)
+    return users.get_many([user])[user]
+
+
+def test_a_worker_restored_from_an_older_checkpoint_learns_from_the_stored_history(
+        world: dict[str, Any], tmp_path: Any) -> None:
+    """The checkpoint's ring misses events applied after it; the document has them. The
+    next batch first reloads the ring from the document, so the model's context is the
+    user's whole recent history, as stored."""
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from models.two_tower import SessionTwoTower
+
+    model = SessionTwoTower(dim=8, negatives=8, n_buckets=16, history_size=10)
+    first = _pipeline_over(world, model)
+    _run(first, [_click("r1", f"i{j}", TS + j, j) for j in range(2)])
+    save_checkpoint(model, tmp_path)  # the checkpoint: 2 events
+    _run(first, [_click("r1", f"i{j}", TS + j, j) for j in range(2, 5)])
+    restored = load_checkpoint(tmp_path)
+    assert restored.recent_history("r1") == ["i0", "i1"]  # behind the document
+    result = _run(_pipeline_over(world, restored), [_click("r1", "i5", TS + 5, 5)])
+    assert result.applied == 1 and result.history_reloads == 1
+    doc = _stored(world, "r1")
+    assert doc.recent == [(f"i{j}", "click") for j in range(6)]
+    assert restored.recent_history("r1") == [f"i{j}" for j in range(6)]
+    assert restored.history.version[restored.user_ids.lookup(["r1"])[0]] == doc.n_events == 6
+
+
+def test_a_replay_after_a_lost_document_write_does_not_append_twice(
+        world: dict[str, Any]) -> None:
+    """The model applied events whose document write was lost (a crash before MongoDB):
+    Kafka redelivers them, the document applies them once, and the ring, reloaded from
+    the document first, holds each of them once too (it used to hold them twice)."""
+    from models.two_tower import SessionTwoTower
+
+    model = SessionTwoTower(dim=8, negatives=8, n_buckets=16, history_size=10)
+    pipeline = _pipeline_over(world, model)
+    _run(pipeline, [_click("r2", "a", TS, 0)])
+    before = _stored(world, "r2")
+    _run(pipeline, [_click("r2", "b", TS + 1, 1), _click("r2", "c", TS + 2, 2)])
+    db = world["db"]
+    users = db["users"] if isinstance(db, dict) else UserStore(db)
+    users.upsert_many([before])  # the later write never landed
+    replay = _pipeline_over(world, model)  # the same model: its ring is ahead
+    result = _run(replay, [_click("r2", "b", TS + 1, 1), _click("r2", "c", TS + 2, 2)])
+    assert result.applied == 2 and result.history_reloads == 1
+    assert model.recent_history("r2") == ["a", "b", "c"]
+    assert [i for i, _ in _stored(world, "r2").recent] == ["a", "b", "c"]
+
+
+def test_rings_in_step_with_their_documents_are_not_reloaded(world: dict[str, Any]) -> None:
+    """The live path: a ring that reflects its document's version is left alone (one
+    comparison per user per batch), and a new user's ring is tied at once."""
+    from models.two_tower import SessionTwoTower
+
+    model = SessionTwoTower(dim=8, negatives=8, n_buckets=16, history_size=3)
+    pipeline = _pipeline_over(world, model)
+    first = _run(pipeline, [_click("r3", f"i{j}", TS + j, j) for j in range(4)])
+    again = _run(pipeline, [_click("r3", "i4", TS + 4, 4, event_id="x")])
+    assert (first.history_reloads, again.history_reloads) == (1, 0)  # new user: tied once
+    assert model.recent_history("r3") == ["i2", "i3", "i4"]  # the ring's 3 of the 5 stored
+    assert [i for i, _ in _stored(world, "r3").recent] == [f"i{j}" for j in range(5)]

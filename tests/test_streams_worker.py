@@ -81,14 +81,18 @@ def _replay(settings: Settings, inter: Interactions, rate: float | None = None) 
 
 
 def _expected_history(inter: Interactions, size: int) -> dict[str, list[str]]:
+    """Each user's stored history, computed here: the items of their last ``size``
+    events, newest last."""
     hist: dict[str, list[str]] = defaultdict(list)
     for u, i in zip(inter.users.tolist(), inter.items.tolist(), strict=True):
-        h = hist[u]
-        if i in h:
-            h.remove(i)
-        h.append(i)
-        del h[:-size]
+        hist[u].append(i)
+        del hist[u][:-size]
     return hist
+
+
+def _items(doc: dict) -> list[str]:
+    """The items of a stored user document's recent events, newest last."""
+    return [item for item, _ in doc["recent"]]
 
 
 def _publish_catalogue(settings: Settings, item_ids: list[str]) -> None:
@@ -113,7 +117,7 @@ def test_replay_5000_builds_user_documents_and_popular_list(
     expected_hist = _expected_history(inter, HISTORY)
     for user, doc in docs.items():
         assert doc["n_events"] == counts[user]
-        assert doc["history"] == expected_hist[user]
+        assert _items(doc) == expected_hist[user]
         assert len(doc["vector"]) > 0 and all(np.isfinite(doc["vector"]))
         assert doc["model_version"]
 
@@ -137,8 +141,8 @@ def test_replay_5000_builds_user_documents_and_popular_list(
     r.close()
     assert set(hot) == set(docs)
     for user, state in hot.items():
-        assert (state.n_events, state.history) == (docs[user]["n_events"],
-                                                   docs[user]["history"])
+        assert (state.n_events, state.recent) == (
+            docs[user]["n_events"], [tuple(e) for e in docs[user]["recent"]])
         assert np.allclose(state.vector, docs[user]["vector"], atol=1e-6)
 
 
@@ -232,7 +236,7 @@ def test_sigkill_mid_replay_loses_and_doubles_nothing(
     assert {u: d["n_events"] for u, d in docs.items()} == dict(counts)
     assert 0 < applied_at_kill <= len(inter)
     expected_hist = _expected_history(inter, HISTORY)
-    assert all(d["history"] == expected_hist[u] for u, d in docs.items())
+    assert all(_items(d) == expected_hist[u] for u, d in docs.items())
 
 
 def test_new_item_becomes_retrievable(

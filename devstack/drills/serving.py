@@ -31,7 +31,7 @@ import requests
 
 from common.clients import mongo_client, redis_client
 from common.settings import Settings
-from common.stores import ItemCache, UserDoc, UserStore
+from common.stores import ItemCache, UserDoc, UserStore, as_clicks
 from devstack.drills.world import DrillFailed
 from devstack.processes import ServiceProcess, free_port, wait_for
 from faiss_server.client import FaissClient
@@ -86,7 +86,8 @@ def serving_rig(base: Settings, workdir: Path, n_users: int, n_items: int = 2_00
     store = UserStore(mc[s.mongo_db])
     for start in range(0, n_users, 1_000):
         store.upsert_many([UserDoc(u, rng.normal(size=DIM).tolist(), "drill",
-                                   history=[items[j] for j in rng.integers(0, n_items, 5)])
+                                   recent=as_clicks(items[j]
+                                                    for j in rng.integers(0, n_items, 5)))
                            for u in users[start:start + 1_000]])
     faiss = ServiceProcess(["faiss", "--dim", str(DIM), "--data-dir", "none"], fport, s,
                            log_path=workdir / "faiss.log").start()
