@@ -89,6 +89,18 @@ def int_param(req: Any, name: str, default: int, min_value: int, max_value: int)
     return int(raw)
 
 
+def choice_param(req: Any, name: str, choices: tuple[str, ...], default: str) -> str:
+    """Query parameter ``name`` as one of ``choices``, given at most once; else 400 with
+    a JSON error naming the choices."""
+    raw = req.params.get(name)
+    if raw is None:
+        return default
+    if not isinstance(raw, str) or raw not in choices:
+        raise falcon.HTTPInvalidParam(
+            f"it must be given once, as one of {', '.join(choices)}", name)
+    return raw
+
+
 def too_large(limit: int) -> falcon.HTTPContentTooLarge:
     return falcon.HTTPContentTooLarge(
         title="Request too large", description=f"the body must be at most {limit} bytes")

@@ -96,6 +96,12 @@ class Settings:
         "Recent events kept per user (the user's one history: the API filters out its "
         "items, the model's recent-history ring is loaded from it, so it must be at least "
         "the model's `history_size`).", 50)
+    worker_cooc_export_interval_s: float = _doc(
+        "Seconds between writes of the co-occurring items of the items whose partners "
+        "changed to Redis (what `/v1/items/{id}/similar?source=cooc` serves).", 2.0)
+    worker_cooc_served: int = _doc(
+        "Co-occurring items stored per item for `?source=cooc` (at most the model's "
+        "`cooc_neighbours`; the largest `k` that source answers in full).", 50)
     worker_commit_interval_s: float = _doc("Seconds between Kafka offset commits.", 0.5)
     worker_write_chunk: int = _doc("Max user documents per MongoDB write; halved after a "
                                    "timeout, grown back after successes.", 500)

@@ -45,8 +45,11 @@ _DAY_MS = 86_400_000.0
 
 
 @_compiled
-def _add_pair(nbr: np.ndarray, wt: np.ndarray, a: int, b: int, amount: float) -> None:
-    """Add ``amount`` to partner ``b`` of item ``a`` (Space-Saving replacement)."""
+def _add_pair(nbr: np.ndarray, wt: np.ndarray, dirty: np.ndarray, a: int, b: int,
+              amount: float) -> None:
+    """Add ``amount`` to partner ``b`` of item ``a`` (Space-Saving replacement); mark
+    row ``a`` changed."""
+    dirty[a] = True
     m = nbr.shape[1]
     free = -1
     lightest = 0
@@ -69,17 +72,21 @@ def _add_pair(nbr: np.ndarray, wt: np.ndarray, a: int, b: int, amount: float) ->
 
 
 @_compiled
-def cooc_update(nbr: np.ndarray, wt: np.ndarray, cnt: np.ndarray, hist: np.ndarray,
-                hist_count: np.ndarray, users: np.ndarray, items: np.ndarray,
-                amounts: np.ndarray, window: int, recency: float) -> None:
+def cooc_update(nbr: np.ndarray, wt: np.ndarray, cnt: np.ndarray, dirty: np.ndarray,
+                hist: np.ndarray, hist_count: np.ndarray, users: np.ndarray,
+                items: np.ndarray, amounts: np.ndarray, window: int, recency: float) -> None:
     """Apply events in order. The context of event ``j`` is the user's earlier events
-    in this batch (newest first), then the ring ``hist`` (not yet holding the batch)."""
+    in this batch (newest first), then the ring ``hist`` (not yet holding the batch).
+    Rows whose partners changed are marked in ``dirty``."""
     size = hist.shape[1]
+    if len(dirty) < len(cnt) or nbr.shape[0] < len(cnt) or wt.shape[0] < len(cnt):
+        raise IndexError("cooc_update: shapes do not match")
     for j in range(len(users)):
         u, i, amt = users[j], items[j], amounts[j]
         if i < 0 or i >= len(cnt) or u < 0 or u >= len(hist_count):
             raise IndexError("cooc_update: row out of range")
         cnt[i] += amt
+        dirty[i] = True
         age = 0
         for k in range(j - 1, -1, -1):  # earlier events of the same user in the batch
             if age >= window:
@@ -88,8 +95,8 @@ def cooc_update(nbr: np.ndarray, wt: np.ndarray, cnt: np.ndarray, hist: np.ndarr
                 h = items[k]
                 if h != i:
                     inc = amt * recency ** age
-                    _add_pair(nbr, wt, h, i, inc)
-                    _add_pair(nbr, wt, i, h, inc)
+                    _add_pair(nbr, wt, dirty, h, i, inc)
+                    _add_pair(nbr, wt, dirty, i, h, inc)
                 age += 1
         c = hist_count[u]
         n = min(c, size)
@@ -97,10 +104,10 @@ def cooc_update(nbr: np.ndarray, wt: np.ndarray, cnt: np.ndarray, hist: np.ndarr
             if age >= window:
                 break
             h = hist[u, (c - 1 - back) % size]
-            if h >= 0 and h != i:
+            if h >= 0 and h != i and h < len(cnt):
                 inc = amt * recency ** age
-                _add_pair(nbr, wt, h, i, inc)
-                _add_pair(nbr, wt, i, h, inc)
+                _add_pair(nbr, wt, dirty, h, i, inc)
+                _add_pair(nbr, wt, dirty, i, h, inc)
             age += 1
 
 
@@ -162,6 +169,8 @@ class CoOccurrence:
         self.nbr = np.full((max(1, capacity), neighbours), -1, dtype=np.int32)
         self.wt = np.zeros((max(1, capacity), neighbours), dtype=np.float32)
         self.cnt = np.zeros(max(1, capacity), dtype=np.float64)
+        #: rows whose partners changed since :meth:`take_changed` (what to re-serve)
+        self.dirty = np.zeros(max(1, capacity), dtype=np.bool_)
         self.ref_ms: int | None = None
 
     def resize(self, n_items: int) -> None:
@@ -174,10 +183,12 @@ class CoOccurrence:
             nbr = np.full((new_cap, self.neighbours), -1, dtype=np.int32)
             wt = np.zeros((new_cap, self.neighbours), dtype=np.float32)
             cnt = np.zeros(new_cap, dtype=np.float64)
+            dirty = np.zeros(new_cap, dtype=np.bool_)
             nbr[: self.n_items] = self.nbr[: self.n_items]
             wt[: self.n_items] = self.wt[: self.n_items]
             cnt[: self.n_items] = self.cnt[: self.n_items]
-            self.nbr, self.wt, self.cnt = nbr, wt, cnt
+            dirty[: self.n_items] = self.dirty[: self.n_items]
+            self.nbr, self.wt, self.cnt, self.dirty = nbr, wt, cnt, dirty
         self.n_items = n_items
 
     def _time_factors(self, ts_ms: np.ndarray) -> np.ndarray:
@@ -204,7 +215,7 @@ class CoOccurrence:
         if len(users) == 0:
             return
         amounts = (weights.astype(np.float64) * self._time_factors(ts_ms))
-        cooc_update(self.nbr, self.wt, self.cnt, history.buf, history.count,
+        cooc_update(self.nbr, self.wt, self.cnt, self.dirty, history.buf, history.count,
                     np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64),
                     amounts, self.window, self.recency)
 
@@ -251,13 +262,29 @@ class CoOccurrence:
 
         What ``GET /v1/items/{id}/similar?source=cooc`` serves.
         """
-        row, w = self.nbr[item], self.wt[item].astype(np.float64)
-        ok = row >= 0
-        row, w = row[ok], w[ok]
-        denom = np.sqrt(self.cnt[item] * self.cnt[row]).clip(min=1e-30)
-        sim = w / denom
-        order = np.argsort(-sim, kind="stable")[:k]
-        return row[order].astype(np.int64), sim[order]
+        rows, sims = self.similar_many(np.array([item]), k)
+        ok = rows[0] >= 0
+        return rows[0][ok], sims[0][ok]
+
+    def similar_many(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`similar` of many item rows at once: ``(len(items), k)`` partner rows
+        (``-1`` pads) and cosines (``-inf`` pads), best first."""
+        items = np.asarray(items, dtype=np.int64)
+        nbr = self.nbr[items].astype(np.int64)
+        ok = nbr >= 0
+        cnt_j = self.cnt[np.maximum(nbr, 0)]
+        denom = np.sqrt(self.cnt[items][:, None] * cnt_j).clip(min=1e-30)
+        sim = np.where(ok, self.wt[items].astype(np.float64) / denom, -np.inf)
+        order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        rows = np.take_along_axis(nbr, order, 1)
+        sims = np.take_along_axis(sim, order, 1)
+        return np.where(np.isfinite(sims), rows, -1), sims
+
+    def take_changed(self) -> np.ndarray:
+        """Rows whose partners changed since the last call (then forgotten)."""
+        rows = np.flatnonzero(self.dirty[: self.n_items])
+        self.dirty[rows] = False
+        return rows
 
     # --- persistence (numpy arrays, no pickle) --------------------------------------
     def state_arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -268,6 +295,7 @@ class CoOccurrence:
                                              dtype=np.int64)}
 
     def load_state_arrays(self, prefix: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """Restore the counts; every restored row counts as changed (to be re-served)."""
         nbr = arrays[f"{prefix}.nbr"]
         if nbr.ndim != 2 or nbr.shape[1] != self.neighbours:
             raise ValueError(f"{prefix}: saved shape {nbr.shape} does not fit "
@@ -279,6 +307,7 @@ class CoOccurrence:
         self.cnt[:n] = arrays[f"{prefix}.cnt"]
         ref = int(arrays[f"{prefix}.ref_ms"][0])
         self.ref_ms = None if ref < 0 else ref
+        self.dirty[:n] = self.cnt[:n] > 0
 
 
 class WithCooc(Recommender):
@@ -296,12 +325,33 @@ class WithCooc(Recommender):
         rows, sims = self.cooc.similar(row, k)
         return self.item_ids.ids_of(rows.tolist()), sims
 
+    def changed_similar(self, k: int) -> dict[str, list[tuple[str, float]]]:
+        """The top-``k`` co-occurring items of every item whose partners changed since
+        the last call: what the worker re-serves (``RedisKeys.cooc``)."""
+        rows = self.cooc.take_changed()
+        out: dict[str, list[tuple[str, float]]] = {}
+        ids = self.item_ids.ids
+        for start in range(0, len(rows), 4096):  # bounded (4096, neighbours) blocks
+            part = rows[start:start + 4096]
+            nbr, sims = self.cooc.similar_many(part, k)
+            for r, row_nbr, row_sims in zip(part.tolist(), nbr.tolist(), sims.tolist(),
+                                            strict=True):
+                out[ids[r]] = [(ids[j], float(v)) for j, v in zip(row_nbr, row_sims,
+                                                                    strict=True) if j >= 0]
+        return out
+
+    def mark_changed(self, items: list[str]) -> None:
+        """Have :meth:`changed_similar` list these items again (a write that failed)."""
+        rows = self.item_ids.lookup(items)
+        self.cooc.dirty[rows[rows >= 0]] = True
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {**super().state_arrays(), **self.cooc.state_arrays("cooc")}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         super().load_state_arrays(arrays)
-        self.cooc.load_state_arrays("cooc", arrays)
+        if "cooc.nbr" in arrays:  # a checkpoint written before the model kept them: none
+            self.cooc.load_state_arrays("cooc", arrays)
 
 
 class Cooc(WithCooc):

@@ -23,50 +23,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.cooc import CoOccurrence, WithCooc
-from models.events import EventBatch
 from models.two_tower import SessionTwoTower
 
 
-class SessionCooc(WithCooc, SessionTwoTower):
+class SessionCooc(SessionTwoTower):
     """:class:`SessionTwoTower` + ``cooc_weight`` × co-occurrence (see the module).
 
-    ``cooc_neighbours``, ``cooc_window``, ``cooc_recency``, ``cooc_half_life_days`` are
-    :class:`CoOccurrence`'s ``neighbours``, ``window``, ``recency``, ``half_life_days``.
-    Offline epochs (random order, in context) do not count co-occurrences;
-    ``reset_history`` recounts them once over the time-ordered log.
+    The co-occurrence itself is :class:`SessionTwoTower`'s (every session model keeps
+    one, for similar items); this model also scores with it.
     """
 
     kind = "hybrid"
 
-    def __init__(self, cooc_weight: float = 3.0, cooc_neighbours: int = 100,
-                 cooc_window: int = 10, cooc_recency: float = 0.95,
-                 cooc_half_life_days: float = 0.0, **params: Any) -> None:
+    def __init__(self, cooc_weight: float = 3.0, **params: Any) -> None:
         """``params``: any other :class:`SessionTwoTower` hyperparameter."""
         super().__init__(**params)
-        if cooc_window > self.history_size:
-            raise ValueError(f"cooc_window {cooc_window} exceeds history_size "
+        if self.cooc_window > self.history_size:
+            raise ValueError(f"cooc_window {self.cooc_window} exceeds history_size "
                              f"{self.history_size}")
         self.cooc_weight = cooc_weight
-        self.cooc_neighbours = cooc_neighbours
-        self.cooc_window = cooc_window
-        self.cooc_recency = cooc_recency
-        self.cooc_half_life_days = cooc_half_life_days
-        self.cooc = CoOccurrence(cooc_neighbours, cooc_window, cooc_recency,
-                                 cooc_half_life_days)
-
-    def _resize_tables(self, n_users: int, n_items: int) -> None:
-        super()._resize_tables(n_users, n_items)
-        self.cooc.resize(n_items)
-
-    def _observe_sequence(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
-                          ts_ms: np.ndarray) -> None:
-        self.cooc.update(users, items, weights, ts_ms, self.history)
-
-    def reset_history(self, batch: EventBatch) -> None:
-        super().reset_history(batch)
-        self.cooc.recount(self.user_ids.lookup(batch.users), self.item_ids.lookup(batch.items),
-                          self.event_weights_of(batch), batch.ts_ms, self.history_size)
 
     def _inner_all(self, users: np.ndarray) -> torch.Tensor:
         dense = super()._inner_all(users)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from models import kernels
+from models.cooc import CoOccurrence, WithCooc
+from models.events import EventBatch
 from models.factor import FactorModel, pair_loss_grads
 from models.growable import GrowableTable
 from models.history import HistoryContext, gaps_since
@@ -429,7 +431,7 @@ class TwoTower(FactorModel):
         self._width = None
 
 
-class SessionTwoTower(TwoTower):
+class SessionTwoTower(WithCooc, TwoTower):
     """The two-tower model with a session-aware query, trained for the next item.
 
     The query is ``U[user] + history_weight · Σ_h ω_h H[h]`` with ``ω_h ∝ w_event ·
@@ -439,6 +441,14 @@ class SessionTwoTower(TwoTower):
     epochs train each event against the history that *preceded it in the log*
     (``trains_on_context``), which is what it is asked to do live: predict event ``t``
     from the events before ``t``. Retrieval stays exact (``q`` and the item tower).
+
+    It also keeps the stream's item-to-item co-occurrence (:class:`CoOccurrence`:
+    ``cooc_neighbours``, ``cooc_window`` (at most ``history_size``), ``cooc_recency``,
+    ``cooc_half_life_days``), counted from the same ring, saved with its checkpoints;
+    the worker serves it as similar items (``GET /v1/items/{id}/similar?source=cooc``).
+    It does not enter this model's score (:class:`models.hybrid.SessionCooc` adds it).
+    Offline epochs (random order, in context) do not count co-occurrences;
+    ``reset_history`` recounts them once over the time-ordered log.
     """
 
     kind = "session"
@@ -447,12 +457,33 @@ class SessionTwoTower(TwoTower):
     def __init__(self, recency: float = 0.8, history_weight: float = 3.0,
                  session_half_life_s: float = 1800.0, content_dims: int = 32,
                  content_weight: float = 100.0, content_lift: float = 3.0,
-                 session_dropout: float = 0.1, **params: Any) -> None:
+                 session_dropout: float = 0.1, cooc_neighbours: int = 100,
+                 cooc_window: int = 10, cooc_recency: float = 0.95,
+                 cooc_half_life_days: float = 0.0, **params: Any) -> None:
         """``params``: any other :class:`TwoTower` hyperparameter."""
         super().__init__(recency=recency, history_weight=history_weight,
                          session_half_life_s=session_half_life_s, content_dims=content_dims,
                          content_weight=content_weight, content_lift=content_lift,
                          session_dropout=session_dropout, **params)
+        self.cooc_neighbours = cooc_neighbours
+        self.cooc_window = cooc_window
+        self.cooc_recency = cooc_recency
+        self.cooc_half_life_days = cooc_half_life_days
+        self.cooc = CoOccurrence(cooc_neighbours, max(1, min(cooc_window, self.history_size)),
+                                 cooc_recency, cooc_half_life_days)
+
+    def _resize_tables(self, n_users: int, n_items: int) -> None:
+        super()._resize_tables(n_users, n_items)
+        self.cooc.resize(n_items)
+
+    def _observe_sequence(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                          ts_ms: np.ndarray) -> None:
+        self.cooc.update(users, items, weights, ts_ms, self.history)
+
+    def reset_history(self, batch: EventBatch) -> None:
+        super().reset_history(batch)
+        self.cooc.recount(self.user_ids.lookup(batch.users), self.item_ids.lookup(batch.items),
+                          self.event_weights_of(batch), batch.ts_ms, self.history_size)
 
 
 def _grow(t: torch.Tensor, rows: int) -> torch.Tensor:

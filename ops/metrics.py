@@ -164,6 +164,12 @@ METRICS: tuple[Metric, ...] = (
            ("streams/runtime.py",)),
     Metric("worker", "export.errors", COUNTER, "Failed periodic exports (retried).",
            ("streams/app.py",)),
+    Metric("worker", "export.cooc_ms", TIMER,
+           "One write of the co-occurring items of the items whose partners changed "
+           "(`RedisKeys.cooc`, every `RECSYS_WORKER_COOC_EXPORT_INTERVAL_S`).",
+           ("streams/runtime.py",)),
+    Metric("worker", "export.cooc_items", COUNTER,
+           "Items whose co-occurring-item lists were re-written.", ("streams/runtime.py",)),
     Metric("worker", "consumer.lag.p<partition>", GAUGE,
            "Consumer lag of the `interactions` partition (high watermark − processed), "
            "every 5 s, for the partitions this worker owns.", ("streams/app.py",)),
@@ -178,7 +184,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("api", "fallback.<reason>", COUNTER,
            "Answers served from popular items, by reason (`unknown_user`, `no_vector`, "
            "`mongo_unavailable`, `faiss_unavailable`, `index_not_ready`, `bad_query`, "
-           "`no_candidates`).", _API),
+           "`no_candidates`, `unknown_item`, `redis_unavailable`).", _API),
+    Metric("api", "similar.<source>", COUNTER,
+           "Similar-item answers by `source` asked (`embedding`, `cooc`).", _API),
     Metric("api", "source.<source>", COUNTER,
            "Answers by source (`personalized`, `popular`).", _API),
     Metric("api", "dependency_errors.<dependency>", COUNTER,

@@ -7,7 +7,8 @@ Background work (the user change stream, cache warm-up) starts and stops with th
 lifespan (:class:`Lifespan`). Responses are encoded with ``msgspec`` (~5x faster than
 ``json.dumps`` for a 10-item answer).
 
-Endpoints: ``GET /v1/recommendations?user_id=&k=``, ``GET /v1/items/{item_id}/similar?k=``,
+Endpoints: ``GET /v1/recommendations?user_id=&k=``,
+``GET /v1/items/{item_id}/similar?k=&source=embedding|cooc``,
 ``GET /v1/popular?k=``, ``GET /health``, ``GET /ready``, ``GET /openapi.json``.
 Metric names: see :mod:`recommender_server.recommend` and :mod:`recommender_server.metrics`.
 """
@@ -22,13 +23,13 @@ import msgspec
 from falcon.asgi import Request, Response
 
 from common.http_errors import add_domain_error_handlers
-from common.http_request import BodyLimit, checked_id, int_param, use_raw_path_ids
+from common.http_request import BodyLimit, checked_id, choice_param, int_param, use_raw_path_ids
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Dependencies
 from recommender_server.metrics import BatchedMetricsMiddleware
 from recommender_server.openapi import openapi_document
 from recommender_server.ports import Body
-from recommender_server.recommend import RecommendationService
+from recommender_server.recommend import SIMILAR_SOURCES, RecommendationService
 
 _encode = msgspec.json.Encoder().encode
 
@@ -58,7 +59,8 @@ class SimilarItems(_Base):
     metric_name = "similar"
 
     async def on_get(self, req: Request, resp: Response, item_id: str) -> None:
-        _json(resp, await self.rec.similar(checked_id(item_id), self._k(req)))
+        source = choice_param(req, "source", SIMILAR_SOURCES, "embedding")
+        _json(resp, await self.rec.similar(checked_id(item_id), self._k(req), source))
 
 
 class Popular(_Base):

@@ -308,6 +308,12 @@ class Catalog:
         self.loaded = True
         self._expires = self.clock() + self.refresh_s
 
+    async def similar(self, item_id: str) -> list[tuple[str, float]] | None:
+        """The item's co-occurring items as the worker stored them (``RedisKeys.cooc``;
+        ``None``: none stored). Not cached: one ``GET``, and always the latest."""
+        raw = await self.r.get(self.keys.cooc(item_id))
+        return None if raw is None else [(str(j), float(s)) for j, s in json.loads(raw)]
+
     async def metadata(self, ids: Sequence[str]) -> dict[str, Metadata | None]:
         """Metadata of ``ids`` (missing ones map to ``None``); one MGET for the misses."""
         now = self.clock()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from recommender_server.config import ApiConfig
+from recommender_server.recommend import SIMILAR_SOURCES
 
 REASONS = ["unknown_user", "no_vector", "mongo_unavailable", "faiss_unavailable",
-           "index_not_ready", "bad_query", "no_candidates", "unknown_item"]
+           "index_not_ready", "bad_query", "no_candidates", "unknown_item", "redis_unavailable"]
 
 
 def _json(ref: str, description: str) -> dict[str, object]:
@@ -36,9 +37,16 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
                 "operationId": "similarItems", "summary": "Items similar to an item",
                 "parameters": [{"name": "item_id", "in": "path", "required": True,
                                 "schema": {"type": "string", "minLength": 1,
-                                           "maxLength": 256}}, k],
-                "responses": {"200": _json("Similar", "Items (popular with "
-                                                            "`unknown_item` if not indexed)"),
+                                           "maxLength": 256}}, k,
+                               {"name": "source", "in": "query", "required": False,
+                                "description": "`embedding`: nearest item vectors (FAISS); "
+                                               "`cooc`: items most often clicked around it "
+                                               "(co-occurrence counted by the stream)",
+                                "schema": {"type": "string", "enum": list(SIMILAR_SOURCES),
+                                           "default": "embedding"}}],
+                "responses": {"200": _json("Similar", "Items (popular with `unknown_item` "
+                                                      "if the source does not know the "
+                                                      "item)"),
                               "400": bad}}},
             "/v1/popular": {"get": {
                 "operationId": "popular", "summary": "Most popular available items",
@@ -75,6 +83,7 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
                         "properties": {
                 "item_id": {"type": "string"}, "k": {"type": "integer"},
                 "source": {"type": "string", "enum": ["similar", "popular"]},
+                "similar_source": {"type": "string", "enum": list(SIMILAR_SOURCES)},
                 "fallback_reason": {"type": "string", "nullable": True, "enum": REASONS},
                 "index_version": nullable_str,
                 "degraded": {"type": "array", "items": {"type": "string"}},

@@ -20,8 +20,11 @@ popular list and says so (``source: "popular"``, ``fallback_reason``). Reasons:
 - ``index_not_ready`` — FAISS service has no index version loaded
 - ``bad_query`` — FAISS rejected the user vector (e.g. dimension differs from the index)
 - ``no_candidates`` — every candidate was seen or unavailable
-- ``unknown_item`` — (similar items) the FAISS index does not hold the item: not an
-  error (a new item may not be indexed yet), so the answer is popular items, 200
+- ``unknown_item`` — (similar items) the FAISS index does not hold the item, or (with
+  ``source=cooc``) no co-occurring items are stored for it: not an error (a new item may
+  not be indexed or clicked yet), so the answer is popular items, 200
+- ``redis_unavailable`` — (similar items, ``source=cooc``) Redis errored (or its breaker
+  is open)
 
 Redis errors degrade the answer (``degraded`` lists them) instead of failing it: the last
 popular list / unavailable set read stays in use, metadata is left out.
@@ -58,6 +61,10 @@ from recommender_server.deps import Breaker, Dependencies
 from recommender_server.ports import Body, Metadata, Searcher
 
 log = logging.getLogger(__name__)
+
+#: Where similar items come from: nearest item vectors in the FAISS index, or the
+#: co-occurrence the worker counts from the stream (``RedisKeys.cooc``).
+SIMILAR_SOURCES = ("embedding", "cooc")
 
 MONGO_ERRORS = (pymongo.errors.PyMongoError,)
 REDIS_ERRORS = (redis.RedisError, OSError, TimeoutError)
@@ -296,9 +303,49 @@ class RecommendationService:
         self.breakers["faiss"].succeeded()
         return None, res.version, res.results[0]
 
-    async def similar(self, item_id: str, k: int) -> Body:
-        """Items like ``item_id``; popular items (``unknown_item``) if the index lacks it."""
+    async def similar(self, item_id: str, k: int, source: str = "embedding") -> Body:
+        """Items like ``item_id``, by item vectors (``embedding``: the FAISS index) or by
+        co-occurrence (``cooc``); popular items (``unknown_item``) if the source knows
+        nothing of the item."""
         degraded: list[str] = []
+        if source == "cooc":
+            reason, index_version, hits = await self._cooc_hits(item_id, degraded)
+        else:
+            reason, index_version, hits = await self._embedding_hits(item_id, k)
+        cat = await self._catalog(degraded)
+        similar = [(i, s) for i, s in hits if i not in cat.unavailable][:k]
+        if reason is None and not similar:
+            reason = "no_candidates"
+        fill = [] if similar else self._popular_fill(cat, k, {item_id})
+        if reason is not None:
+            self._incr(f"fallback.{reason}")
+        self._incr(f"similar.{source}")
+        picked = [(i, s, "similar") for i, s in similar] + [(i, s, "popular") for i, s in fill]
+        items = await self._render(picked, degraded)
+        self.flush_metrics()
+        return {"item_id": item_id, "k": k, "source": "similar" if similar else "popular",
+                "similar_source": source, "fallback_reason": reason,
+                "index_version": index_version, "items": items,
+                **({"degraded": sorted(set(degraded))} if degraded else {})}
+
+    async def _cooc_hits(self, item_id: str, degraded: list[str]
+                         ) -> tuple[str | None, str | None, list[tuple[str, float]]]:
+        """``(fallback reason, None, hits)`` from the stored co-occurrence lists."""
+        if not self.breakers["redis"].allow():
+            degraded.append("redis")
+            return "redis_unavailable", None, []
+        try:
+            hits = await self.deps.catalog.similar(item_id)
+        except REDIS_ERRORS as exc:
+            self._dep_error("redis", exc)
+            degraded.append("redis")
+            return "redis_unavailable", None, []
+        self.breakers["redis"].succeeded()
+        return ("unknown_item" if hits is None else None), None, hits or []
+
+    async def _embedding_hits(self, item_id: str, k: int
+                              ) -> tuple[str | None, str | None, list[tuple[str, float]]]:
+        """``(fallback reason, index version, hits)`` from the FAISS index."""
         reason: str | None = None
         index_version = None
         hits: list[tuple[str, float]] = []
@@ -317,20 +364,7 @@ class RecommendationService:
             except ServiceUnavailable as exc:
                 self._dep_error("faiss", exc)
                 reason = "faiss_unavailable"
-        cat = await self._catalog(degraded)
-        similar = [(i, s) for i, s in hits if i not in cat.unavailable][:k]
-        if reason is None and not similar:
-            reason = "no_candidates"
-        fill = [] if similar else self._popular_fill(cat, k, {item_id})
-        source = "similar" if similar else "popular"
-        if reason is not None:
-            self._incr(f"fallback.{reason}")
-        picked = [(i, s, "similar") for i, s in similar] + [(i, s, "popular") for i, s in fill]
-        items = await self._render(picked, degraded)
-        self.flush_metrics()
-        return {"item_id": item_id, "k": k, "source": source, "fallback_reason": reason,
-                "index_version": index_version, "items": items,
-                **({"degraded": sorted(set(degraded))} if degraded else {})}
+        return reason, index_version, hits
 
     async def popular(self, k: int) -> Body:
         """The popular list (the last copy read if Redis fails now, marked ``degraded``);

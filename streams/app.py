@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import redis.exceptions
 import torch
 from aiokafka import AIOKafkaProducer
 
@@ -147,6 +148,16 @@ def create_app(settings: Settings) -> faust.App:
         except RecsysError as exc:
             box["rt"].metrics.incr("export.errors")
             log.warning("export to FAISS failed (will retry): %s", exc)
+
+    @app.timer(interval=settings.worker_cooc_export_interval_s, on_leader=False)
+    async def export_similar() -> None:
+        if not ready.is_set():
+            return
+        try:
+            await box["rt"].export_similar()
+        except (RecsysError, redis.exceptions.RedisError) as exc:
+            box["rt"].metrics.incr("export.errors")
+            log.warning("export of co-occurring items failed (will retry): %s", exc)
 
     @app.timer(interval=settings.checkpoint_interval_s, on_leader=False)
     async def checkpoint_model() -> None:

@@ -13,6 +13,7 @@ from common.stores import ItemCache, UserStore
 from faiss_server.client import FaissClient
 from models import kernels
 from models.checkpoint import save_checkpoint
+from models.cooc import WithCooc
 from streams.durable_users import DurableUsers
 from streams.epochs import RecordLookup
 from streams.model_files import load_model, worker_checkpoint_dir
@@ -59,6 +60,37 @@ class Runtime:
         self.metrics.incr("checkpoints")
         log.info("checkpoint %s written to %s", version, folder)
         return version
+
+    async def export_similar(self) -> int:
+        """Write the co-occurring items of every item whose partners changed since the
+        last call to Redis (``RedisKeys.cooc``); returns how many items were written.
+
+        Only catalogue items are served, as in :meth:`export` (a ghost's partners are
+        kept for counting, never listed); a model without co-occurrence writes nothing.
+        """
+        if not isinstance(self.holder.model, WithCooc):
+            return 0
+        t0 = time.perf_counter()
+        k = self.settings.worker_cooc_served
+        lists = await self.holder.run(lambda m: m.changed_similar(k))
+        if not lists:
+            return 0
+
+        def write() -> None:
+            ids = sorted({j for sim in lists.values() for j, _ in sim} | set(lists))
+            known = self.item_cache.known_among(ids)
+            self.item_cache.put_similar({i: [(j, s) for j, s in sim if j in known]
+                                         for i, sim in lists.items() if i in known})
+
+        try:
+            await asyncio.to_thread(write)
+        except Exception:
+            # written next time: the lists are re-computed then (the counts moved on)
+            await self.holder.run(lambda m: m.mark_changed(list(lists)))
+            raise
+        self.metrics.timing("export.cooc_ms", (time.perf_counter() - t0) * 1000)
+        self.metrics.incr("export.cooc_items", len(lists))
+        return len(lists)
 
     async def export(self) -> dict[str, Any] | None:
         """Push the vectors of the catalogue's available items to FAISS as a new version.

@@ -4,6 +4,7 @@ fakes; plus the caches and the search batcher on their own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -231,6 +232,30 @@ def test_similar_items_and_fallback(client, fakes) -> None:
     fakes[2].fail = ServiceUnavailable("x")
     r = client.simulate_get("/v1/items/x/similar", params={"k": 3})
     assert r.status_code == 200 and r.json["fallback_reason"] == "faiss_unavailable"
+
+
+def test_similar_items_by_co_occurrence(client, fakes) -> None:
+    """``?source=cooc`` serves the worker's stored list (minus unavailable items, best
+    first), says when it knows nothing of the item, survives Redis failing, and refuses
+    an unknown source with a 400 naming the choices; FAISS is not asked."""
+    fakes[1].hot[RedisKeys("t:").cooc("x")] = json.dumps([["c1", 0.9], ["gone", 0.8],
+                                                           ["c2", 0.5], ["c3", 0.1]])
+    searches = len(fakes[2].searches)
+    r = client.simulate_get("/v1/items/x/similar", params={"k": 2, "source": "cooc"})
+    assert r.status_code == 200, r.text
+    assert (r.json["source"], r.json["similar_source"], r.json["fallback_reason"]) == (
+        "similar", "cooc", None)
+    assert [(i["id"], i["score"]) for i in r.json["items"]] == [("c1", 0.9), ("c2", 0.5)]
+    assert r.json["items"][0]["metadata"] == {"title": "C1"}
+    assert len(fakes[2].searches) == searches
+    r = client.simulate_get("/v1/items/never-clicked/similar", params={"source": "cooc"})
+    assert (r.json["source"], r.json["fallback_reason"]) == ("popular", "unknown_item")
+    r = client.simulate_get("/v1/items/x/similar", params={"source": "tags"})
+    assert r.status_code == 400 and "embedding, cooc" in r.json["description"]
+    fakes[1].fail = True
+    r = client.simulate_get("/v1/items/x/similar", params={"source": "cooc"})
+    assert r.status_code == 200 and r.json["fallback_reason"] == "redis_unavailable"
+    assert r.json["degraded"] == ["redis"] and r.json["source"] == "popular"
 
 
 def test_popular_and_its_redis_failure(fakes) -> None:

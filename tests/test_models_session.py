@@ -156,6 +156,37 @@ def test_a_ring_keeps_event_types_and_the_stored_version_it_reflects(tmp_path: P
     assert restored.history.version[row] == 5
 
 
+def test_the_session_model_counts_co_occurrence_for_similar_items(tmp_path: Path) -> None:
+    """Every session model keeps the stream's co-occurrence (not in its score): items
+    clicked one after the other become each other's similar items; the lists to
+    re-serve are those whose partners changed; the counts survive a checkpoint, and a
+    checkpoint written before they were kept still loads (with none)."""
+    model = catalogue_model()
+    plain = catalogue_model(cooc_neighbours=4)
+    for m in (model, plain):
+        m.learn_many(EventBatch.of(["u", "u", "w", "w"], ["a0", "a1", "a0", "a1"]))
+    assert model.similar_items("a0", 5)[0] == ["a1"]
+    # not part of the score: a model counting 4 partners per item scores the same
+    np.testing.assert_array_equal(model.score(["u", "u"], ["a0", "b2"]),
+                                  plain.score(["u", "u"], ["a0", "b2"]))
+    changed = model.changed_similar(5)
+    assert set(changed) == {"a0", "a1"} and changed["a0"][0][0] == "a1"
+    assert model.changed_similar(5) == {}  # nothing changed since
+    model.learn_many(EventBatch.of(["u"], ["b2"]))
+    assert set(model.changed_similar(5)) == {"a0", "a1", "b2"}
+    restored = load_checkpoint(tmp_path, save_checkpoint(model, tmp_path))
+    ids, sims = model.similar_items("b2", 5)
+    assert ids == ["a1", "a0"]  # u clicked a1 just before b2 (window order), then a0
+    assert restored.similar_items("b2", 5)[0] == ids
+    np.testing.assert_array_equal(restored.similar_items("b2", 5)[1], sims)
+    assert set(restored.changed_similar(5)) == {"a0", "a1", "b2"}  # re-served after a start
+    arrays = {k: v for k, v in model.state_arrays().items() if not k.startswith("cooc.")}
+    old = model.clone()
+    old.register(users=list(model.user_ids.ids), items=list(model.item_ids.ids))
+    old.load_state_arrays(arrays)
+    assert old.similar_items("a0", 5)[0] == []
+
+
 @pytest.mark.parametrize("bad", [{"session_dropout": 1.0}, {"session_half_life_s": -1.0},
                                  {"content_dims": 0, "content_weight": 1.0}])
 def test_bad_session_hyperparameters_are_refused(bad: dict[str, float]) -> None:

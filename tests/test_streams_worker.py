@@ -16,7 +16,7 @@ from common.clients import mongo_client, redis_client
 from common.hot_users import HotUsers
 from common.kafka import ensure_topics
 from common.settings import Settings
-from common.stores import ItemCache, RedisKeys
+from common.stores import ItemCache, RedisKeys, UserDoc
 from datasets import movielens
 from datasets.types import Interactions
 from devstack.malformed import malformed_interactions
@@ -92,7 +92,7 @@ def _expected_history(inter: Interactions, size: int) -> dict[str, list[str]]:
 
 def _items(doc: dict) -> list[str]:
     """The items of a stored user document's recent events, newest last."""
-    return [item for item, _ in doc["recent"]]
+    return list(doc["recent"]["items"])
 
 
 def _publish_catalogue(settings: Settings, item_ids: list[str]) -> None:
@@ -110,7 +110,28 @@ def test_replay_5000_builds_user_documents_and_popular_list(
         _replay(wsettings, inter)
         wait_for(lambda: _total_events(wsettings) >= 5_000, 120, "5,000 events applied")
         docs = _users(wsettings)
+        top = Counter(inter.items.tolist()).most_common(1)[0][0]
+        r = redis_client(wsettings)
+        cache = ItemCache(r, wsettings.redis_prefix)
+        wait_for(lambda: bool(cache.similar(top)), 30, "co-occurring items served")
+        served = cache.similar(top) or []
+        r.close()
         assert "Traceback" not in worker.log_text()
+
+    # Co-occurrence, counted by the stream: every item served as similar to ``top`` was
+    # within 10 events of it in some user's history (the model's window), best first.
+    near: set[str] = set()
+    by_user: dict[str, list[str]] = defaultdict(list)
+    for u, i in zip(inter.users.tolist(), inter.items.tolist(), strict=True):
+        by_user[u].append(i)
+    for seq in by_user.values():
+        for j, i in enumerate(seq):
+            if i == top:
+                near.update(seq[max(0, j - 10): j + 11])
+    near.discard(top)
+    assert len(served) == wsettings.worker_cooc_served  # a popular item: a full list
+    assert {i for i, _ in served} <= near
+    assert [s for _, s in served] == sorted((s for _, s in served), reverse=True)
 
     counts = Counter(inter.users.tolist())
     assert set(docs) == set(counts)
@@ -142,7 +163,7 @@ def test_replay_5000_builds_user_documents_and_popular_list(
     assert set(hot) == set(docs)
     for user, state in hot.items():
         assert (state.n_events, state.recent) == (
-            docs[user]["n_events"], [tuple(e) for e in docs[user]["recent"]])
+            docs[user]["n_events"], UserDoc.from_mongo(docs[user]).recent)
         assert np.allclose(state.vector, docs[user]["vector"], atol=1e-6)
 
 
