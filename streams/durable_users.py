@@ -56,8 +56,9 @@ def snapshot(doc: UserDoc) -> UserDoc:
     The entries of ``event_ids`` and ``recent`` are shared: they are never changed in
     place (``recent``'s are tuples; :meth:`streams.state.UserState.apply` appends new
     ``event_ids`` entries and drops old ones, to the list, which this copies).
-    (Built directly: this runs once per user per batch, and ``dataclasses.replace`` with deep copies of the entries
-    cost ~22 µs a document, a tenth of the worker's time with 5,000 users at once.)
+    (Built directly: this runs once per user per batch, and ``dataclasses.replace`` with
+    deep copies of the entries cost ~22 µs a document, a tenth of the worker's time with
+    5,000 users at once.)
     """
     return UserDoc(doc.user_id, list(doc.vector), doc.model_version, list(doc.recent),
                    doc.n_events, doc.last_event_ms, doc.updated_at,
