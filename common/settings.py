@@ -90,6 +90,9 @@ class Settings:
     worker_model: str = _doc("Model the worker trains when no checkpoint exists "
                              "(`session`, `two_tower` or `gmf`; default: the product "
                              "default, `models.training.PRODUCT_MODEL`).", "session")
+    gc_gen0_threshold: int = _doc(
+        "Allocations between two generation-0 garbage collections in the worker and the "
+        "API (CPython's default is 700; `0` keeps it); see `common/gc_tuning.py`.", 50_000)
     worker_batch_size: int = _doc("Max interactions per micro-batch.", 5000)
     worker_batch_within_s: float = _doc("Max wait to fill a micro-batch (seconds).", 0.05)
     worker_history_size: int = _doc(

@@ -22,6 +22,7 @@ import falcon.asgi
 import msgspec
 from falcon.asgi import Request, Response
 
+from common.gc_tuning import freeze_startup_heap, tune_gc
 from common.http_errors import add_domain_error_handlers
 from common.http_request import BodyLimit, checked_id, choice_param, int_param, use_raw_path_ids
 from recommender_server.config import ApiConfig
@@ -100,12 +101,15 @@ class Lifespan:
     """Falcon middleware: start/stop the dependencies' background tasks with the app."""
 
     def __init__(self, deps: Dependencies, rec: RecommendationService,
-                 metrics: BatchedMetricsMiddleware) -> None:
+                 metrics: BatchedMetricsMiddleware, gc_gen0_threshold: int = 0) -> None:
         self.deps, self.rec, self.metrics = deps, rec, metrics
+        self.gc_gen0_threshold = gc_gen0_threshold
 
     async def process_startup(self, scope: Mapping[str, object],
                               event: Mapping[str, object]) -> None:
+        tune_gc(self.gc_gen0_threshold)  # per worker process (common/gc_tuning.py)
         await self.deps.start()
+        freeze_startup_heap()
 
     async def process_shutdown(self, scope: Mapping[str, object],
                                event: Mapping[str, object]) -> None:
@@ -123,7 +127,7 @@ def create_app(config: ApiConfig, deps: Dependencies | None = None) -> falcon.as
     app = falcon.asgi.App()
     # One call each (same order as a list): falcon's middleware type is a union of
     # protocols, and a list of three different classes only joins to ``object``.
-    app.add_middleware(Lifespan(deps, rec, metrics))
+    app.add_middleware(Lifespan(deps, rec, metrics, config.settings.gc_gen0_threshold))
     app.add_middleware(metrics)
     app.add_middleware(BodyLimit(config.max_body_bytes))
     use_raw_path_ids(app)

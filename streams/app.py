@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from common.compression import missing_codecs
 from common.errors import RecsysError
+from common.gc_tuning import freeze_startup_heap, tune_gc
 from common.kafka import ensure_topics
 from common.settings import Settings
 from streams.dead_letters import DeadLetterSink
@@ -105,6 +106,7 @@ def create_app(settings: Settings) -> faust.App:
         await ensure_topics(settings, [settings.topic_interactions, settings.topic_items,
                                        settings.topic_dead_letter])
         torch.set_num_threads(1)  # small batches: threads only fight the event loop
+        tune_gc(settings.gc_gen0_threshold)
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
         await producer.start()
         box["producer"] = producer
@@ -113,6 +115,7 @@ def create_app(settings: Settings) -> faust.App:
         box["sink"] = DeadLetterSink(producer, settings.topic_dead_letter, rt.metrics,
                                      settings.dead_letter_max_payload_bytes)
         box["rt"] = rt
+        freeze_startup_heap()  # the restored model and its id maps are never garbage
         ready.set()
         log.info("worker runtime ready (model %s)", rt.holder.version)
         try:  # serve the restored model's item vectors at once, not after the first timer
