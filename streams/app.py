@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,25 +143,24 @@ def create_app(settings: Settings) -> faust.App:
     async def consume_items() -> None:
         await run_consumer("items")
 
-    @app.timer(interval=settings.export_interval_s, on_leader=False)
-    async def export_index() -> None:
+    async def exporting(what: str, export: Callable[[Runtime], Awaitable[Any]]) -> None:
+        """Run one periodic export once the runtime is up; a failure is counted and
+        logged, and the next tick retries."""
         if not ready.is_set():
             return
         try:
-            await box["rt"].export()
-        except RecsysError as exc:
+            await export(box["rt"])
+        except (RecsysError, redis.exceptions.RedisError) as exc:
             box["rt"].metrics.incr("export.errors")
-            log.warning("export to FAISS failed (will retry): %s", exc)
+            log.warning("export of %s failed (will retry): %s", what, exc)
+
+    @app.timer(interval=settings.export_interval_s, on_leader=False)
+    async def export_index() -> None:
+        await exporting("item vectors to FAISS", Runtime.export)
 
     @app.timer(interval=settings.worker_cooc_export_interval_s, on_leader=False)
     async def export_similar() -> None:
-        if not ready.is_set():
-            return
-        try:
-            await box["rt"].export_similar()
-        except (RecsysError, redis.exceptions.RedisError) as exc:
-            box["rt"].metrics.incr("export.errors")
-            log.warning("export of co-occurring items failed (will retry): %s", exc)
+        await exporting("co-occurring items", Runtime.export_similar)
 
     @app.timer(interval=settings.checkpoint_interval_s, on_leader=False)
     async def checkpoint_model() -> None:
