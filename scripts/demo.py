@@ -302,7 +302,8 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
     base = f"http://127.0.0.1:{settings.api_port}"
     say("\n== try it ==")
     say(f"   curl '{base}/v1/recommendations?user_id={user}&k=10'")
-    say(f"   curl '{base}/v1/items/50/similar?k=10'")
+    say(f"   curl '{base}/v1/items/50/similar?k=10'      (item vectors)")
+    say(f"   curl '{base}/v1/items/50/similar?k=10&source=cooc'      (clicked around it)")
     say(f"   curl '{base}/v1/popular?k=10'      curl {base}/ready")
     say(f"   FAISS service: {settings.faiss_url}/v1/index    logs: {Path(settings.local_dir)}/logs")
     say("   Graphite: http://127.0.0.1:8085/render?target=stats.counters.recsys.worker"

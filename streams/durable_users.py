@@ -50,20 +50,25 @@ class DocWriter(Protocol):
     async def write(self, docs: Sequence[UserDoc]) -> None: ...
 
 
+#: Fields the pipeline replaces, never changes in place: a snapshot may share them.
+SHARED_FIELDS = frozenset({"vector", "long_vector", "watermark"})
+
+
 def snapshot(doc: UserDoc) -> UserDoc:
     """A copy of ``doc`` that shares no list or dict the pipeline mutates.
 
-    The entries of ``event_ids`` and ``recent`` are shared: they are never changed in
-    place (``recent``'s are tuples; :meth:`streams.state.UserState.apply` appends new
-    ``event_ids`` entries and drops old ones, to the list, which this copies).
-    (Built directly: this runs once per user per batch, and ``dataclasses.replace`` with
-    deep copies of the entries cost ~22 µs a document, a tenth of the worker's time with
-    5,000 users at once.)
+    ``recent`` and ``event_ids`` are copied (:meth:`streams.state.UserState.apply`
+    appends to them and trims them in place); their entries are shared (tuples, and
+    lists never changed). The :data:`SHARED_FIELDS` are shared as they are: each batch
+    assigns new query vectors (``InteractionPipeline._apply``) and each event a new
+    watermark dict, and copying two 96-float lists per user per batch was most of this
+    function's cost. (Built directly: this runs once per user per batch, and
+    ``dataclasses.replace`` with deep copies of the entries cost ~22 µs a document, a
+    tenth of the worker's time with 5,000 users at once.)
     """
-    return UserDoc(doc.user_id, list(doc.vector), doc.model_version, list(doc.recent),
-                   doc.n_events, doc.last_event_ms, doc.updated_at,
-                   dict(doc.watermark) if doc.watermark is not None else None,
-                   list(doc.event_ids), list(doc.long_vector))
+    return UserDoc(doc.user_id, doc.vector, doc.model_version, list(doc.recent),
+                   doc.n_events, doc.last_event_ms, doc.updated_at, doc.watermark,
+                   list(doc.event_ids), doc.long_vector)
 
 
 class DurableUsers:
