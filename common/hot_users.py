@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 
 import msgspec
+import numpy as np
 import redis
 
 from common.session_query import StreamClock
@@ -64,8 +65,9 @@ def _unpack(raw: bytes) -> list[float]:
     return vector.tolist()
 
 
-def encode(doc: UserDoc) -> bytes:
-    """The hot record of ``doc`` as stored in Redis.
+def encode(doc: UserDoc, packed: tuple[bytes, bytes] | None = None) -> bytes:
+    """The hot record of ``doc`` as stored in Redis; ``packed``: its two vectors already
+    packed (:func:`pack_rows`), the same values as ``doc.vector`` and ``doc.long_vector``.
 
     >>> doc = UserDoc("u1", [0.5, -1.0], "v3", recent=[("a", "view"), ("b", "click")],
     ...               n_events=7)
@@ -73,8 +75,23 @@ def encode(doc: UserDoc) -> bytes:
     >>> back.vector, back.recent, back.history, back.n_events, back.model_version
     ([0.5, -1.0], [('a', 'view'), ('b', 'click')], ['a', 'b'], 7, 'v3')
     """
+    vector, long_vector = packed or (_pack(doc.vector), _pack(doc.long_vector))
     return _encoder.encode(HotUser(doc.n_events, doc.last_event_ms, doc.model_version,
-                                   _pack(doc.vector), doc.recent, _pack(doc.long_vector)))
+                                   vector, doc.recent, long_vector))
+
+
+def pack_rows(rows: np.ndarray | None, n: int) -> list[bytes]:
+    """Each row of a float array as the hot record's little-endian float32 bytes
+    (``n`` empty ones for ``None``): the worker packs its query vectors straight from
+    the model's array, ~0.1 µs a row against ~3.7 µs for a list of 96 floats.
+
+    >>> pack_rows(np.array([[0.5, -1.0]]), 1) == [_pack([0.5, -1.0])]
+    True
+    """
+    if rows is None:
+        return [b""] * n
+    f32 = np.ascontiguousarray(rows, dtype="<f4")
+    return [row.tobytes() for row in f32]
 
 
 def decode(user_id: str, raw: bytes | str) -> UserDoc:
@@ -138,10 +155,12 @@ class HotUsers:
         self.chunk = chunk  # users per script call: bounds how long Redis is busy with one
         self._set_all = client.register_script(_SET_ALL)
 
-    def put_many(self, docs: Sequence[UserDoc], clock: StreamClock | None = None) -> None:
+    def put_many(self, docs: Sequence[UserDoc], clock: StreamClock | None = None,
+                 packed: Sequence[tuple[bytes, bytes]] | None = None) -> None:
         """Write the hot records of ``docs`` in one pipelined round trip (each with its
         TTL, so an idle user's record goes away on its own), and the stream ``clock``
-        their vectors are as of (what the API blends a session query by)."""
+        their vectors are as of (what the API blends a session query by). ``packed``:
+        each document's two vectors already packed (see :func:`encode`)."""
         if not docs:
             return
         pipe = self.r.pipeline(transaction=False)
@@ -149,8 +168,10 @@ class HotUsers:
             pipe.set(self.keys.stream_clock, _encoder.encode(clock))
         for start in range(0, len(docs), self.chunk):
             part = docs[start:start + self.chunk]
+            values = (map(encode, part) if packed is None else
+                      map(encode, part, packed[start:start + self.chunk]))
             self._set_all(keys=[self.keys.user_state(d.user_id) for d in part],
-                          args=[self.ttl_ms, *map(encode, part)], client=pipe)
+                          args=[self.ttl_ms, *values], client=pipe)
         pipe.execute()
 
     def put_clock(self, clock: StreamClock) -> None:

@@ -29,7 +29,7 @@ import statsd
 
 from common.errors import BadEvent, RecsysError, ServiceUnavailable
 from common.events import Interaction, ItemEvent
-from common.hot_users import HotUsers
+from common.hot_users import HotUsers, pack_rows
 from common.session_query import StreamClock
 from common.settings import Settings
 from common.stores import ItemCache, UserDoc, UserStore
@@ -227,15 +227,19 @@ class InteractionPipeline:
                 doc.vector, doc.model_version = out.fresh[j].tolist(), out.version
                 doc.long_vector = [] if out.long_term is None else out.long_term[j].tolist()
                 doc.updated_at = None  # stamped when written
+            # the hot records take the same values packed straight from the arrays
+            packed = list(zip(pack_rows(out.fresh, len(docs)),
+                              pack_rows(out.long_term, len(docs)), strict=True))
         else:
-            docs, clock = [], None
+            docs, clock, packed = [], None, []
         t0 = time.perf_counter()
         # Move the decay reference first, so new increments never overflow a double.
         factor = self.popularity.rescale_factor(max((ts for _, _, ts in pop_events), default=0))
         increments = self.popularity.increments(pop_events)
         anchors = self.epochs.advanced(messages)
         # What serving reads (hot state) and popularity: Redis, one thread, before MongoDB.
-        await asyncio.to_thread(self._write_redis, docs, increments, anchors, factor, clock)
+        await asyncio.to_thread(self._write_redis, docs, packed, increments, anchors, factor,
+                                clock)
         self.epochs.update(anchors)
         now = time.time()
         result.click_to_vector_s = [now - msg.timestamp_s for _, msg in fresh
@@ -279,13 +283,13 @@ class InteractionPipeline:
             self.states[u] = (UserState(doc, self.history_size) if doc
                               else UserState.new(u, self.history_size))
 
-    def _write_redis(self, docs: list[UserDoc], increments: dict[str, float],
-                     anchors: dict[int, Anchor], factor: float | None,
-                     clock: StreamClock | None) -> None:
+    def _write_redis(self, docs: list[UserDoc], packed: list[tuple[bytes, bytes]],
+                     increments: dict[str, float], anchors: dict[int, Anchor],
+                     factor: float | None, clock: StreamClock | None) -> None:
         # Popularity first: if its script fails the batch is retried or split, and no
         # hot record then shows events that are not applied.
         self._write_popularity(increments, anchors, factor)
-        self.hot.put_many(docs, clock)
+        self.hot.put_many(docs, clock, packed)
 
     def _write_popularity(self, increments: dict[str, float], anchors: dict[int, Anchor],
                           factor: float | None) -> None:
