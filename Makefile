@@ -37,6 +37,7 @@ bench: up
 	$(PY) -m scripts.replay --quiet
 	$(PY) -m scripts.bench_learning
 	$(PY) -m scripts.bench_stream
+	$(PY) -m scripts.bench_pipeline
 	$(PY) -m scripts.bench_serving
 	$(PY) -m scripts.bench_e2e
 
