@@ -102,6 +102,10 @@ class Settings:
     worker_cooc_export_interval_s: float = _doc(
         "Seconds between writes of the co-occurring items of the items whose partners "
         "changed to Redis (what `/v1/items/{id}/similar?source=cooc` serves).", 2.0)
+    worker_cooc_export_max_items: int = _doc(
+        "At most this many items' co-occurring lists are re-written per interval (the "
+        "others wait for the next one): bounds how long one export holds the model.",
+        20_000)
     worker_cooc_served: int = _doc(
         "Co-occurring items stored per item for `?source=cooc` (at most the model's "
         "`cooc_neighbours`; the largest `k` that source answers in full).", 50)

@@ -280,9 +280,10 @@ class CoOccurrence:
         sims = np.take_along_axis(sim, order, 1)
         return np.where(np.isfinite(sims), rows, -1), sims
 
-    def take_changed(self) -> np.ndarray:
-        """Rows whose partners changed since the last call (then forgotten)."""
-        rows = np.flatnonzero(self.dirty[: self.n_items])
+    def take_changed(self, limit: int | None = None) -> np.ndarray:
+        """Rows whose partners changed since the last call (then forgotten); at most
+        ``limit`` of them, the others stay marked for the next call."""
+        rows = np.flatnonzero(self.dirty[: self.n_items])[:limit]
         self.dirty[rows] = False
         return rows
 
@@ -325,10 +326,13 @@ class WithCooc(Recommender):
         rows, sims = self.cooc.similar(row, k)
         return self.item_ids.ids_of(rows.tolist()), sims
 
-    def changed_similar(self, k: int) -> dict[str, list[tuple[str, float]]]:
-        """The top-``k`` co-occurring items of every item whose partners changed since
-        the last call: what the worker re-serves (``RedisKeys.cooc``)."""
-        rows = self.cooc.take_changed()
+    def changed_similar(self, k: int, limit: int | None = None
+                        ) -> dict[str, list[tuple[str, float]]]:
+        """The top-``k`` co-occurring items of the items whose partners changed since
+        the last call, at most ``limit`` of them (the rest wait for the next call, so
+        one call holds the model for a bounded time): what the worker re-serves
+        (``RedisKeys.cooc``)."""
+        rows = self.cooc.take_changed(limit)
         out: dict[str, list[tuple[str, float]]] = {}
         ids = self.item_ids.ids
         for start in range(0, len(rows), 4096):  # bounded (4096, neighbours) blocks

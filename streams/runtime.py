@@ -71,8 +71,8 @@ class Runtime:
         if not isinstance(self.holder.model, WithCooc):
             return 0
         t0 = time.perf_counter()
-        k = self.settings.worker_cooc_served
-        lists = await self.holder.run(lambda m: m.changed_similar(k))
+        k, limit = self.settings.worker_cooc_served, self.settings.worker_cooc_export_max_items
+        lists = await self.holder.run(lambda m: m.changed_similar(k, limit))
         if not lists:
             return 0
 

@@ -172,6 +172,9 @@ def test_the_session_model_counts_co_occurrence_for_similar_items(tmp_path: Path
     changed = model.changed_similar(5)
     assert set(changed) == {"a0", "a1"} and changed["a0"][0][0] == "a1"
     assert model.changed_similar(5) == {}  # nothing changed since
+    model.learn_many(EventBatch.of(["w"], ["b2"]))  # marks b2, a1 and a0 again
+    first = model.changed_similar(5, limit=2)
+    assert len(first) == 2 and len(model.changed_similar(5, limit=2)) == 1
     model.learn_many(EventBatch.of(["u"], ["b2"]))
     assert set(model.changed_similar(5)) == {"a0", "a1", "b2"}
     restored = load_checkpoint(tmp_path, save_checkpoint(model, tmp_path))
