@@ -400,9 +400,10 @@ class Recommender(ABC):
         (:class:`common.stores.UserDoc`), and the ring is the model's working copy. A
         ring row reflecting the same ``version`` (the document's ``n_events``) holds
         the same events and is left alone, so the live path costs one comparison per
-        user; any other row is reloaded from ``recents`` (newest last; items the model
-        does not know are left out) and tied to its version. The worker calls this
-        before every batch it learns from. Returns the number of rows reloaded.
+        user; any other row is reloaded from ``recents`` (newest last; an item the
+        model does not know gets a row, as at its first event) and tied to its version.
+        The worker calls this before every batch it learns from. Returns the number of
+        rows reloaded.
         """
         if not len(users):
             return 0
