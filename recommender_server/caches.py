@@ -52,6 +52,11 @@ log = logging.getLogger(__name__)
 #: ``recent`` existed).
 USER_FIELDS = {"vector": 1, "long_vector": 1, "last_event_ms": 1, "model_version": 1,
                "recent": 1, "history": 1, "n_events": 1}
+#: The change stream leaves out what the API never reads of a written document: the
+#: worker's exactly-once bookkeeping (32 recent event ids with digests, the watermark),
+#: about a third of a session user's document, decoded by every API worker for every
+#: write otherwise.
+STREAM_PIPELINE = [{"$project": {"fullDocument.event_ids": 0, "fullDocument.watermark": 0}}]
 #: How many popular items are kept in process (enough to fill k after exclusions).
 POPULAR_DEPTH = 1000
 
@@ -209,8 +214,8 @@ class UserCache:
         while True:
             try:
                 async with await self.stream_col.watch(
-                        full_document="updateLookup", resume_after=self.resume_token,
-                        max_await_time_ms=200) as stream:
+                        STREAM_PIPELINE, full_document="updateLookup",
+                        resume_after=self.resume_token, max_await_time_ms=200) as stream:
                     self.live = True
                     log.info("user change stream live (resumed: %s)", self.resume_token is not None)
                     if on_live is not None:

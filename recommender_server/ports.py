@@ -57,7 +57,8 @@ class UsersCollection(Protocol):
     def find(self, filter: Mapping[str, object], projection: Mapping[str, int], *,
              batch_size: int) -> UserCursor: ...
 
-    async def watch(self, *, full_document: str, resume_after: Mapping[str, object] | None,
+    async def watch(self, pipeline: Sequence[Mapping[str, object]], *, full_document: str,
+                    resume_after: Mapping[str, object] | None,
                     max_await_time_ms: int) -> ChangeStream: ...
 
 

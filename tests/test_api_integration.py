@@ -216,3 +216,37 @@ def test_faiss_down_gives_popular_200s_and_recovers_when_it_returns(world: World
         time.sleep(0.1)
     assert source == "personalized" and out["index_version"] == "v1"
     assert world.get("/ready").status_code == 200
+
+
+@pytest.mark.integration
+def test_the_api_change_stream_leaves_out_the_workers_bookkeeping(mongo_db: Any) -> None:
+    """The local MongoDB applies the follower's projection: a written user document
+    arrives with what serving reads and without the event ids and the watermark."""
+    import threading
+
+    from recommender_server.caches import STREAM_PIPELINE
+
+    col = mongo_db["users_stream_probe"]
+    col.insert_one({"_id": "warm-up"})
+    events: list[dict[str, Any]] = []
+
+    def watch() -> None:
+        with col.watch(STREAM_PIPELINE, full_document="updateLookup",
+                       max_await_time_ms=200) as stream:
+            deadline = time.monotonic() + 10
+            while not events and time.monotonic() < deadline:
+                event = stream.try_next()
+                if event is not None:
+                    events.append(event)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.5)  # the stream is open before the write
+    doc = UserDoc("probe", [0.5, 1.0], "m", recent=as_clicks(["a"]), n_events=1,
+                  watermark={"p": 0, "o": 3, "e": 0}, event_ids=[["e1", "d1"]])
+    UserStore(mongo_db, "users_stream_probe").upsert_many([doc])
+    watcher.join()
+    assert events, "no change event within 10 s"
+    full = events[0]["fullDocument"]
+    assert "event_ids" not in full and "watermark" not in full
+    assert UserDoc.from_mongo(full).recent == doc.recent and full["vector"] == [0.5, 1.0]
