@@ -18,10 +18,11 @@ the full document, a few ms after the write), read-through on a miss.
   while a read is in flight wins over the read's (possibly older) answer.
 - Unknown users are cached too (an ``insert`` event replaces the negative entry).
 - Memory: at most ``max_entries`` documents **and** ``max_bytes`` (estimated Python
-  memory of the cached documents), oldest inserted evicted first. A 64-float user with
-  50 history ids takes ~6 KB here; a count bound alone let a few huge documents (long
-  ids, long histories) grow a worker without limit. Only the fields the API reads are
-  kept (a change event carries the whole document, e.g. the recent event ids).
+  memory of the cached documents), oldest inserted evicted first. A 96-float session
+  user (two vectors) with 50 recent events takes ~13 KB here; a count bound alone let
+  a few huge documents (long ids, long histories) grow a worker without limit. Only the
+  fields the API reads are kept (the change stream projects out the worker's
+  bookkeeping, and a read-through document's event ids are dropped).
 
 :class:`Catalog` — the popular list and the unavailable (deleted) item set, re-read from
 Redis in one pipelined round trip at most every ``refresh_s`` (stale-while-revalidate:
@@ -71,8 +72,8 @@ def entry_bytes(user_id: str, doc: UserDoc | None) -> int:
     if doc is not None:
         size += 400 + len(doc.model_version)  # the dataclass and its small fields
         size += 112 + 32 * (len(doc.vector) + len(doc.long_vector))  # lists of floats
-        # list of (item, type) tuples of str objects
-        size += 56 + sum(64 + 114 + len(i) + len(e) for i, e in doc.recent)
+        # list of (item, type) tuples: an item str each, types shared (common.stores)
+        size += 56 + sum(64 + 57 + len(i) for i, _ in doc.recent)
     return size
 
 
