@@ -102,6 +102,10 @@ class Settings:
     worker_cooc_export_interval_s: float = _doc(
         "Seconds between writes of the co-occurring items of the items whose partners "
         "changed to Redis (what `/v1/items/{id}/similar?source=cooc` serves).", 2.0)
+    worker_max_cached_users: int = _doc(
+        "Users' states the worker keeps in memory between batches (least recently "
+        "touched evicted first; an evicted user is reloaded from MongoDB on their next "
+        "event): bounds the worker's memory, ~15-20 KB a session user.", 100_000)
     worker_cooc_export_max_items: int = _doc(
         "At most this many items' co-occurring lists are re-written per interval (the "
         "others wait for the next one): bounds how long one export holds the model.",

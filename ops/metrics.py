@@ -114,6 +114,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("worker", "model.loss", GAUGE, "Training loss of the last micro-batch.", _W),
     Metric("worker", "model.users", GAUGE, "Users in the worker's model.", _W),
     Metric("worker", "model.items", GAUGE, "Items in the worker's model.", _W),
+    Metric("worker", "users.cached", GAUGE,
+           "Users' states held in memory between batches (at most "
+           "`RECSYS_WORKER_MAX_CACHED_USERS`; the least recently touched are evicted).", _W),
     Metric("worker", "model.new_users", COUNTER,
            "Users added to the model's tables (table growth).", _W),
     Metric("worker", "model.new_items", COUNTER,

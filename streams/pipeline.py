@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -109,7 +110,8 @@ class InteractionPipeline:
                  max_event_bytes: int = 65536, lookup: RecordLookup | None = None,
                  user_writes: UserWriter | None = None,
                  durable_users: DurableUsers | None = None,
-                 hot_state_ttl_s: float | None = None) -> None:
+                 hot_state_ttl_s: float | None = None,
+                 max_cached_users: int | None = None) -> None:
         defaults = Settings()
         if history_size < holder.model.history_size:
             raise ValueError(
@@ -134,7 +136,11 @@ class InteractionPipeline:
         self.dead_letter_topic = dead_letter_topic
         self.history_size = history_size
         self.max_event_bytes = max_event_bytes
-        self.states: dict[str, UserState] = {}
+        #: users' states, least recently touched first; at most ``max_cached_users``
+        #: are kept between batches (an evicted user is reloaded on their next event,
+        #: from the durable writer's pending copy or MongoDB, as after ``forget``)
+        self.states: OrderedDict[str, UserState] = OrderedDict()
+        self.max_cached_users = max_cached_users or defaults.worker_max_cached_users
         self.popularity = DecayedPopularity(half_life_s)
         self.epochs = LogEpochs(lookup=lookup)
         self._popularity_loaded = False
@@ -176,7 +182,7 @@ class InteractionPipeline:
 
     async def _apply(self, parsed: list[tuple[Interaction, RawMessage]],
                      messages: Sequence[RawMessage], result: BatchResult) -> None:
-        await self._load_states({ev.user_id for ev, _ in parsed})
+        await self._load_states(list(dict.fromkeys(ev.user_id for ev, _ in parsed)))
         fresh: list[tuple[Interaction, RawMessage]] = []
         pop_events: list[tuple[str, float, int]] = []
         weights = self.holder.model.event_weights
@@ -248,6 +254,7 @@ class InteractionPipeline:
         result.durable_seq = await self.durable_users.submit(docs)
         result.write_s = time.perf_counter() - t0
         result.users_written = len(docs)
+        self._evict()
 
     def durable(self, seq: int) -> asyncio.Future[None]:
         """Done once batch ``seq``'s user documents (and every earlier batch's) are
@@ -265,8 +272,22 @@ class InteractionPipeline:
         self.states.clear()
         self._popularity_loaded = False
 
-    async def _load_states(self, user_ids: set[str]) -> None:
-        missing = [u for u in user_ids if u not in self.states]
+    def _evict(self) -> None:
+        """Drop the least recently touched states beyond ``max_cached_users``: their
+        documents were handed to the durable writer with their batch, so a reload
+        (:meth:`_load_states`) finds them."""
+        states = self.states
+        for _ in range(len(states) - self.max_cached_users):
+            states.popitem(last=False)
+
+    async def _load_states(self, user_ids: list[str]) -> None:
+        """Make ``user_ids`` (in batch order) the most recently touched states, loading
+        the missing ones."""
+        states = self.states
+        for u in user_ids:  # touched now: the last to be evicted
+            if u in states:
+                states.move_to_end(u)
+        missing = [u for u in user_ids if u not in states]
         if not missing:
             return
         # A version not yet durable is newer than MongoDB's: it comes first.
@@ -320,6 +341,7 @@ class InteractionPipeline:
             pipe.incr("model.new_items", n_items - self._sizes[1])
         self._sizes = (n_users, n_items)
         pipe.gauge("model.users", n_users)
+        pipe.gauge("users.cached", len(self.states))
         pipe.gauge("model.items", n_items)
         for lat in r.click_to_vector_s:  # every applied event, not one per user
             pipe.timing("latency.click_to_vector_ms", lat * 1000)

@@ -424,3 +424,24 @@ def test_rings_in_step_with_their_documents_are_not_reloaded(world: dict[str, An
     assert (first.history_reloads, again.history_reloads) == (1, 0)  # new user: tied once
     assert model.recent_history("r3") == ["i2", "i3", "i4"]  # the ring's 3 of the 5 stored
     assert [i for i, _ in _stored(world, "r3").recent] == [f"i{j}" for j in range(5)]
+
+
+def test_user_states_are_bounded_and_an_evicted_user_is_reloaded(world: dict[str, Any]) -> None:
+    """With room for two users, the least recently touched is dropped after a batch; its
+    next event reloads it (pending copy or MongoDB): counts continue, a redelivered event
+    is still skipped, and the model's ring stays in step with the stored history."""
+    db = world["db"]
+    users = db["users"] if isinstance(db, dict) else UserStore(db)
+    pipeline = InteractionPipeline(world["holder"], users, world["cache"],
+                                   statsd.StatsClient("127.0.0.1", 9), topic="interactions",
+                                   dead_letter_topic="dlq", max_cached_users=2)
+    _run(pipeline, [_click("ev-a", "i1", TS, 0), _click("ev-b", "i2", TS + 1, 1)])
+    _run(pipeline, [_click("ev-c", "i3", TS + 2, 2)])
+    assert list(pipeline.states) == ["ev-b", "ev-c"]  # ev-a, least recently touched, gone
+    result = _run(pipeline, [_click("ev-a", "i1", TS, 0),  # redelivered: skipped
+                             _click("ev-a", "i4", TS + 3, 3)])
+    assert (result.applied, result.skipped_duplicates, result.history_reloads) == (1, 1, 0)
+    doc = _stored(world, "ev-a")
+    assert doc.n_events == 2 and [i for i, _ in doc.recent] == ["i1", "i4"]
+    assert world["holder"].model.recent_history("ev-a") == ["i1", "i4"]
+    assert len(pipeline.states) == 2 and "ev-a" in pipeline.states
