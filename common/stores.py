@@ -210,8 +210,7 @@ class ItemCache:
 
     def similar(self, item_id: str) -> list[tuple[str, float]] | None:
         """The stored co-occurring items of ``item_id`` (``None``: none stored)."""
-        raw = self.r.get(self.keys.cooc(item_id))
-        return None if raw is None else [(str(j), float(s)) for j, s in json.loads(raw)]
+        return decode_similar(self.r.get(self.keys.cooc(item_id)))
 
     def known_among(self, item_ids: Sequence[str], chunk: int = 10_000) -> set[str]:
         """The ids that belong to the catalogue (had an upsert)."""
@@ -320,6 +319,15 @@ LEGACY_EVENT_TYPE = "click"
 #: events then hold 50 references instead of 50 copies (~2.7 KB per user in the API's
 #: user cache).
 _SHARED_TYPES = {t: t for t in EVENT_TYPES}
+
+
+def decode_similar(raw: str | bytes | None) -> list[tuple[str, float]] | None:
+    """A stored ``cooc:{item}`` value as ``(item id, cosine)`` pairs (``None``: none).
+
+    >>> decode_similar('[["i2",0.5]]'), decode_similar(None)
+    ([('i2', 0.5)], None)
+    """
+    return None if raw is None else [(str(j), float(s)) for j, s in json.loads(raw)]
 
 
 def as_clicks(items: Iterable[str]) -> list[RecentEvent]:

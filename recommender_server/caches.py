@@ -42,7 +42,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import cast
 
-from common.stores import RedisKeys, UserDoc
+from common.stores import RedisKeys, UserDoc, decode_similar
 from recommender_server.ports import AsyncRedis, Document, Metadata, UsersCollection
 
 log = logging.getLogger(__name__)
@@ -317,8 +317,7 @@ class Catalog:
     async def similar(self, item_id: str) -> list[tuple[str, float]] | None:
         """The item's co-occurring items as the worker stored them (``RedisKeys.cooc``;
         ``None``: none stored). Not cached: one ``GET``, and always the latest."""
-        raw = await self.r.get(self.keys.cooc(item_id))
-        return None if raw is None else [(str(j), float(s)) for j, s in json.loads(raw)]
+        return decode_similar(await self.r.get(self.keys.cooc(item_id)))
 
     async def metadata(self, ids: Sequence[str]) -> dict[str, Metadata | None]:
         """Metadata of ``ids`` (missing ones map to ``None``); one MGET for the misses."""

@@ -16,6 +16,7 @@ import hashlib
 import math
 from collections.abc import Iterable
 from enum import Enum
+from typing import Any
 
 from common.events import Interaction
 from common.stores import UserDoc
@@ -35,6 +36,12 @@ def content_digest(event: Interaction) -> str:
     """What an event id must keep meaning: item, type, time and value."""
     text = f"{event.item_id}\x1f{event.event}\x1f{event.ts}\x1f{event.value}"
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def _id_and_digest(entry: Any) -> tuple[str, str]:
+    """``(event id, content digest)`` of a stored ``event_ids`` entry; an entry stored
+    before digests were kept is a bare id (digest ``""``: unknown)."""
+    return (entry, "") if isinstance(entry, str) else (entry[0], entry[1])
 
 
 class UserState:
@@ -78,9 +85,7 @@ class UserState:
 
     def _index(self) -> dict[str, str]:
         if self._ids is None:  # entries stored before digests were kept are bare ids
-            self._ids = {(e if isinstance(e, str) else e[0]): ("" if isinstance(e, str)
-                                                              else e[1])
-                         for e in self.doc.event_ids}
+            self._ids = dict(map(_id_and_digest, self.doc.event_ids))
         return self._ids
 
     def seen(self, event: Interaction) -> Seen:
@@ -104,13 +109,13 @@ class UserState:
         index = self._index()
         ids = doc.event_ids
         if event_id in index:  # rare: an id applied again once its digest was unknown
-            ids[:] = [e for e in ids if (e if isinstance(e, str) else e[0]) != event_id]
+            ids[:] = [e for e in ids if _id_and_digest(e)[0] != event_id]
         digest = content_digest(event)
         ids.append([event_id, digest])  # in place: durable copies are snapshots
         index[event_id] = digest
         if len(ids) > EVENT_ID_MEMORY:
             for old in ids[:-EVENT_ID_MEMORY]:
-                index.pop(old if isinstance(old, str) else old[0], None)
+                index.pop(_id_and_digest(old)[0], None)
             del ids[:-EVENT_ID_MEMORY]
 
 
