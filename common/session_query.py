@@ -14,16 +14,39 @@ computes when it applies the event) and ``long_term`` the query with the session
 "Now" is the stream's clock (the latest event time the worker applied) advanced by the
 wall time since the worker wrote it: replayed or delayed streams keep their own time,
 and a quiet stream still ages its sessions.
+
+The **sparse part** of a dense + sparse query (the ``hybrid`` model: co-occurrence of the
+user's recent items, :class:`SparseQuery`) is computed here too, from the user's
+``recent`` events and the co-occurrence lists the worker stores per item
+(``RedisKeys.cooc``): :func:`sparse_query`. The FAISS service adds it to the dense inner
+products (``SearchBody.boosts``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from common.stores import UserDoc
+from common.stores import RecentEvent, UserDoc
+
+if TYPE_CHECKING:  # the API imports this module and must not load torch
+    from models.base import Recommender
+
+
+class SparseQuery(msgspec.Struct, frozen=True):
+    """How a model scores co-occurrence of the recent items (``weight`` 0: it does not):
+    ``weight · g · Σ_age recency^age · w(event) · cos(item, j)`` over the user's last
+    ``window`` events, ``g`` the session gate. What ``models.hybrid.SessionCooc`` adds to
+    its dense score; the worker publishes it with the clock."""
+
+    weight: float
+    window: int
+    recency: float
+    event_weights: dict[str, float]
 
 
 class StreamClock(msgspec.Struct, frozen=True):
@@ -32,6 +55,7 @@ class StreamClock(msgspec.Struct, frozen=True):
     event_ms: int  # the latest event time applied
     wall_ms: int  # when that was written (epoch ms, the worker's wall clock)
     half_life_s: float  # the model's session half-life (0: no session part)
+    sparse: SparseQuery | None = None  # the model's sparse part (None: it has none)
 
     def now_ms(self, wall_now_ms: int) -> int:
         """The stream's "now": its event time plus the wall time since it was written
@@ -41,6 +65,15 @@ class StreamClock(msgspec.Struct, frozen=True):
         3500
         """
         return self.event_ms + max(0, wall_now_ms - self.wall_ms)
+
+
+def stream_clock(model: Recommender, wall_ms: int | None = None) -> StreamClock:
+    """The clock the worker (and ``scripts.publish``) writes for ``model`` now: its
+    latest event time, its session half-life and its sparse part (if any)."""
+    params = model.sparse_query_params()
+    return StreamClock(model.clock_ms(), int(time.time() * 1000) if wall_ms is None
+                       else wall_ms, float(model.session_half_life_s),
+                       None if params is None else SparseQuery(**params))
 
 
 def session_gate(gap_ms: float, half_life_s: float) -> float:
@@ -90,3 +123,51 @@ def served_query(doc: UserDoc, clock: StreamClock | None, wall_now_ms: int) -> l
         return doc.vector
     return query_at(doc.long_vector, doc.vector, doc.last_event_ms,
                     clock.now_ms(wall_now_ms), clock.half_life_s)
+
+
+def served_gate(doc: UserDoc, clock: StreamClock | None, wall_now_ms: int) -> float:
+    """The session gate of ``doc`` now, as :func:`served_query` applies it (1 without a
+    clock: the query at the last event)."""
+    if clock is None:
+        return 1.0
+    return session_gate(clock.now_ms(wall_now_ms) - doc.last_event_ms, clock.half_life_s)
+
+
+def sparse_sources(recent: Sequence[RecentEvent], sparse: SparseQuery) -> list[str]:
+    """The items whose co-occurrence lists :func:`sparse_query` reads: those of the last
+    ``window`` events, once each.
+
+    >>> sparse_sources([("a", "click"), ("b", "view"), ("a", "click")],
+    ...                SparseQuery(1.0, 2, 0.9, {}))
+    ['a', 'b']
+    """
+    return list(dict.fromkeys(item for item, _ in reversed(recent[-sparse.window:])))
+
+
+def sparse_query(recent: Sequence[RecentEvent],
+                 lists: Mapping[str, Sequence[tuple[str, float]] | None],
+                 sparse: SparseQuery, gate: float) -> dict[str, float]:
+    """``{item: weight · gate · Σ_age recency^age · w(event) · cos(h, item)}`` over the
+    last ``window`` events ``h`` of ``recent`` (newest last; age 0 is the newest), from
+    ``lists[h]`` = ``h``'s stored ``(partner, cosine)`` pairs. It is the model's own score
+    (``models.cooc.cooc_scores``) when the lists hold every partner the model keeps
+    (``RECSYS_WORKER_COOC_SERVED`` ≥ ``cooc_neighbours``);
+    ``tests/test_models_session.py`` checks that against the model.
+
+    >>> sparse_query([("a", "click"), ("b", "click")], {"a": [("x", 0.5)], "b": [("x", 1.0)]},
+    ...              SparseQuery(2.0, 10, 0.5, {"click": 1.0}), 1.0)
+    {'x': 2.5}
+    """
+    if sparse.weight == 0.0 or gate == 0.0:
+        return {}
+    total: dict[str, float] = {}
+    for age, (item, event) in enumerate(reversed(recent[-sparse.window:])):
+        partners = lists.get(item)
+        w = sparse.event_weights.get(event, 0.0)
+        if not partners or w == 0.0:
+            continue
+        base = sparse.recency ** age * w
+        for j, cos in partners:
+            total[j] = total.get(j, 0.0) + base * cos
+    scale = sparse.weight * gate
+    return {j: scale * v for j, v in total.items() if v > 0.0}

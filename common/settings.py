@@ -111,8 +111,10 @@ class Settings:
         "others wait for the next one): bounds how long one export holds the model.",
         20_000)
     worker_cooc_served: int = _doc(
-        "Co-occurring items stored per item for `?source=cooc` (at most the model's "
-        "`cooc_neighbours`; the largest `k` that source answers in full).", 50)
+        "Co-occurring items stored per item (at most the model's `cooc_neighbours`): the "
+        "largest `k` `?source=cooc` answers in full, and the partners the API's sparse "
+        "part of a hybrid query reads (exactly the model's score only when it stores "
+        "all `cooc_neighbours`).", 100)
     worker_commit_interval_s: float = _doc("Seconds between Kafka offset commits.", 0.5)
     worker_write_chunk: int = _doc("Max user documents per MongoDB write; halved after a "
                                    "timeout, grown back after successes.", 500)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -178,14 +178,21 @@ class AsyncFaissClient:
 
     # --- API ------------------------------------------------------------------------------
     async def search(self, vector: Sequence[float], k: int = 10,
-                     exclude: Sequence[str] = ()) -> SearchResult:
-        """Top-``k`` for one query vector (``results`` has one row)."""
-        return await self.search_many([vector], k, exclude)
+                     exclude: Sequence[str] = (),
+                     boost: Mapping[str, float] | None = None) -> SearchResult:
+        """Top-``k`` for one query vector (``results`` has one row); ``boost``: its
+        sparse part (``SearchBody.boosts``)."""
+        return await self.search_many([vector], k, exclude, [boost] if boost else ())
 
     async def search_many(self, vectors: Sequence[Sequence[float]], k: int = 10,
-                          exclude: Sequence[str] = ()) -> SearchResult:
-        """Top-``k`` per query vector, one HTTP request (``exclude`` applies to all)."""
-        body = _enc.encode({"vectors": vectors, "k": int(k), "exclude": exclude})
+                          exclude: Sequence[str] = (),
+                          boosts: Sequence[Mapping[str, float]] = ()) -> SearchResult:
+        """Top-``k`` per query vector, one HTTP request (``exclude`` applies to all;
+        ``boosts``: none, or one sparse part per vector)."""
+        msg: dict[str, Any] = {"vectors": vectors, "k": int(k), "exclude": exclude}
+        if any(boosts):
+            msg["boosts"] = boosts
+        body = _enc.encode(msg)
         status, data = await self._request("POST", "/v1/search", body)
         self._check(status, data)
         try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import zipfile
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -90,6 +91,23 @@ def check_ids(value: list[str], name: str, limit: int) -> list[str]:
     return value
 
 
+def check_boosts(boosts: list[dict[str, float]], n_vectors: int,
+                 limit: int) -> list[dict[str, float]]:
+    """``boosts`` as the schema says: none, or one object per query vector, each of at
+    most ``limit`` ids with finite values ≥ 0 (the exactness of a boosted search rests
+    on no boost being negative)."""
+    if boosts and len(boosts) != n_vectors:
+        raise bad(f"boosts must hold one object per query vector ({n_vectors}), "
+                  f"got {len(boosts)}")
+    for row in boosts:
+        if len(row) > limit:
+            raise bad(f"a boosts object may hold at most {limit} ids")
+        for item, value in row.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise bad(f"boost of {item!r} must be a finite number >= 0, got {value}")
+    return boosts
+
+
 def require_api_key(req: Any, resp: Any, resource: Any, params: Any) -> None:
     """Falcon ``before`` hook: the write endpoints need ``X-API-Key``."""
     given = req.get_header(API_KEY_HEADER) or ""
@@ -124,8 +142,9 @@ class Search(_Base):
             raise bad(f"vectors must be a list of 1..{cfg.max_batch} vectors")
         k = check_k(body.k, cfg.max_k)
         exclude = check_ids(body.exclude, "exclude", cfg.max_exclude)
+        boosts = check_boosts(body.boosts, len(vectors), cfg.max_boosts)
         try:
-            version, results = self.service.search(vectors, k, exclude)
+            version, results = self.service.search(vectors, k, exclude, boosts)
         except (ValueError, TypeError) as exc:
             raise bad(str(exc)) from exc
         # Hot path of the recommender API: encoded with msgspec, not ``resp.media``.

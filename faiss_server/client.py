@@ -18,7 +18,7 @@ index code is imported). Failures become domain errors:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -111,13 +111,17 @@ class FaissClient:
         return out
 
     # --- API ------------------------------------------------------------------------------
-    def search(self, vectors: npt.ArrayLike, k: int = 10,
-               exclude: Sequence[str] = ()) -> SearchResult:
-        """Top-``k`` per query row (a 1-D vector is one query)."""
+    def search(self, vectors: npt.ArrayLike, k: int = 10, exclude: Sequence[str] = (),
+               boosts: Sequence[Mapping[str, float]] = ()) -> SearchResult:
+        """Top-``k`` per query row (a 1-D vector is one query); ``boosts``: none, or
+        one sparse part per row (``SearchBody.boosts``)."""
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim == 1:
             x = x.reshape(1, -1)
-        body = {"vectors": x.tolist(), "k": int(k), "exclude": list(exclude)}
+        body: dict[str, object] = {"vectors": x.tolist(), "k": int(k),
+                                   "exclude": list(exclude)}
+        if any(boosts):
+            body["boosts"] = [dict(b) for b in boosts]
         data = self._send("POST", "/v1/search", body)
         try:
             return SearchResult.from_wire(search_out_decoder.decode(data))

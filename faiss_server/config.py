@@ -84,6 +84,8 @@ class FaissConfig:
     max_k: int = setting("Largest `k` of a search.", 1000)
     max_batch: int = setting("Most query vectors in one search request.", 256)
     max_exclude: int = setting("Most ids in one `exclude` list.", 10_000)
+    max_boosts: int = setting("Most ids in one query's `boosts` object (the sparse part "
+                              "of a dense + sparse search).", 10_000)
     max_json_bytes: int = setting(
         "Largest JSON body (search, upsert) of the FAISS service; 413 beyond.",
         4 * 1024 * 1024)

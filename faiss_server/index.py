@@ -15,11 +15,12 @@ array, no pickle) and ``meta.json``.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,11 +206,46 @@ class VectorIndex:
         return params, keep
 
     def search(
-        self, queries: np.ndarray, k: int, exclude: Sequence[str] = ()
+        self, queries: np.ndarray, k: int, exclude: Sequence[str] = (),
+        boosts: Sequence[Mapping[str, float]] = (),
     ) -> list[list[Hit]]:
-        """Top-``k`` ``(item_id, score)`` per query row, best first, skipping ``exclude``."""
+        """Top-``k`` ``(item_id, score)`` per query row, best first, skipping ``exclude``.
+
+        ``boosts[r]`` (optional): ``{item id: value ≥ 0}`` added to row ``r``'s inner
+        products (the sparse part of a dense + sparse query). The answer is then the top
+        ``k`` by ``q · p + value`` over the dense top ``k`` and every boosted item, each
+        scored exactly: an item with no boost can only be in the true top ``k`` if it is
+        in the dense top ``k`` (boosts are never negative), so with an exact index the
+        answer is the exact top ``k`` of the sum.
+        """
         if self.index.ntotal == 0 or k <= 0:
             return [[] for _ in range(len(queries))]
+        dense = self._search(queries, k, exclude)
+        if not any(boosts):
+            return dense
+        if len(boosts) != len(queries):
+            raise ValueError(f"{len(boosts)} boost objects for {len(queries)} query vectors")
+        skip = set(exclude)
+        return [self._boosted(q, hits, b, skip, k) if b else hits
+                for q, hits, b in zip(queries, dense, boosts, strict=True)]
+
+    def _boosted(self, query: np.ndarray, hits: list[Hit], boost: Mapping[str, float],
+                 skip: set[str], k: int) -> list[Hit]:
+        """``hits`` merged with the boosted items (indexed, not skipped), each scored
+        ``query · p + boost``; the best ``k``."""
+        ids = [i for i in boost if i in self.pos and i not in skip]
+        if not ids:
+            return hits
+        rows = np.fromiter((self.pos[i] for i in ids), dtype=np.int64, count=len(ids))
+        vectors = self.index.reconstruct_batch(rows)
+        values = np.fromiter((boost[i] for i in ids), dtype=np.float64, count=len(ids))
+        scores = vectors.astype(np.float64) @ query.astype(np.float64) + values
+        merged = dict(hits)
+        merged.update(zip(ids, scores.tolist(), strict=True))
+        return heapq.nlargest(k, merged.items(), key=lambda h: h[1])
+
+    def _search(self, queries: np.ndarray, k: int, exclude: Sequence[str]) -> list[list[Hit]]:
+        """The dense top-``k`` of :meth:`search`."""
         skip = np.fromiter((self.pos[e] for e in set(exclude) if e in self.pos), dtype=np.int64)
         params, keep = self._params(skip)
         kk = min(k, len(self))

@@ -119,7 +119,16 @@ def openapi_document(config: FaissConfig) -> dict[str, Any]:
                                 "maxItems": config.max_batch},
                     "k": {"type": "integer", "minimum": 1, "maximum": max_k, "default": 10},
                     "exclude": {"type": "array", "items": {"type": "string"},
-                                "maxItems": config.max_exclude}}},
+                                "maxItems": config.max_exclude},
+                    "boosts": {"type": "array", "maxItems": config.max_batch,
+                               "description": "optional, one object per query vector "
+                               "({} for none): {item id: value >= 0} added to that "
+                               "item's inner product (dense + sparse query); the "
+                               "answer is the top k of the sum over the dense top k "
+                               "and every boosted item",
+                               "items": {"type": "object", "maxProperties":
+                                         config.max_boosts, "additionalProperties":
+                                         {"type": "number", "minimum": 0}}}}},
                 "SearchResponse": {"type": "object", "required": ["version", "results"],
                                    "properties": {
                     "version": {"type": "string"}, "k": {"type": "integer"},

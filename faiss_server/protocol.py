@@ -92,11 +92,18 @@ def error_for(status: int, data: bytes) -> RecsysError:
 # --- request bodies -------------------------------------------------------------------------
 class SearchBody(msgspec.Struct):
     """``POST /v1/search``: numbers and lists only, as the schema says (no ``"1.5"``,
-    ``true`` or ``null`` components, no ``null`` exclude)."""
+    ``true`` or ``null`` components, no ``null`` exclude).
+
+    ``boosts`` (optional, one object per query vector, ``{}`` for none): the sparse part
+    of a dense + sparse query, ``{item id: value ≥ 0}``. A boosted item scores
+    ``q · p(item) + value``; the answer is the exact top-``k`` of that sum over the
+    dense top-``k`` and every boosted item (see :meth:`VectorIndex.search`).
+    """
 
     vectors: list[list[float]]
     k: int = 10
     exclude: list[str] = []
+    boosts: list[dict[str, float]] = []
 
 
 class UpsertBody(msgspec.Struct):

@@ -17,7 +17,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,13 @@ class IndexService:
             raise IndexNotReady("no index version loaded yet")
         return idx
 
-    def search(self, queries: Any, k: int, exclude: Sequence[str] = ()) -> tuple[str, list]:
+    def search(self, queries: Any, k: int, exclude: Sequence[str] = (),
+               boosts: Sequence[Mapping[str, float]] = ()) -> tuple[str, list]:
+        """``(version, hits per query)``; ``boosts``: see :meth:`VectorIndex.search`."""
         with self._lock:
             idx = self.current
             x = as_matrix(queries, idx.spec.dim)
-            return idx.version, idx.search(x, k, exclude)
+            return idx.version, idx.search(x, k, exclude, boosts)
 
     def similar(self, item_id: str, k: int, exclude: Sequence[str] = ()) -> tuple[str, list[Hit]]:
         with self._lock:

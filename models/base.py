@@ -445,6 +445,12 @@ class Recommender(ABC):
         self._user_rows(users)
         return [([], np.zeros(0, np.float32)) for _ in users]
 
+    def sparse_query_params(self) -> dict[str, Any] | None:
+        """How serving recomputes :meth:`user_sparse_vectors` without the model, from a
+        user's recent events and the stored co-occurrence lists: the fields of
+        ``common.session_query.SparseQuery`` (``None``: the query is all dense)."""
+        return None
+
     # --- state for checkpoints (tensors + arrays + JSON; no pickle) ------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Parameter and optimiser tensors, by name."""

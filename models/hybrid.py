@@ -65,6 +65,10 @@ class SessionCooc(SessionTwoTower):
         weight = self.cooc_weight * self._live_gate(users)
         return (weight[:, None] * scores).astype(np.float32).astype(np.float64)
 
+    def sparse_query_params(self) -> dict[str, Any] | None:
+        return {"weight": self.cooc_weight, "window": self.cooc.window,
+                "recency": self.cooc.recency, "event_weights": dict(self.event_weights)}
+
     def user_sparse_vectors(self, users: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
         rows = self._user_rows(users)
         out: list[tuple[list[str], np.ndarray]] = []

@@ -28,9 +28,10 @@ DEFAULT_BATCH_SIZE = 256
 #: without ``--model``). It changes only to a model that meets issue 11's targets.
 PRODUCT_MODEL = "session"
 
-#: Models the worker and the FAISS service serve exactly: the whole query is one dense
-#: vector (``hybrid``'s sparse co-occurrence part is not served yet; see the README).
-SERVED_MODELS = ("session", "two_tower", "gmf")
+#: Models the worker, the API and the FAISS service serve exactly: the dense query, plus
+#: for ``hybrid`` its sparse co-occurrence part, which the API recomputes per request
+#: from the user's recent events and the stored lists (``common.session_query``).
+SERVED_MODELS = ("session", "hybrid", "two_tower", "gmf")
 
 
 def fit(model: Recommender, events: EventBatch, epochs: int | None = None,

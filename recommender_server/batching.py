@@ -18,7 +18,7 @@ batches grow by themselves and a query waits at most one in-flight round trip mo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from common.errors import ServiceUnavailable
 from faiss_server.protocol import Hit, SearchResult
@@ -26,8 +26,8 @@ from recommender_server.ports import FaissReader
 
 #: What a queued query waits for: ``(index version, its hits)``.
 _Answer = asyncio.Future[tuple[str, list[Hit]]]
-#: A queued query: ``(vector, candidates wanted, its future)``.
-_Query = tuple[Sequence[float], int, _Answer]
+#: A queued query: ``(vector, candidates wanted, its future, its sparse part or None)``.
+_Query = tuple[Sequence[float], int, _Answer, Mapping[str, float] | None]
 
 
 class SearchBatcher:
@@ -46,12 +46,14 @@ class SearchBatcher:
         self._inflight = 0
         self.batches = self.queries = 0
 
-    async def search(self, vector: Sequence[float], k: int,
-                     exclude: Sequence[str] = ()) -> SearchResult:
+    async def search(self, vector: Sequence[float], k: int, exclude: Sequence[str] = (),
+                     boost: Mapping[str, float] | None = None) -> SearchResult:
+        """``boost``: the query's sparse part (``SearchBody.boosts``); a boosted seen
+        item the service ranks high is dropped here like any other seen item."""
         if len(exclude) > self.max_history:
-            return await self.faiss.search(vector, k, exclude)
+            return await self.faiss.search(vector, k, exclude, boost)
         fut: _Answer = asyncio.get_running_loop().create_future()
-        self._queue.append((vector, k + len(exclude), fut))
+        self._queue.append((vector, k + len(exclude), fut, boost or None))
         self._pump()
         version, hits = await fut
         if exclude:
@@ -62,7 +64,7 @@ class SearchBatcher:
     def _pump(self) -> None:
         if self._queue and self.down():
             queued, self._queue = self._queue, []
-            for _, _, fut in queued:
+            for _, _, fut, _ in queued:
                 if not fut.done():
                     fut.set_exception(ServiceUnavailable("FAISS is down (breaker open)"))
             return
@@ -87,13 +89,15 @@ class SearchBatcher:
         self.batches += 1
         self.queries += len(batch)
         try:
-            res = await self.faiss.search_many([v for v, _, _ in batch],
-                                               max(k for _, k, _ in batch))
-            for (_, k, fut), row in zip(batch, res.results, strict=True):
+            boosts = [b or {} for _, _, _, b in batch]
+            res = await self.faiss.search_many([v for v, _, _, _ in batch],
+                                               max(k for _, k, _, _ in batch),
+                                               boosts=boosts if any(boosts) else ())
+            for (_, k, fut, _), row in zip(batch, res.results, strict=True):
                 if not fut.done():
                     fut.set_result((res.version, row[:k]))
         except BaseException as exc:
-            for _, _, fut in batch:
+            for _, _, fut, _ in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             if not isinstance(exc, Exception):

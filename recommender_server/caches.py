@@ -30,7 +30,9 @@ one request per interval does the read, the others use the previous copy), and i
 metadata cached per item for ``meta_ttl_s`` (misses of a request fetched with one MGET).
 A deleted item therefore stops being recommended within ``refresh_s``; changed metadata
 shows within ``meta_ttl_s``. The unavailable set is read whole (``SMEMBERS``): the
-contract keeps it small (deletions are rare next to the catalogue).
+contract keeps it small (deletions are rare next to the catalogue). The co-occurrence
+lists a hybrid query reads (:meth:`Catalog.similar_many`) are cached the same way for
+``cooc_ttl_s``.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import cast
+from typing import TypeVar, cast
 
 from common.stores import RedisKeys, UserDoc, decode_similar
 from recommender_server.ports import AsyncRedis, Document, Metadata, UsersCollection
+
+V = TypeVar("V")
 
 log = logging.getLogger(__name__)
 
@@ -273,9 +277,10 @@ class Catalog:
     def __init__(self, redis: AsyncRedis, keys: RedisKeys = RedisKeys(),
                  refresh_s: float = 1.0,
                  meta_ttl_s: float = 30.0, meta_max: int = 500_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 cooc_ttl_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.r, self.keys = redis, keys
         self.refresh_s, self.meta_ttl_s, self.meta_max = refresh_s, meta_ttl_s, meta_max
+        self.cooc_ttl_s = cooc_ttl_s
         self.clock = clock
         self.popular: list[tuple[str, float]] = []
         self.unavailable: frozenset[str] = frozenset()
@@ -283,6 +288,7 @@ class Catalog:
         self._expires = 0.0
         self._refreshing: asyncio.Future[None] | None = None
         self._meta: dict[str, tuple[float, Metadata | None]] = {}
+        self._cooc: dict[str, tuple[float, list[tuple[str, float]] | None]] = {}
 
     async def fresh(self) -> None:
         """Re-read popular + unavailable if older than ``refresh_s`` (one request waits)."""
@@ -319,28 +325,49 @@ class Catalog:
         ``None``: none stored). Not cached: one ``GET``, and always the latest."""
         return decode_similar(await self.r.get(self.keys.cooc(item_id)))
 
+    async def similar_many(self, ids: Sequence[str]
+                           ) -> dict[str, list[tuple[str, float]] | None]:
+        """:meth:`similar` of several items, cached ``cooc_ttl_s`` per item (the lists
+        of a hybrid query's recent items: popular items are in many users' histories,
+        and the worker rewrites a list at most every export interval anyway)."""
+        return await self._cached_mget(ids, self._cooc, self.keys.cooc, decode_similar,
+                                       self.cooc_ttl_s)
+
     async def metadata(self, ids: Sequence[str]) -> dict[str, Metadata | None]:
         """Metadata of ``ids`` (missing ones map to ``None``); one MGET for the misses."""
+        return await self._cached_mget(ids, self._meta, self.keys.item, _decode_meta,
+                                       self.meta_ttl_s)
+
+    async def _cached_mget(self, ids: Sequence[str], cache: dict[str, tuple[float, V]],
+                           key: Callable[[str], str], decode: Callable[[str | None], V],
+                           ttl_s: float) -> dict[str, V]:
+        """Values of ``ids`` from ``cache`` while fresh, else one MGET of ``key(id)`` for
+        the misses (decoded, kept ``ttl_s``); the cache is emptied past ``meta_max``."""
         now = self.clock()
-        out: dict[str, Metadata | None] = {}
+        out: dict[str, V] = {}
         missing: list[str] = []
         for i in ids:
-            entry = self._meta.get(i)
+            entry = cache.get(i)
             if entry is not None and entry[0] > now:
                 out[i] = entry[1]
             else:
                 missing.append(i)
         if missing:
-            raw = await self.r.mget([self.keys.item(i) for i in missing])
-            if len(self._meta) + len(missing) > self.meta_max:
-                self._meta.clear()
-            until = self.clock() + self.meta_ttl_s
+            raw = await self.r.mget([key(i) for i in missing])
+            if len(cache) + len(missing) > self.meta_max:
+                cache.clear()
+            until = self.clock() + ttl_s
             for i, v in zip(missing, raw, strict=True):
-                meta: Metadata | None = json.loads(v) if v is not None else None
-                self._meta[i] = (until, meta)
-                out[i] = meta
+                value = decode(v)
+                cache[i] = (until, value)
+                out[i] = value
         return out
 
     def stats(self) -> dict[str, int | bool]:
         return {"loaded": self.loaded, "popular": len(self.popular),
-                "unavailable": len(self.unavailable), "metadata_cached": len(self._meta)}
+                "unavailable": len(self.unavailable), "metadata_cached": len(self._meta),
+                "cooc_cached": len(self._cooc)}
+
+
+def _decode_meta(raw: str | None) -> Metadata | None:
+    return json.loads(raw) if raw is not None else None

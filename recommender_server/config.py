@@ -49,6 +49,10 @@ class ApiConfig:
     item_meta_ttl_s: float = setting(
         "Seconds item metadata is cached per item (a changed one shows within this "
         "delay; a new item's is read at once).", 30.0)
+    cooc_cache_ttl_s: float = setting(
+        "Seconds an item's co-occurrence list is cached per worker (the sparse part of a "
+        "hybrid model's query reads the lists of the user's recent items; the worker "
+        "rewrites a changed list every `RECSYS_WORKER_COOC_EXPORT_INTERVAL_S`).", 1.0)
     candidate_slack: int = setting(
         "Extra candidates asked of FAISS to make up for unavailable items filtered here.", 10)
     max_history_exclude: int = setting(

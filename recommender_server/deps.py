@@ -210,7 +210,8 @@ class Dependencies:
         return cls(
             users=users,
             catalog=Catalog(r, RedisKeys(s.redis_prefix), refresh_s=config.catalog_refresh_s,
-                            meta_ttl_s=config.item_meta_ttl_s),
+                            meta_ttl_s=config.item_meta_ttl_s,
+                            cooc_ttl_s=config.cooc_cache_ttl_s),
             faiss=faiss,
             statsd=statsd_client(s, config.metrics_suffix),
             hot=HotUserReader(r, RedisKeys(s.redis_prefix)),

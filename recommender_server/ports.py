@@ -102,15 +102,16 @@ class HotLookup(Protocol):
 class Searcher(Protocol):
     """One user-vector search (the FAISS client, or the batcher in front of it)."""
 
-    async def search(self, vector: Sequence[float], k: int,
-                     exclude: Sequence[str] = ()) -> SearchResult: ...
+    async def search(self, vector: Sequence[float], k: int, exclude: Sequence[str] = (),
+                     boost: Mapping[str, float] | None = None) -> SearchResult: ...
 
 
 class FaissReader(Searcher, Protocol):
     """The read endpoints of the FAISS service the API calls."""
 
     async def search_many(self, vectors: Sequence[Sequence[float]], k: int = 10,
-                          exclude: Sequence[str] = ()) -> SearchResult: ...
+                          exclude: Sequence[str] = (),
+                          boosts: Sequence[Mapping[str, float]] = ()) -> SearchResult: ...
 
     async def similar(self, item_id: str, k: int = 10,
                       exclude: Sequence[str] = ()) -> SimilarResult: ...

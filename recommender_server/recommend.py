@@ -32,7 +32,8 @@ popular list / unavailable set read stays in use, metadata is left out.
 statsd names (prefix ``{statsd_prefix}.api``), counters aggregated in process and sent
 at most every ``metrics_flush_s``: ``fallback.<reason>``,
 ``dependency_errors.<mongo|redis|faiss>``, ``source.<personalized|popular>``,
-``user_state.<hot|stored|undecodable>``, ``user_cache.hit|miss``, plus the per-request
+``user_state.<hot|stored|undecodable>``, ``user_cache.hit|miss``, ``query.<sparse|dense>``
+(a hybrid model's query with or without a co-occurrence part), plus the per-request
 ``requests.<resource>.<method>.<status>`` / ``latency.<resource>.<method>`` from
 :mod:`common.http_metrics`.
 """
@@ -51,7 +52,7 @@ import redis
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from common.hot_users import newest
-from common.session_query import served_query
+from common.session_query import served_gate, served_query, sparse_query, sparse_sources
 from common.stores import UserDoc
 from faiss_server.protocol import FaissRequestError, Hit
 from recommender_server.batching import SearchBatcher
@@ -181,9 +182,11 @@ class RecommendationService:
         seen = set(doc.history) if doc is not None else set()
         if reason is None:
             assert doc is not None
+            boost = await self._boost(doc, degraded)
             # The catalog refresh (rare) overlaps the FAISS call.
             (reason, index_version, candidates), cat = await asyncio.gather(
-                self._search(self._query(doc), doc.history, k), self._catalog(degraded))
+                self._search(self._query(doc), doc.history, k, boost),
+                self._catalog(degraded))
         else:
             cat = await self._catalog(degraded)
         gone = cat.unavailable
@@ -206,6 +209,29 @@ class RecommendationService:
             "items": items,
             **({"degraded": sorted(set(degraded))} if degraded else {}),
         }
+
+    async def _boost(self, doc: UserDoc, degraded: list[str]) -> dict[str, float] | None:
+        """The sparse part of the user's query (a hybrid model: co-occurrence of their
+        recent items, :func:`common.session_query.sparse_query`), or ``None`` when the
+        model has none. Its lists come from Redis (cached ``cooc_cache_ttl_s``); while
+        Redis fails the dense part answers alone (``degraded``)."""
+        clock = self.deps.hot.clock if self.deps.hot is not None else None
+        sparse = clock.sparse if clock is not None else None
+        if sparse is None or not doc.recent:
+            return None
+        if not self.breakers["redis"].allow():
+            degraded.append("redis")
+            return None
+        try:
+            lists = await self.deps.catalog.similar_many(sparse_sources(doc.recent, sparse))
+        except REDIS_ERRORS as exc:
+            self._dep_error("redis", exc)
+            degraded.append("redis")
+            return None
+        gate = served_gate(doc, clock, int(time.time() * 1000))
+        boost = sparse_query(doc.recent, lists, sparse, gate)
+        self._incr("query.sparse" if boost else "query.dense")
+        return boost or None
 
     def _query(self, doc: UserDoc) -> list[float]:
         """The user's query now. A session-aware model's document carries the query at
@@ -281,15 +307,17 @@ class RecommendationService:
         _, doc = last
         return doc, None if doc is not None else "unknown_user"
 
-    async def _search(self, vector: list[float], history: list[str],
-                      k: int) -> tuple[str | None, str | None, list[tuple[str, float]]]:
-        """``(fallback reason or None, index version, candidates)``."""
+    async def _search(self, vector: list[float], history: list[str], k: int,
+                      boost: dict[str, float] | None = None
+                      ) -> tuple[str | None, str | None, list[tuple[str, float]]]:
+        """``(fallback reason or None, index version, candidates)``; ``boost``: the
+        query's sparse part (see :meth:`_boost`)."""
         if not self.breakers["faiss"].allow():
             return "faiss_unavailable", None, []
         exclude = history[-self.config.max_history_exclude:]
         try:
             res = await self.searcher.search(vector, k + self.config.candidate_slack,
-                                             exclude)
+                                             exclude, boost)
         except IndexNotReady:
             self.breakers["faiss"].succeeded()
             return "index_not_ready", None, []

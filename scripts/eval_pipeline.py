@@ -35,9 +35,9 @@ from tqdm import tqdm
 from common.clients import redis_client
 from common.events import interaction_json
 from common.hot_users import HotUsers, newest
-from common.session_query import served_query
+from common.session_query import served_gate, served_query, sparse_query, sparse_sources
 from common.settings import Settings
-from common.stores import RedisKeys, UserStore
+from common.stores import ItemCache, RedisKeys, UserStore
 from datasets import movielens
 from devstack.drills.world import DrillWorld
 from devstack.processes import SyncProducer, wait_for
@@ -52,13 +52,14 @@ from streams.model_files import bootstrap_checkpoint_dir
 K = 10
 
 
-def pipeline_top(world: DrillWorld, hot: HotUsers, faiss: FaissClient, users: list[str],
-                 seen: dict[str, set[str]]) -> dict[str, list[str]]:
-    """Top-K per user from the serving state (hot state or MongoDB, the newer) → FAISS →
-    drop seen."""
+def pipeline_top(world: DrillWorld, hot: HotUsers, items: ItemCache, faiss: FaissClient,
+                 users: list[str], seen: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Top-K per user from the serving state (hot state or MongoDB, the newer; a hybrid
+    model's sparse part from the stored co-occurrence lists) → FAISS → drop seen."""
     hot_docs = hot.get_many(users)
     stored = UserStore(world.mongo[world.settings.mongo_db]).get_many(users)
     clock = hot.clock()
+    sparse = clock.sparse if clock is not None else None
     out: dict[str, list[str]] = {}
     for user in users:
         doc = newest(hot_docs.get(user), stored.get(user))
@@ -66,8 +67,15 @@ def pipeline_top(world: DrillWorld, hot: HotUsers, faiss: FaissClient, users: li
             out[user] = []
             continue
         user_seen = seen.get(user, set())
-        query = served_query(doc, clock, int(time.time() * 1000))  # as the API serves it
-        result = faiss.search(np.asarray(query, np.float32), k=K + len(user_seen))
+        now_ms = int(time.time() * 1000)
+        query = served_query(doc, clock, now_ms)  # as the API serves it
+        boosts: list[dict[str, float]] = []
+        if sparse is not None:  # a hybrid model's co-occurrence part, as the API adds it
+            lists = {i: items.similar(i) for i in sparse_sources(doc.recent, sparse)}
+            boosts = [sparse_query(doc.recent, lists, sparse,
+                                   served_gate(doc, clock, now_ms))]
+        result = faiss.search(np.asarray(query, np.float32), k=K + len(user_seen),
+                              boosts=boosts)
         out[user] = [i for i, _ in result.results[0] if i not in user_seen][:K]
     return out
 
@@ -112,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             faiss = FaissClient.from_settings(s, read_timeout_s=5.0)
             redis = redis_client(s)
             hot = HotUsers(redis, RedisKeys(s.redis_prefix), s.worker_hot_state_ttl_s)
+            items = ItemCache(redis, s.redis_prefix)
             producer = SyncProducer(s)
             known = set(reference.user_ids.ids)
             seen: dict[str, set[str]] = {}
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             for start in tqdm(range(0, len(stream), args.chunk), desc="chunks", unit="chunk"):
                 chunk = stream.take(slice(start, start + args.chunk))
                 users = sorted({u for u in chunk.users.tolist() if u in known})
-                top_p = pipeline_top(world, hot, faiss, users, seen)
+                top_p = pipeline_top(world, hot, items, faiss, users, seen)
                 top_i = inprocess_top(reference, users)
                 for u, i in zip(chunk.users.tolist(), chunk.items.tolist(), strict=True):
                     if u in known:

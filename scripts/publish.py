@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from common.clients import mongo_db, redis_client
 from common.hot_users import HotUsers
-from common.session_query import StreamClock
+from common.session_query import stream_clock
 from common.settings import Settings
 from common.stores import ItemCache, UserDoc, UserStore
 from datasets import movielens
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = ItemCache(redis_client(settings, timeout_s=10), settings.redis_prefix)
     # the stream's clock as of the bootstrap, until the worker's first batch moves it
     HotUsers(cache.r, cache.keys, settings.worker_hot_state_ttl_s).put_clock(
-        StreamClock(model.clock_ms(), int(time.time() * 1000), model.session_half_life_s))
+        stream_clock(model))
     if args.until_fraction is not None:
         ds = movielens.load(settings.cache_dir)
         inter = ds.interactions.sorted_by_time()

@@ -3,7 +3,7 @@
     python -m scripts.tune                      # ~15 minutes on 2 shared cores
     python -m scripts.tune --only full/gmf      # one grid
     python -m scripts.tune --record session     # issue 11: session two-tower, cooc
-    python -m scripts.tune --record hybrid      # issue 11: the hybrid's cooc weight
+    python -m scripts.tune --record hybrid      # issue 11: the hybrid's cooc weight, stream lr
     python -m scripts.tune --record session-gate  # issue 11: session gate, content part
 
 Every grid sweeps one hyperparameter at a time around the current default (the others
@@ -88,7 +88,8 @@ SESSION_GRIDS: tuple[Grid, ...] = (
 #: Issue 11: how much co-occurrence weighs in the hybrid's score (the session part
 #: keeps the session model's choices).
 HYBRID_GRIDS: tuple[Grid, ...] = (
-    Grid("prequential", "hybrid", "recall@10", {"cooc_weight": (1.0, 3.0, 10.0)}),
+    Grid("prequential", "hybrid", "recall@10", {"cooc_weight": (1.0, 3.0, 10.0),
+                                                "stream_lr": (0.05, 0.1, 0.15, 0.2)}),
 )
 
 #: Issue 11: the session gate and the content part of the session model. These are

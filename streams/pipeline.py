@@ -31,7 +31,7 @@ import statsd
 from common.errors import BadEvent, RecsysError, ServiceUnavailable
 from common.events import Interaction, ItemEvent
 from common.hot_users import HotUsers, pack_rows
-from common.session_query import StreamClock
+from common.session_query import StreamClock, stream_clock
 from common.settings import Settings
 from common.stores import ItemCache, UserDoc, UserStore
 from models.base import Recommender
@@ -445,11 +445,10 @@ def _learn_and_export(model: Recommender, batch: EventBatch, users: list[str],
                                    [p.recent for p in prior],
                                    [p.last_event_ms for p in prior])
     loss = model.learn_many(batch)
-    # TODO(issue 11): a model whose ``user_sparse_vectors`` returns non-empty lists (the
-    # hybrid's co-occurrence part) needs that sparse query in the hot record and in the
-    # API's scoring; only the dense query is served for now.
+    # a hybrid's sparse part is not written per user: the API recomputes it from the
+    # user's recent events and the stored co-occurrence lists (``stream_clock``)
     half_life = float(model.session_half_life_s)
-    clock = StreamClock(model.clock_ms(), int(time.time() * 1000), half_life)
+    clock = stream_clock(model)
     if half_life <= 0:
         return Exported(loss, model.user_vectors(users), None, model.version, clock, reloads)
     long_term, fresh, _ = model.user_vector_parts(users)

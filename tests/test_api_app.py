@@ -17,7 +17,7 @@ from falcon import testing
 
 from common import hot_users
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
-from common.session_query import StreamClock
+from common.session_query import SparseQuery, StreamClock
 from common.settings import Settings
 from common.stores import RedisKeys, UserDoc, as_clicks
 from faiss_server.protocol import FaissRequestError, SearchResult, SimilarResult
@@ -79,7 +79,8 @@ class FakeRedis:
 
     async def mget(self, keys: list[str]) -> list[str | None]:
         self._check()
-        if keys and keys[0].startswith(RedisKeys("t:").user_state("")):  # hot record, clock
+        if keys and keys[0].startswith((RedisKeys("t:").user_state(""),  # hot record, clock
+                                        RedisKeys("t:").cooc(""))):  # co-occurrence lists
             return [self.hot.get(k) for k in keys]
         self.mgets += 1
         ids = [k.rsplit(":", 1)[1] for k in keys]
@@ -91,6 +92,7 @@ class FakeFaiss:
         self.fail: Exception | None = None
         self.searches: list[tuple[int, int, list[str]]] = []
         self.vectors: list[list[float]] = []
+        self.boosts: list[dict[str, float]] = []  # the sparse part sent with each query
 
     def _hits(self, k: int) -> list[tuple[str, float]]:
         hits = [(f"c{i}", 1.0 - i / 100) for i in range(k)]
@@ -99,15 +101,18 @@ class FakeFaiss:
             hits[3] = ("seen", 0.96)
         return hits
 
-    async def search(self, vector: Any, k: int, exclude: Any = ()) -> SearchResult:
-        return await self.search_many([vector], k, exclude)
+    async def search(self, vector: Any, k: int, exclude: Any = (),
+                     boost: Any = None) -> SearchResult:
+        return await self.search_many([vector], k, exclude, [boost] if boost else ())
 
-    async def search_many(self, vectors: Any, k: int, exclude: Any = ()) -> SearchResult:
+    async def search_many(self, vectors: Any, k: int, exclude: Any = (),
+                          boosts: Any = ()) -> SearchResult:
         await asyncio.sleep(0)
         if self.fail:
             raise self.fail
         self.searches.append((len(vectors), k, list(exclude)))
         self.vectors.extend([list(map(float, v)) for v in vectors])
+        self.boosts.extend([dict(b) for b in boosts] if boosts else [{} for _ in vectors])
         return SearchResult("idx-3", [self._hits(k) for _ in vectors])
 
     async def similar(self, item_id: str, k: int, exclude: Any = ()) -> SimilarResult:
@@ -565,3 +570,32 @@ def test_a_session_aware_query_is_blended_by_the_stream_clock(fakes, away_s, exp
     out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0))
     assert out["source"] == "personalized"
     np.testing.assert_allclose(fakes[2].vectors[-1], expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_hybrid_query_sends_the_co_occurrence_of_the_recent_items(fakes, batched) -> None:
+    """With a sparse part in the stream clock (a hybrid model), the API sends FAISS the
+    co-occurrence of the user's recent items, weighted by recency, event type, the
+    model's weight and the session gate (an hour away: ¼), as ``boosts``; the dense
+    query goes as before. Without Redis the dense part answers alone."""
+    keys = RedisKeys("t:")
+    put_hot(fakes[1], UserDoc("u1", [1.0, 0.0], "m-hot", n_events=3, last_event_ms=1_000,
+                              recent=[("old", "click"), ("a", "view"), ("b", "click")]))
+    sparse = SparseQuery(weight=2.0, window=2, recency=0.5,
+                         event_weights={"click": 1.0, "view": 0.5})
+    clock = StreamClock(1_000 + 3_600_000, int(time.time() * 1000), 1800.0, sparse)
+    fakes[1].hot[keys.stream_clock] = msgspec.json.encode(clock).decode()
+    fakes[1].hot[keys.cooc("b")] = '[["x",0.4],["y",0.2]]'
+    fakes[1].hot[keys.cooc("a")] = '[["x",0.8]]'
+    fakes[1].hot[keys.cooc("old")] = '[["z",1.0]]'  # outside the window of 2
+    client = make_client(fakes, hot=True, faiss_batch_inflight=2 if batched else 0)
+    out = rec(client)
+    assert out["source"] == "personalized"
+    # b (age 0, click): 1 · 1; a (age 1, view): 0.5 · 0.5; × weight 2 × gate ¼
+    # (the wall time since the clock was written ages the gate a little: rel 1e-4)
+    assert fakes[2].boosts[-1] == pytest.approx({"x": 0.5 * (0.4 + 0.25 * 0.8),
+                                                 "y": 0.5 * 0.2}, rel=1e-4)
+    fakes[1].fail = True  # Redis down: no hot record either; MongoDB's document answers
+    out = rec(make_client(fakes, hot=True, faiss_batch_inflight=0))
+    assert out["source"] == "personalized" and "redis" in out["degraded"]
+    assert fakes[2].boosts[-1] == {}

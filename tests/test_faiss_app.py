@@ -56,12 +56,29 @@ def test_search_one_and_many_vectors(client: testing.TestClient) -> None:
     ({"vectors": [["x"] * DIM]}, ""),
     ({"vectors": [[0.1] * DIM], "exclude": [1]}, "exclude"),
     ({"vectors": [[1e39] * DIM]}, "NaN or infinity"),
+    ({"vectors": [[0.1] * DIM], "boosts": [{"i1": -1.0}]}, ">= 0"),
+    ({"vectors": [[0.1] * DIM], "boosts": [{"i1": 1.0}, {}]}, "one object per query"),
+    ({"vectors": [[0.1] * DIM], "boosts": [{"i1": "1"}]}, "boosts"),
 ])
 def test_bad_search_input_is_a_400_with_title_and_description(
         client: testing.TestClient, body: dict, fragment: str) -> None:
     r = client.simulate_post("/v1/search", json=body)
     assert r.status_code == 400, r.json
     assert r.json["title"] and fragment in r.json["description"]
+
+
+def test_a_boost_lifts_its_item_into_the_answer(client: testing.TestClient) -> None:
+    q = [[0.1] * DIM]
+    plain = client.simulate_post("/v1/search", json={"vectors": q, "k": 3}).json
+    last = client.simulate_post("/v1/search", json={"vectors": q, "k": 50}).json
+    bottom = last["results"][0][-1]
+    r = client.simulate_post("/v1/search", json={"vectors": q, "k": 3,
+                                                 "boosts": [{bottom["id"]: 100.0}]})
+    assert r.status_code == 200, r.json
+    hits = r.json["results"][0]
+    assert hits[0]["id"] == bottom["id"] != plain["results"][0][0]["id"]
+    assert hits[0]["score"] == pytest.approx(bottom["score"] + 100.0, abs=1e-4)
+    assert [h["id"] for h in hits[1:]] == [h["id"] for h in plain["results"][0][:2]]
 
 
 def test_nan_in_json_and_broken_json_are_400(client: testing.TestClient) -> None:

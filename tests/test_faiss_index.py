@@ -58,6 +58,42 @@ def test_excluded_ids_never_come_back_and_k_is_still_filled(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_boosted_search_is_the_exact_top_k_of_dense_plus_sparse(kind: str) -> None:
+    """``boosts`` (the sparse part of a dense + sparse query) add to the inner products
+    of their items; the answer is the top k of the sum, boosted items far down the
+    dense list included, excluded and unknown ids never returned."""
+    idx, x, ids = build(kind)
+    rng = np.random.default_rng(3)
+    q = x[7:9]
+    boosts = [{ids[j]: float(rng.uniform(0.0, 1.5)) for j in rng.choice(len(ids), 40)}
+              | {"not-indexed": 9.0}, {}]
+    exclude = [ids[7], ids[int(np.argmax(q[0] @ x.T * 0))]]
+    got = idx.search(q, 10, exclude=exclude, boosts=boosts)
+    dense = (q.astype(np.float64) @ x.T.astype(np.float64))
+    for r, (row, boost) in enumerate(zip(got, boosts, strict=True)):
+        total = dense[r].copy()
+        for item, value in boost.items():
+            if item in idx.pos:
+                total[idx.pos[item]] += value
+        total[[idx.pos[e] for e in exclude]] = -np.inf
+        want = [ids[j] for j in np.argsort(-total)[:10]]
+        hits = [h for h, _ in row]
+        assert len(set(want) & set(hits)) >= (10 if kind == "flat" else 9)
+        assert not set(exclude) & set(hits) and "not-indexed" not in hits
+        scores = [s for _, s in row]
+        assert scores == sorted(scores, reverse=True)
+        for h, score in row:
+            assert score == pytest.approx(total[idx.pos[h]], abs=1e-4)
+    assert any(h in boosts[0] for h, _ in got[0])  # the boosts did change the answer
+
+
+def test_boosts_must_match_the_queries() -> None:
+    idx, x, _ = build("flat", 50)
+    with pytest.raises(ValueError, match="boost objects"):
+        idx.search(x[:2], 5, boosts=[{"item-1": 1.0}])
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_similar_excludes_the_item_itself(kind: str) -> None:
     idx, _, _ = build(kind)
     hits = idx.similar("item-3", 5)

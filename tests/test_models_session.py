@@ -120,6 +120,41 @@ def test_the_hybrid_sparse_part_fades_with_the_session_too() -> None:
     np.testing.assert_allclose(values1, 0.5 * values0, rtol=1e-5)
 
 
+def test_the_servers_sparse_part_gives_the_models_own(tmp_path: Path) -> None:
+    """No training/serving skew for the hybrid's co-occurrence part either: what the API
+    computes per request (``common.session_query.sparse_query`` over the user's recent
+    events, the lists the worker stores per item and the published ``SparseQuery``) is
+    the model's ``user_sparse_vectors``, at the last event and later (the gate)."""
+    from common.session_query import SparseQuery, session_gate, sparse_query, sparse_sources
+
+    rng = np.random.default_rng(0)
+    model = SessionCooc(dim=8, negatives=4, n_buckets=64, history_size=12,
+                        cooc_neighbours=30, cooc_window=6, session_half_life_s=60.0)
+    items = [f"i{j}" for j in range(25)]
+    for t in range(40):  # mixed event types: their weights enter the score
+        users = [f"u{j}" for j in rng.integers(0, 8, 6)]
+        model.learn_many(EventBatch.of(users, [items[j] for j in rng.integers(0, 25, 6)],
+                                       event=str(rng.choice(["click", "view", "purchase"])),
+                                       ts_ms=t * 1000))
+    sparse = SparseQuery(**model.sparse_query_params())  # type: ignore[arg-type]
+    assert sparse.weight == model.cooc_weight and sparse.window == 6
+    for user in ("u0", "u3", "u5"):
+        recent = model.recent_events(user)
+        # the worker stores every partner it keeps (RECSYS_WORKER_COOC_SERVED >= neighbours)
+        lists = {}
+        for h in sparse_sources(recent, sparse):
+            ids, sims = model.similar_items(h, model.cooc_neighbours)
+            lists[h] = list(zip(ids, sims.tolist(), strict=True))
+        last = int(model.history.last_ts[model.user_ids.lookup([user])[0]])
+        for later_ms in (0, 45_000):
+            with model.asked_at({user: last + later_ms}):
+                ids, values = model.user_sparse_vectors([user])[0]
+            gate = session_gate(later_ms, model.session_half_life_s)
+            got = sparse_query(recent, lists, sparse, gate)
+            assert set(got) == set(ids) and ids
+            np.testing.assert_allclose([got[i] for i in ids], values, rtol=1e-5)
+
+
 def test_event_times_survive_a_checkpoint(tmp_path: Path) -> None:
     model = catalogue_model()
     model.observe(EventBatch.of(["u", "w"], ["a0", "b1"], ts_ms=7 * MINUTE_MS))

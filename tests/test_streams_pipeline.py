@@ -247,7 +247,7 @@ class _HeldWrites:
 class _Hits:
     """FAISS stand-in: the same candidates for every query, the clicked item first."""
 
-    async def search(self, vector: Any, k: int, exclude: Any = ()) -> Any:
+    async def search(self, vector: Any, k: int, exclude: Any = (), boost: Any = None) -> Any:
         from faiss_server.protocol import SearchResult
 
         hits = [(i, 1.0 - n / 100) for n, i in enumerate(["clicked", "x1", "x2", "x3"])]
