@@ -89,7 +89,7 @@ class Settings:
                               "recsys-worker")
     worker_model: str = _doc("Model the worker trains when no checkpoint exists "
                              "(`session`, `two_tower` or `gmf`; default: the product "
-                             "default, `models.training.PRODUCT_MODEL`).", "session")
+                             "default, `models.training.PRODUCT_MODEL`).", "hybrid")
     gc_gen0_threshold: int = _doc(
         "Allocations between two generation-0 garbage collections in the worker and the "
         "API (CPython's default is 700; `0` keeps it); see `common/gc_tuning.py`.", 50_000)

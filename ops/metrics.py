@@ -203,6 +203,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("api", "user_state.undecodable", COUNTER,
            "Hot records that did not decode (written by an older worker version, until "
            "their TTL ends them): the MongoDB document answered.", _API),
+    Metric("api", "query.<part>", COUNTER,
+           "Hybrid-model queries with a co-occurrence part (`sparse`: some recent item has "
+           "stored partners) or without (`dense`).", _API),
     Metric("api", "user_cache.hit", COUNTER, "User-document cache hits.", _API),
     Metric("api", "user_cache.miss", COUNTER, "User-document cache misses.", _API),
     # --- FAISS service ------------------------------------------------------------------

@@ -230,7 +230,8 @@ class RecommendationService:
             return None
         gate = served_gate(doc, clock, int(time.time() * 1000))
         boost = sparse_query(doc.recent, lists, sparse, gate)
-        self._incr("query.sparse" if boost else "query.dense")
+        part = "sparse" if boost else "dense"
+        self._incr(f"query.{part}")
         return boost or None
 
     def _query(self, doc: UserDoc) -> list[float]:
