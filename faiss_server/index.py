@@ -15,7 +15,6 @@ array, no pickle) and ``meta.json``.
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 import os
@@ -233,16 +232,20 @@ class VectorIndex:
                  skip: set[str], k: int) -> list[Hit]:
         """``hits`` merged with the boosted items (indexed, not skipped), each scored
         ``query · p + boost``; the best ``k``."""
-        ids = [i for i in boost if i in self.pos and i not in skip]
+        pos = self.pos
+        ids = [i for i in boost if i in pos and i not in skip]
         if not ids:
             return hits
-        rows = np.fromiter((self.pos[i] for i in ids), dtype=np.int64, count=len(ids))
-        vectors = self.index.reconstruct_batch(rows)
-        values = np.fromiter((boost[i] for i in ids), dtype=np.float64, count=len(ids))
-        scores = vectors.astype(np.float64) @ query.astype(np.float64) + values
-        merged = dict(hits)
-        merged.update(zip(ids, scores.tolist(), strict=True))
-        return heapq.nlargest(k, merged.items(), key=lambda h: h[1])
+        rows = np.fromiter(map(pos.__getitem__, ids), dtype=np.int64, count=len(ids))
+        values = np.fromiter(map(boost.__getitem__, ids), dtype=np.float64, count=len(ids))
+        boosted = (self.index.reconstruct_batch(rows) @ query).astype(np.float64) + values
+        # the dense hits not boosted keep their score; the boosted ones were rescored
+        rest = [h for h in hits if h[0] not in boost]
+        names = [h[0] for h in rest] + ids
+        scores = np.concatenate([np.fromiter((h[1] for h in rest), dtype=np.float64,
+                                             count=len(rest)), boosted])
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(names[j], float(scores[j])) for j in top.tolist()]
 
     def _search(self, queries: np.ndarray, k: int, exclude: Sequence[str]) -> list[list[Hit]]:
         """The dense top-``k`` of :meth:`search`."""
