@@ -339,7 +339,8 @@ class Catalog:
                                        self.meta_ttl_s)
 
     async def _cached_mget(self, ids: Sequence[str], cache: dict[str, tuple[float, V]],
-                           key: Callable[[str], str], decode: Callable[[str | None], V],
+                           key: Callable[[str], str],
+                           decode: Callable[[str | bytes | None], V],
                            ttl_s: float) -> dict[str, V]:
         """Values of ``ids`` from ``cache`` while fresh, else one MGET of ``key(id)`` for
         the misses (decoded, kept ``ttl_s``); the cache is emptied past ``meta_max``."""
@@ -369,5 +370,5 @@ class Catalog:
                 "cooc_cached": len(self._cooc)}
 
 
-def _decode_meta(raw: str | None) -> Metadata | None:
+def _decode_meta(raw: str | bytes | None) -> Metadata | None:
     return json.loads(raw) if raw is not None else None
