@@ -114,7 +114,7 @@ def decode_clock(raw: bytes | str | None) -> StreamClock | None:
     """The stream clock as stored (``None`` if there is none yet).
 
     >>> decode_clock(_encoder.encode(StreamClock(5, 6, 1800.0)))
-    StreamClock(event_ms=5, wall_ms=6, half_life_s=1800.0)
+    StreamClock(event_ms=5, wall_ms=6, half_life_s=1800.0, sparse=None)
     """
     return None if raw is None else _clock_decoder.decode(raw)
 
