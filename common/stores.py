@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import msgspec
 import pymongo
 import redis
 from pymongo import ReplaceOne
@@ -194,18 +195,17 @@ class ItemCache:
         raw = self.r.hmget(self.keys.versions, list(item_ids))
         return {i: int(v) for i, v in zip(item_ids, raw, strict=True) if v is not None}
 
-    def put_similar(self, lists: Mapping[str, Sequence[tuple[str, float]]],
+    def put_similar(self, lists: Mapping[str, tuple[Sequence[str], Sequence[float]]],
                     chunk: int = 1000) -> None:
-        """Store co-occurring items per item (``RedisKeys.cooc``), in chunked ``MSET``s
-        on one pipeline."""
+        """Store co-occurring items per item (``RedisKeys.cooc``: ``{"ids": [...],
+        "scores": [...]}``, best first), in chunked ``MSET``s on one pipeline."""
         if not lists:
             return
         pipe = self.r.pipeline(transaction=False)
         pairs = list(lists.items())
         for start in range(0, len(pairs), chunk):
-            pipe.mset({self.keys.cooc(i): json.dumps([[j, round(s, 6)] for j, s in sim],
-                                                     separators=(",", ":"))
-                       for i, sim in pairs[start:start + chunk]})
+            pipe.mset({self.keys.cooc(i): _similar_enc.encode(SimilarList(list(j), list(s)))
+                       for i, (j, s) in pairs[start:start + chunk]})
         pipe.execute()
 
     def similar(self, item_id: str) -> list[tuple[str, float]] | None:
@@ -321,13 +321,32 @@ LEGACY_EVENT_TYPE = "click"
 _SHARED_TYPES = {t: t for t in EVENT_TYPES}
 
 
-def decode_similar(raw: str | bytes | None) -> list[tuple[str, float]] | None:
-    """A stored ``cooc:{item}`` value as ``(item id, cosine)`` pairs (``None``: none).
+class SimilarList(msgspec.Struct):
+    """A stored ``cooc:{item}`` value: partner ids and their cosines, best first."""
 
+    ids: list[str]
+    scores: list[float]
+
+
+_similar_enc = msgspec.json.Encoder()
+_similar_dec = msgspec.json.Decoder(SimilarList | list[tuple[str, float]])
+
+
+def decode_similar(raw: str | bytes | None) -> list[tuple[str, float]] | None:
+    """A stored ``cooc:{item}`` value as ``(item id, cosine)`` pairs (``None``: none);
+    the list-of-pairs form written before 2026-11-30 decodes too.
+
+    >>> decode_similar('{"ids":["i2","i3"],"scores":[0.5,0.25]}')
+    [('i2', 0.5), ('i3', 0.25)]
     >>> decode_similar('[["i2",0.5]]'), decode_similar(None)
     ([('i2', 0.5)], None)
     """
-    return None if raw is None else [(str(j), float(s)) for j, s in json.loads(raw)]
+    if raw is None:
+        return None
+    value = _similar_dec.decode(raw)
+    if isinstance(value, SimilarList):
+        return list(zip(value.ids, value.scores, strict=True))
+    return [(str(j), float(s)) for j, s in value]
 
 
 def as_clicks(items: Iterable[str]) -> list[RecentEvent]:

@@ -327,21 +327,26 @@ class WithCooc(Recommender):
         return self.item_ids.ids_of(rows.tolist()), sims
 
     def changed_similar(self, k: int, limit: int | None = None
-                        ) -> dict[str, list[tuple[str, float]]]:
+                        ) -> dict[str, tuple[list[str], list[float]]]:
         """The top-``k`` co-occurring items of the items whose partners changed since
         the last call, at most ``limit`` of them (the rest wait for the next call, so
-        one call holds the model for a bounded time): what the worker re-serves
-        (``RedisKeys.cooc``)."""
+        one call holds the model for a bounded time), as ``(partner ids, cosines)``
+        best first (cosines rounded to 6 digits, as stored): what the worker re-serves
+        (``RedisKeys.cooc``). Built with array gathers, not per-pair tuples: with many
+        users clicking every row changes between two exports (1,682 × 100 pairs in
+        Python took ~6% of the worker)."""
         rows = self.cooc.take_changed(limit)
-        out: dict[str, list[tuple[str, float]]] = {}
+        out: dict[str, tuple[list[str], list[float]]] = {}
         ids = self.item_ids.ids
+        names = np.asarray(ids, dtype=object)
         for start in range(0, len(rows), 4096):  # bounded (4096, neighbours) blocks
             part = rows[start:start + 4096]
             nbr, sims = self.cooc.similar_many(part, k)
-            for r, row_nbr, row_sims in zip(part.tolist(), nbr.tolist(), sims.tolist(),
-                                            strict=True):
-                out[ids[r]] = [(ids[j], float(v)) for j, v in zip(row_nbr, row_sims,
-                                                                    strict=True) if j >= 0]
+            counts = (nbr >= 0).sum(1).tolist()  # valid partners come first
+            partners = names[np.maximum(nbr, 0)]
+            cosines = np.round(np.where(nbr >= 0, sims, 0.0), 6)
+            for n, (r, m) in enumerate(zip(part.tolist(), counts, strict=True)):
+                out[ids[r]] = (partners[n, :m].tolist(), cosines[n, :m].tolist())
         return out
 
     def mark_changed(self, items: list[str]) -> None:

@@ -78,10 +78,11 @@ class Runtime:
             return 0
 
         def write() -> None:
-            ids = sorted({j for sim in lists.values() for j, _ in sim} | set(lists))
+            ids = sorted({j for partners, _ in lists.values() for j in partners} | set(lists))
             known = self.item_cache.known_among(ids)
-            self.item_cache.put_similar({i: [(j, s) for j, s in sim if j in known]
-                                         for i, sim in lists.items() if i in known})
+            self.item_cache.put_similar({i: _known_only(partners, sims, known)
+                                         for i, (partners, sims) in lists.items()
+                                         if i in known})
 
         try:
             await asyncio.to_thread(write)
@@ -115,3 +116,12 @@ class Runtime:
         self.metrics.gauge("export.items", len(keep))
         log.info("exported %d item vectors as index version %s", len(keep), index_version)
         return info
+
+
+def _known_only(partners: list[str], sims: list[float], known: set[str]
+                ) -> tuple[list[str], list[float]]:
+    """The catalogue's items among ``partners`` (all of them, usually: checked in C)."""
+    if known.issuperset(partners):
+        return partners, sims
+    keep = [n for n, j in enumerate(partners) if j in known]
+    return [partners[n] for n in keep], [sims[n] for n in keep]
