@@ -124,6 +124,10 @@ class Settings:
         2.0)
     worker_write_backoff_max_s: float = _doc("Longest jittered backoff before probing "
                                              "after a MongoDB write timeout.", 2.0)
+    worker_min_flush_interval_s: float = _doc(
+        "Least time between the starts of two MongoDB flushes of user documents (each "
+        "writes every user touched since the last one, once): fewer, larger writes when "
+        "many users click at once; the commit and crash-replay lag grow by as much.", 2.0)
     worker_max_dirty_users: int = _doc(
         "Back-pressure: users whose newest document is not yet durable in MongoDB, beyond "
         "which applying new batches waits for the writes.", 50000)

@@ -16,6 +16,11 @@ events/s. Serving no longer waits on that write (the hot state in Redis,
 - **Committed only when durable.** :meth:`durable` gives a future per sequence number;
   the consumer commits a batch's offsets only once it is done, so at-least-once
   delivery and the idempotent replays of the watermarks are unchanged.
+- **Spaced.** A flush starts at least ``min_interval_s`` after the previous one started
+  (unless :meth:`drain` or the back-pressure below needs it now): the more events per
+  user a flush covers, the fewer documents the database writes. With 5,000 users
+  clicking 10,000 times a second, flushing back to back wrote a document for every ~2
+  events and the local MongoDB-wire server took ~60% of a core next to the worker.
 - **Bounded.** When more than ``max_dirty`` users wait (in flight included) or the
   oldest waits longer than ``max_lag_s``, :meth:`submit` waits for the writes: memory
   and the replay after a crash stay bounded, and a slow database slows the worker down
@@ -75,14 +80,20 @@ class DurableUsers:
     """Coalescing, overlapped, bounded writer of user documents (module docstring)."""
 
     def __init__(self, writer: DocWriter, metrics: statsd.StatsClient, *, max_dirty: int,
-                 max_lag_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_lag_s: float, min_interval_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_dirty < 1 or max_lag_s <= 0:
             raise ValueError("max_dirty and max_lag_s must be positive")
+        if not 0.0 <= min_interval_s < max_lag_s:
+            raise ValueError(f"min_interval_s must be in [0, max_lag_s), got {min_interval_s}")
         self.writer = writer
         self.metrics = metrics
         self.max_dirty = max_dirty
         self.max_lag_s = max_lag_s
+        self.min_interval_s = min_interval_s
         self.clock = clock
+        self._last_start = -float("inf")  # when the last flush started (``clock``)
+        self._hurry = asyncio.Event()  # set: the next flush starts now (drain, back-pressure)
         self._dirty: dict[str, UserDoc] = {}
         self._dirty_since = 0.0
         self._inflight: dict[str, UserDoc] = {}
@@ -135,6 +146,7 @@ class DurableUsers:
         t0 = self.clock()
         while self.pending > self.max_dirty or self.lag_s() > self.max_lag_s:
             waited = True
+            self._hurry.set()
             await self._next_progress()
         if waited:
             pipe = self.metrics.pipeline()
@@ -156,7 +168,9 @@ class DurableUsers:
         return fut
 
     async def drain(self) -> None:
-        """Return once everything submitted is durable (shutdown, rebalance, tests)."""
+        """Return once everything submitted is durable (shutdown, rebalance, tests);
+        a flush waiting out ``min_interval_s`` starts at once."""
+        self._hurry.set()
         await self.durable(self.submitted)
 
     # --- the flusher ---------------------------------------------------------------------
@@ -164,9 +178,21 @@ class DurableUsers:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush_loop())
 
+    async def _spacing(self) -> None:
+        """Wait until ``min_interval_s`` after the last flush started, or a hurry."""
+        wait = self._last_start + self.min_interval_s - self.clock()
+        if wait > 0 and not self._hurry.is_set():
+            try:
+                await asyncio.wait_for(self._hurry.wait(), wait)
+            except TimeoutError:
+                pass
+
     async def _flush_loop(self) -> None:
         try:
             while self._dirty:
+                await self._spacing()
+                self._hurry.clear()
+                self._last_start = self.clock()
                 self._inflight, self._dirty = self._dirty, {}
                 self._inflight_since = self._dirty_since
                 upto = self.submitted

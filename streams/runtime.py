@@ -47,7 +47,8 @@ class Runtime:
                 UserWriter(UserStore(self.db), self.metrics,
                            WritePolicy.from_settings(settings)),
                 self.metrics, max_dirty=settings.worker_max_dirty_users,
-                max_lag_s=settings.worker_max_write_lag_s),
+                max_lag_s=settings.worker_max_write_lag_s,
+                min_interval_s=settings.worker_min_flush_interval_s),
             hot_state_ttl_s=settings.worker_hot_state_ttl_s,
             max_cached_users=settings.worker_max_cached_users)
         self.items = ItemPipeline(self.holder, self.item_cache, self.faiss, self.metrics,

@@ -230,3 +230,38 @@ def test_a_snapshot_copies_every_field_of_the_document() -> None:
         assert getattr(copy, f.name) == value, f.name
         if isinstance(value, list | dict) and f.name not in SHARED_FIELDS:
             assert getattr(copy, f.name) is not value, f.name
+
+
+def test_flushes_are_spaced_by_the_minimum_interval_unless_drained_or_pressed() -> None:
+    """A flush starts ``min_interval_s`` after the previous one started (here 10 s on a
+    fake clock): the users touched meanwhile wait and are written once, together. A
+    drain, or the back-pressure limit, starts the waiting flush at once."""
+    async def run() -> None:
+        now = [0.0]
+        held, durable = writer_and_durable(clock=lambda: now[0], min_interval_s=10.0,
+                                           max_dirty=3)
+        held.allow()
+        await durable.submit([doc("a", 1)])
+        await settle()
+        assert held.writes == [[("a", 1)]]  # the first flush is not delayed
+        await durable.submit([doc("a", 2), doc("b", 1)])
+        now[0] = 4.0
+        await durable.submit([doc("a", 3)])
+        await settle()
+        assert len(held.writes) == 1  # 4 s after the last flush began: still waiting
+        pressed = asyncio.ensure_future(durable.submit([doc("c", 1), doc("d", 1)]))
+        await settle()  # 4 users pending > max_dirty 3: the waiting flush starts now
+        await pressed
+        # coalesced: a written once, in its latest version, with everything pending
+        assert held.writes[1] == [("b", 1), ("a", 3), ("c", 1), ("d", 1)]
+        now[0] = 5.0
+        await durable.submit([doc("e", 1)])
+        await durable.drain()  # no wait for the interval
+        assert held.writes[2:] == [[("e", 1)]]
+
+    asyncio.run(run())
+
+
+def test_a_minimum_interval_must_stay_below_the_lag_bound() -> None:
+    with pytest.raises(ValueError, match="min_interval_s"):
+        writer_and_durable(min_interval_s=60.0)
