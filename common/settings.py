@@ -88,7 +88,7 @@ class Settings:
     worker_app_id: str = _doc("Faust app id (= Kafka consumer group of the worker).",
                               "recsys-worker")
     worker_model: str = _doc("Model the worker trains when no checkpoint exists "
-                             "(`session`, `two_tower` or `gmf`; default: the product "
+                             "(`hybrid`, `session`, `two_tower` or `gmf`; default: the product "
                              "default, `models.training.PRODUCT_MODEL`).", "hybrid")
     gc_gen0_threshold: int = _doc(
         "Allocations between two generation-0 garbage collections in the worker and the "

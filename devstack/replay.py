@@ -72,7 +72,7 @@ class Replayer:
         self.progress = progress
         # Every record carries a `replay-run` header so a reader can count exactly this run.
         self.run_id = run_id or uuid.uuid4().hex
-        self._headers = [(RUN_HEADER, self.run_id.encode())]
+        self._headers: list[tuple[str, str | bytes | None]] = [(RUN_HEADER, self.run_id.encode())]
 
     async def run(self, items: list[Item], chunks: Iterator[Interactions],
                   total_interactions: int, ts_ms: int | None = None) -> ReplayStats:

@@ -38,7 +38,7 @@ class IndexSpec:
     env_prefix: ClassVar[str] = "RECSYS_FAISS_INDEX_"
 
     dim: int = setting("Dimension of the item vectors (1..4096); the default is the "
-                       "product default model's (`session`: 64 learnt + 32 content "
+                       "product default model's (`hybrid`: 64 learnt + 32 content "
                        "coordinates).", 96)
     kind: str = setting("Index kind: `flat` (exact), `hnsw` or `ivf` (needs a version load "
                         "before it serves).", "flat")
