@@ -352,6 +352,34 @@ def test_a_session_model_hands_serving_both_queries_and_the_stream_clock(
     np.testing.assert_allclose(stored.long_vector, doc.long_vector, atol=1e-6)
 
 
+def test_a_hybrid_models_sparse_part_is_served_from_what_the_pipeline_publishes(
+        world: dict[str, Any]) -> None:
+    """A hybrid model's stream clock carries its ``SparseQuery``; with the co-occurrence
+    lists stored as the worker stores them, the API's formula over the user's hot record
+    (``common.session_query.sparse_query``) is the model's own sparse part."""
+    from common.hot_users import HotUsers
+    from common.session_query import sparse_query, sparse_sources
+    from models.hybrid import SessionCooc
+
+    model = SessionCooc(dim=8, negatives=8, n_buckets=16, history_size=10,
+                        cooc_neighbours=20, cooc_window=4)
+    pipeline = _pipeline_over(world, model)
+    clicks = [_click(u, f"i{(j * 3 + k) % 7}", TS + 1000 * j, j)
+              for j in range(6) for k, u in enumerate(["s1", "s2", "s3"])]
+    _run(pipeline, clicks)
+    world["cache"].put_similar(model.changed_similar(model.cooc_neighbours))
+    hot = HotUsers(world["cache"].r, world["cache"].keys, 60.0)
+    doc, clock = hot.get_many(["s1"])["s1"], hot.clock()
+    assert clock is not None and clock.sparse is not None
+    assert clock.sparse.weight == model.cooc_weight and clock.sparse.window == 4
+    lists = {h: world["cache"].similar(h) for h in sparse_sources(doc.recent, clock.sparse)}
+    served = sparse_query(doc.recent, lists, clock.sparse, 1.0)  # asked at the last event
+    with model.asked_at({"s1": doc.last_event_ms}):
+        ids, values = model.user_sparse_vectors(["s1"])[0]
+    assert ids and set(served) == set(ids)
+    np.testing.assert_allclose([served[i] for i in ids], values, rtol=1e-5)
+
+
 # --- one history per user: the document owns it, the model's ring follows ---------------
 def _pipeline_over(world: dict[str, Any], model: Any) -> InteractionPipeline:
     db = world["db"]
