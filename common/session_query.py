@@ -125,12 +125,23 @@ def served_query(doc: UserDoc, clock: StreamClock | None, wall_now_ms: int) -> l
                     clock.now_ms(wall_now_ms), clock.half_life_s)
 
 
-def served_gate(doc: UserDoc, clock: StreamClock | None, wall_now_ms: int) -> float:
-    """The session gate of ``doc`` now, as :func:`served_query` applies it (1 without a
-    clock: the query at the last event)."""
-    if clock is None:
-        return 1.0
-    return session_gate(clock.now_ms(wall_now_ms) - doc.last_event_ms, clock.half_life_s)
+def served_sparse(doc: UserDoc, clock: StreamClock | None,
+                  lists: Mapping[str, Sequence[tuple[str, float]] | None],
+                  wall_now_ms: int) -> dict[str, float]:
+    """The sparse part served with :func:`served_query` for ``doc`` now (``{}`` when the
+    clock's model has none): :func:`sparse_query` over ``lists`` (the stored lists of
+    :func:`sparse_sources`), gated like the dense part. The API and
+    ``scripts.eval_pipeline`` both call it.
+
+    >>> doc = UserDoc("u", [], "", recent=[("a", "click")], last_event_ms=0)
+    >>> sq = SparseQuery(1.0, 10, 0.5, {"click": 1.0})
+    >>> served_sparse(doc, StreamClock(1_800_000, 0, 1800.0, sq), {"a": [("x", 1.0)]}, 0)
+    {'x': 0.5}
+    """
+    if clock is None or clock.sparse is None:
+        return {}
+    gate = session_gate(clock.now_ms(wall_now_ms) - doc.last_event_ms, clock.half_life_s)
+    return sparse_query(doc.recent, lists, clock.sparse, gate)
 
 
 def sparse_sources(recent: Sequence[RecentEvent], sparse: SparseQuery) -> list[str]:

@@ -346,7 +346,7 @@ def decode_similar(raw: str | bytes | None) -> list[tuple[str, float]] | None:
     value = _similar_dec.decode(raw)
     if isinstance(value, SimilarList):
         return list(zip(value.ids, value.scores, strict=True))
-    return [(str(j), float(s)) for j, s in value]
+    return value  # already (str, float) pairs: the decoder's type says so
 
 
 def as_clicks(items: Iterable[str]) -> list[RecentEvent]:

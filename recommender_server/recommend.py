@@ -52,7 +52,7 @@ import redis
 
 from common.errors import IndexNotReady, ServiceUnavailable, UnknownItem
 from common.hot_users import newest
-from common.session_query import served_gate, served_query, sparse_query, sparse_sources
+from common.session_query import StreamClock, served_query, served_sparse, sparse_sources
 from common.stores import UserDoc
 from faiss_server.protocol import FaissRequestError, Hit
 from recommender_server.batching import SearchBatcher
@@ -182,10 +182,17 @@ class RecommendationService:
         seen = set(doc.history) if doc is not None else set()
         if reason is None:
             assert doc is not None
-            boost = await self._boost(doc, degraded)
+            # Both parts of the query as of one moment of the stream's clock. A session
+            # model's document carries the query at the user's last event and the one with
+            # the session gone; the dense query served is their blend by the session gate
+            # (common.session_query), so a session fades while the user is away though
+            # nothing is written; without a clock yet, the last query.
+            clock = self.deps.hot.clock if self.deps.hot is not None else None
+            now_ms = int(time.time() * 1000)
+            boost = await self._boost(doc, clock, now_ms, degraded)
             # The catalog refresh (rare) overlaps the FAISS call.
             (reason, index_version, candidates), cat = await asyncio.gather(
-                self._search(self._query(doc), doc.history, k, boost),
+                self._search(served_query(doc, clock, now_ms), doc.history, k, boost),
                 self._catalog(degraded))
         else:
             cat = await self._catalog(degraded)
@@ -210,38 +217,28 @@ class RecommendationService:
             **({"degraded": sorted(set(degraded))} if degraded else {}),
         }
 
-    async def _boost(self, doc: UserDoc, degraded: list[str]) -> dict[str, float] | None:
+    async def _boost(self, doc: UserDoc, clock: StreamClock | None, now_ms: int,
+                     degraded: list[str]) -> dict[str, float] | None:
         """The sparse part of the user's query (a hybrid model: co-occurrence of their
-        recent items, :func:`common.session_query.sparse_query`), or ``None`` when the
+        recent items, :func:`common.session_query.served_sparse`), or ``None`` when the
         model has none. Its lists come from Redis (cached ``cooc_cache_ttl_s``); while
         Redis fails the dense part answers alone (``degraded``)."""
-        clock = self.deps.hot.clock if self.deps.hot is not None else None
-        sparse = clock.sparse if clock is not None else None
-        if sparse is None or not doc.recent:
+        if clock is None or clock.sparse is None or not doc.recent:
             return None
         if not self.breakers["redis"].allow():
             degraded.append("redis")
             return None
         try:
-            lists = await self.deps.catalog.similar_many(sparse_sources(doc.recent, sparse))
+            lists = await self.deps.catalog.similar_many(
+                sparse_sources(doc.recent, clock.sparse))
         except REDIS_ERRORS as exc:
             self._dep_error("redis", exc)
             degraded.append("redis")
             return None
-        gate = served_gate(doc, clock, int(time.time() * 1000))
-        boost = sparse_query(doc.recent, lists, sparse, gate)
+        boost = served_sparse(doc, clock, lists, now_ms)
         part = "sparse" if boost else "dense"
         self._incr(f"query.{part}")
         return boost or None
-
-    def _query(self, doc: UserDoc) -> list[float]:
-        """The user's query now. A session-aware model's document carries the query at
-        the user's last event and the one with the session gone; the served query is
-        their blend by the session gate at the stream's clock (:mod:`common.session_query`),
-        so a session fades while the user is away even though nothing is written. Without
-        a clock yet (no batch applied since the worker started), the last query."""
-        clock = self.deps.hot.clock if self.deps.hot is not None else None
-        return served_query(doc, clock, int(time.time() * 1000))
 
     async def _user(self, user_id: str,
                     degraded: list[str]) -> tuple[UserDoc | None, str | None]:

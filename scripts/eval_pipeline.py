@@ -35,7 +35,7 @@ from tqdm import tqdm
 from common.clients import redis_client
 from common.events import interaction_json
 from common.hot_users import HotUsers, newest
-from common.session_query import served_gate, served_query, sparse_query, sparse_sources
+from common.session_query import served_query, served_sparse, sparse_sources
 from common.settings import Settings
 from common.stores import ItemCache, RedisKeys, UserStore
 from datasets import movielens
@@ -72,8 +72,7 @@ def pipeline_top(world: DrillWorld, hot: HotUsers, items: ItemCache, faiss: Fais
         boosts: list[dict[str, float]] = []
         if sparse is not None:  # a hybrid model's co-occurrence part, as the API adds it
             lists = {i: items.similar(i) for i in sparse_sources(doc.recent, sparse)}
-            boosts = [sparse_query(doc.recent, lists, sparse,
-                                   served_gate(doc, clock, now_ms))]
+            boosts = [served_sparse(doc, clock, lists, now_ms)]
         result = faiss.search(np.asarray(query, np.float32), k=K + len(user_seen),
                               boosts=boosts)
         out[user] = [i for i, _ in result.results[0] if i not in user_seen][:K]

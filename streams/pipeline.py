@@ -447,9 +447,8 @@ def _learn_and_export(model: Recommender, batch: EventBatch, users: list[str],
     loss = model.learn_many(batch)
     # a hybrid's sparse part is not written per user: the API recomputes it from the
     # user's recent events and the stored co-occurrence lists (``stream_clock``)
-    half_life = float(model.session_half_life_s)
     clock = stream_clock(model)
-    if half_life <= 0:
+    if clock.half_life_s <= 0:
         return Exported(loss, model.user_vectors(users), None, model.version, clock, reloads)
     long_term, fresh, _ = model.user_vector_parts(users)
     return Exported(loss, fresh, long_term, model.version, clock, reloads)
