@@ -32,7 +32,7 @@ import numpy as np
 import redis
 
 from common.session_query import StreamClock
-from common.stores import RedisKeys, UserDoc
+from common.stores import RedisKeys, UserDoc, as_floats
 
 
 class HotUser(msgspec.Struct, array_like=True, frozen=True):
@@ -75,7 +75,8 @@ def encode(doc: UserDoc, packed: tuple[bytes, bytes] | None = None) -> bytes:
     >>> back.vector, back.recent, back.history, back.n_events, back.model_version
     ([0.5, -1.0], [('a', 'view'), ('b', 'click')], ['a', 'b'], 7, 'v3')
     """
-    vector, long_vector = packed or (_pack(doc.vector), _pack(doc.long_vector))
+    vector, long_vector = packed or (_pack(as_floats(doc.vector)),
+                                     _pack(as_floats(doc.long_vector)))
     return _encoder.encode(HotUser(doc.n_events, doc.last_event_ms, doc.model_version,
                                    vector, doc.recent, long_vector))
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from common.stores import RecentEvent, UserDoc
+from common.stores import RecentEvent, UserDoc, as_floats
 
 if TYPE_CHECKING:  # the API imports this module and must not load torch
     from models.base import Recommender
@@ -119,9 +119,10 @@ def served_query(doc: UserDoc, clock: StreamClock | None, wall_now_ms: int) -> l
     >>> served_query(doc, None, 0)
     [4.0, 2.0]
     """
-    if not doc.long_vector or clock is None:
-        return doc.vector
-    return query_at(doc.long_vector, doc.vector, doc.last_event_ms,
+    fresh, long_term = as_floats(doc.vector), as_floats(doc.long_vector)
+    if not long_term or clock is None:
+        return fresh
+    return query_at(long_term, fresh, doc.last_event_ms,
                     clock.now_ms(wall_now_ms), clock.half_life_s)
 
 

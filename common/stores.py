@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 import pymongo
 import redis
 from pymongo import ReplaceOne
@@ -367,6 +369,21 @@ def distinct_items(recent: Sequence[RecentEvent]) -> list[str]:
     return list(reversed(dict.fromkeys(item for item, _ in reversed(recent))))
 
 
+#: A user's query vector: a list as read from a store; in the worker, the model's float32
+#: row as exported, turned into a list only when the document is written (a user touched
+#: by ten batches between two MongoDB flushes is converted once, not ten times).
+Vector = list[float] | npt.NDArray[np.float32]
+
+
+def as_floats(vector: Vector) -> list[float]:
+    """``vector`` as a list of floats (what MongoDB stores).
+
+    >>> as_floats(np.array([0.5, -1.0], dtype=np.float32)), as_floats([2.0])
+    ([0.5, -1.0], [2.0])
+    """
+    return vector.tolist() if isinstance(vector, np.ndarray) else vector
+
+
 @dataclass
 class UserDoc:
     """One user's serving state, as stored in MongoDB.
@@ -379,7 +396,7 @@ class UserDoc:
     """
 
     user_id: str
-    vector: list[float]
+    vector: Vector
     model_version: str
     recent: list[RecentEvent] = field(default_factory=list)
     n_events: int = 0
@@ -394,7 +411,7 @@ class UserDoc:
     #: The query with the session part gone (session-aware models; empty otherwise):
     #: ``vector`` is the query right at the last event, and the one served at time
     #: ``t`` is their blend by the session gate (:mod:`common.session_query`).
-    long_vector: list[float] = field(default_factory=list)
+    long_vector: Vector = field(default_factory=list)
 
     @property
     def history(self) -> list[str]:
@@ -404,7 +421,7 @@ class UserDoc:
 
     def to_mongo(self) -> dict[str, Any]:
         return {
-            "vector": self.vector, "long_vector": self.long_vector,
+            "vector": as_floats(self.vector), "long_vector": as_floats(self.long_vector),
             "model_version": self.model_version,
             # two parallel arrays, not an array of pairs: ~13% more documents/s on the
             # local MongoDB server (nested arrays cost per element)

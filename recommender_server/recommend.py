@@ -177,7 +177,7 @@ class RecommendationService:
         doc, reason = await self._user(user_id, degraded)
         if doc is not None:
             model_version = doc.model_version or None
-            if not doc.vector:
+            if len(doc.vector) == 0:
                 reason = "no_vector"
         seen = set(doc.history) if doc is not None else set()
         if reason is None:

@@ -63,7 +63,7 @@ def pipeline_top(world: DrillWorld, hot: HotUsers, items: ItemCache, faiss: Fais
     out: dict[str, list[str]] = {}
     for user in users:
         doc = newest(hot_docs.get(user), stored.get(user))
-        if doc is None or not doc.vector:
+        if doc is None or len(doc.vector) == 0:
             out[user] = []
             continue
         user_seen = seen.get(user, set())

@@ -229,9 +229,9 @@ class InteractionPipeline:
             result.history_reloads = out.reloads
             result.learn_s = time.perf_counter() - t0
             docs = [self.states[u].doc for u in dirty]
-            for j, doc in enumerate(docs):
-                doc.vector, doc.model_version = out.fresh[j].tolist(), out.version
-                doc.long_vector = [] if out.long_term is None else out.long_term[j].tolist()
+            for j, doc in enumerate(docs):  # rows: lists only when written (as_floats)
+                doc.vector, doc.model_version = out.fresh[j], out.version
+                doc.long_vector = [] if out.long_term is None else out.long_term[j]
                 doc.updated_at = None  # stamped when written
             # the hot records take the same values packed straight from the arrays
             packed = list(zip(pack_rows(out.fresh, len(docs)),

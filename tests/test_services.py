@@ -2,6 +2,7 @@
 
 import asyncio
 
+import numpy as np
 import pymongo
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -84,6 +85,17 @@ def test_user_store_bulk_round_trip(mongo_db) -> None:
     assert got is not None and got.vector == [0.5, 7.0] and got.history == ["i7"]
     assert store.get("nobody") is None
     assert set(store.get_many(["u1", "u2", "zz"])) == {"u1", "u2"}
+
+
+def test_user_store_writes_worker_rows_as_lists(mongo_db) -> None:
+    """The worker's documents carry the model's float32 rows; MongoDB gets lists of the
+    same values, and readers get lists back."""
+    store = UserStore(mongo_db)
+    row = np.array([0.1, -2.5, 3.0], dtype=np.float32)
+    store.upsert_many([UserDoc("w1", row, "v1", long_vector=row * 2)])
+    got = store.get("w1")
+    assert got is not None and isinstance(got.vector, list)
+    assert got.vector == row.tolist() and got.long_vector == (row * 2).tolist()
 
 
 def test_redis_item_cache_round_trip(redis_client, stack: Settings) -> None:
