@@ -206,6 +206,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("api", "query.<part>", COUNTER,
            "Hybrid-model queries with a co-occurrence part (`sparse`: some recent item has "
            "stored partners) or without (`dense`).", _API),
+    Metric("api", "filter.requests", COUNTER,
+           "Requests with attribute filters (any of the three listing endpoints).", _API),
+    Metric("api", "filter.dropped", COUNTER,
+           "Candidates dropped by a request's attribute filter (over filter.requests: the "
+           "drop rate; a high one means the over-fetch is too small for such filters).",
+           _API),
+    Metric("api", "filter.partial", COUNTER,
+           "Filtered answers with fewer than `k` items (`\"partial\": true`).", _API),
     Metric("api", "user_cache.hit", COUNTER, "User-document cache hits.", _API),
     Metric("api", "user_cache.miss", COUNTER, "User-document cache misses.", _API),
     # --- FAISS service ------------------------------------------------------------------

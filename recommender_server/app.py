@@ -9,7 +9,9 @@ lifespan (:class:`Lifespan`). Responses are encoded with ``msgspec`` (~5x faster
 
 Endpoints: ``GET /v1/recommendations?user_id=&k=``,
 ``GET /v1/items/{item_id}/similar?k=&source=embedding|cooc``,
-``GET /v1/popular?k=``, ``GET /health``, ``GET /ready``, ``GET /openapi.json``.
+``GET /v1/popular?k=`` (all three also take attribute filters, e.g.
+``&genre=Comedy&year_min=1990``: :mod:`recommender_server.filters`), ``GET /health``,
+``GET /ready``, ``GET /openapi.json``.
 Metric names: see :mod:`recommender_server.recommend` and :mod:`recommender_server.metrics`.
 """
 
@@ -27,6 +29,7 @@ from common.http_errors import add_domain_error_handlers
 from common.http_request import BodyLimit, checked_id, choice_param, int_param, use_raw_path_ids
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Dependencies
+from recommender_server.filters import AttributeFilter, BadFilter, parse_filters
 from recommender_server.metrics import BatchedMetricsMiddleware
 from recommender_server.openapi import openapi_document
 from recommender_server.ports import Body
@@ -44,31 +47,44 @@ class _Base:
     def __init__(self, rec: RecommendationService) -> None:
         self.rec = rec
 
+    #: The endpoint's own query parameters; every other one is an attribute filter.
+    own_params: frozenset[str] = frozenset({"k"})
+
     def _k(self, req: Request) -> int:
         return int_param(req, "k", 10, 1, self.rec.config.max_k)
+
+    def _filter(self, req: Request) -> AttributeFilter:
+        """The request's attribute filter (:mod:`recommender_server.filters`), or 400."""
+        try:
+            return parse_filters(req.params, self.own_params)
+        except BadFilter as exc:
+            raise falcon.HTTPInvalidParam(str(exc), exc.param) from None
 
 
 class Recommendations(_Base):
     metric_name = "recommendations"
+    own_params = frozenset({"k", "user_id"})
 
     async def on_get(self, req: Request, resp: Response) -> None:
         user_id = checked_id(req.get_param("user_id", required=True), "user_id")
-        _json(resp, await self.rec.recommend(user_id, self._k(req)))
+        _json(resp, await self.rec.recommend(user_id, self._k(req), self._filter(req)))
 
 
 class SimilarItems(_Base):
     metric_name = "similar"
+    own_params = frozenset({"k", "source"})
 
     async def on_get(self, req: Request, resp: Response, item_id: str) -> None:
         source = choice_param(req, "source", SIMILAR_SOURCES, "embedding")
-        _json(resp, await self.rec.similar(checked_id(item_id), self._k(req), source))
+        _json(resp, await self.rec.similar(checked_id(item_id), self._k(req), source,
+                                           self._filter(req)))
 
 
 class Popular(_Base):
     metric_name = "popular"
 
     async def on_get(self, req: Request, resp: Response) -> None:
-        _json(resp, await self.rec.popular(self._k(req)))
+        _json(resp, await self.rec.popular(self._k(req), self._filter(req)))
 
 
 class Health(_Base):

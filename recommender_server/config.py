@@ -55,6 +55,14 @@ class ApiConfig:
         "rewrites a changed list every `RECSYS_WORKER_COOC_EXPORT_INTERVAL_S`).", 1.0)
     candidate_slack: int = setting(
         "Extra candidates asked of FAISS to make up for unavailable items filtered here.", 10)
+    filter_overfetch: int = setting(
+        "With a request filter on attributes, candidates asked of a source are this many "
+        "times `k` + slack (the filter runs here, on the candidates' metadata).", 10)
+    filter_max_candidates: int = setting(
+        "Most candidates asked of a source for a filtered request; fewer than `k` "
+        "passing is answered `partial`. Batched searches add the user's history (up to "
+        "`RECSYS_API_FAISS_BATCH_MAX_HISTORY`) to it: keep the sum within the FAISS "
+        "service's `RECSYS_FAISS_MAX_K`.", 500)
     max_history_exclude: int = setting(
         "At most this many of the newest history items are sent as FAISS exclusions.", 500)
     faiss_batch_max: int = setting(

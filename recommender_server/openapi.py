@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from recommender_server.config import ApiConfig
+from recommender_server.filters import MAX_FILTERS, MAX_VALUE_LEN
 from recommender_server.recommend import SIMILAR_SOURCES
 
 REASONS = ["unknown_user", "no_vector", "mongo_unavailable", "faiss_unavailable",
@@ -19,6 +20,26 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
          "schema": {"type": "integer", "minimum": 1, "maximum": config.max_k, "default": 10}}
     bad = _json("Error", "Invalid parameter")
     nullable_str = {"type": "string", "nullable": True}
+    # free-form query parameters (OpenAPI 3.0: one object parameter, form style, exploded)
+    filters = {
+        "name": "filters", "in": "query", "required": False, "style": "form",
+        "explode": True,
+        "description": "Attribute filters: every parameter not named here. `name=value`: "
+                       "the item attribute equals the value or, for a list, holds it; a "
+                       "singular name reads the plural list (`genre=Comedy` matches "
+                       "`genres: [\"Comedy\"]`); a repeated name accepts any of its "
+                       "values. `name_min=n`, `name_max=n`: a numeric attribute within "
+                       "the bound (inclusive). Names must all hold; an item without "
+                       f"metadata never passes. At most {MAX_FILTERS} parameters, values of "
+                       f"at most {MAX_VALUE_LEN} characters. Example: "
+                       "`genre=Comedy&year_min=1990&year_max=1999`.",
+        "schema": {"type": "object", "additionalProperties": {"type": "string"}}}
+    filtered = {
+        "filters": {"type": "object", "description": "The filter applied (only when one "
+                                                     "was asked)"},
+        "partial": {"type": "boolean", "description": "Fewer than `k` items passed the "
+                                                      "filter (only when one was asked): "
+                                                      "the answer is not padded"}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "Recommender API", "version": "1.0.0",
@@ -31,7 +52,7 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
                 "summary": "Top-k items for a user (popular items as fallback)",
                 "parameters": [{"name": "user_id", "in": "query", "required": True,
                                 "schema": {"type": "string", "minLength": 1,
-                                           "maxLength": 256}}, k],
+                                           "maxLength": 256}}, k, filters],
                 "responses": {"200": _json("Recommendations", "Items"), "400": bad}}},
             "/v1/items/{item_id}/similar": {"get": {
                 "operationId": "similarItems", "summary": "Items similar to an item",
@@ -43,14 +64,14 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
                                                "`cooc`: items most often clicked around it "
                                                "(co-occurrence counted by the stream)",
                                 "schema": {"type": "string", "enum": list(SIMILAR_SOURCES),
-                                           "default": "embedding"}}],
+                                           "default": "embedding"}}, filters],
                 "responses": {"200": _json("Similar", "Items (popular with `unknown_item` "
                                                       "if the source does not know the "
                                                       "item)"),
                               "400": bad}}},
             "/v1/popular": {"get": {
                 "operationId": "popular", "summary": "Most popular available items",
-                "parameters": [k],
+                "parameters": [k, filters],
                 "responses": {"200": _json("Popular", "Items"), "400": bad,
                               "503": _json("Error", "Redis not answering")}}},
             "/health": {"get": {"operationId": "health", "summary": "Liveness",
@@ -77,7 +98,7 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
                 "source": {"type": "string", "enum": ["personalized", "popular"]},
                 "fallback_reason": {"type": "string", "nullable": True, "enum": REASONS},
                 "model_version": nullable_str, "index_version": nullable_str,
-                "degraded": {"type": "array", "items": {"type": "string"}},
+                "degraded": {"type": "array", "items": {"type": "string"}}, **filtered,
                 "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
             "Similar": {"type": "object", "required": ["item_id", "source", "items"],
                         "properties": {
@@ -86,11 +107,11 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
                 "similar_source": {"type": "string", "enum": list(SIMILAR_SOURCES)},
                 "fallback_reason": {"type": "string", "nullable": True, "enum": REASONS},
                 "index_version": nullable_str,
-                "degraded": {"type": "array", "items": {"type": "string"}},
+                "degraded": {"type": "array", "items": {"type": "string"}}, **filtered,
                 "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
             "Popular": {"type": "object", "required": ["source", "items"], "properties": {
                 "k": {"type": "integer"}, "source": {"type": "string"},
-                "degraded": {"type": "array", "items": {"type": "string"}},
+                "degraded": {"type": "array", "items": {"type": "string"}}, **filtered,
                 "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
         }},
     }

@@ -59,6 +59,7 @@ from recommender_server.batching import SearchBatcher
 from recommender_server.caches import Catalog
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Breaker, Dependencies
+from recommender_server.filters import AttributeFilter, overfetch
 from recommender_server.ports import Body, Metadata, Searcher
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ class RecommendationService:
         self._hits_sent = self._misses_sent = 0
 
     # --- metrics ----------------------------------------------------------------------
-    def _incr(self, name: str) -> None:
-        self._counts[name] += 1
+    def _incr(self, name: str, n: int = 1) -> None:
+        self._counts[name] += n
 
     def flush_metrics(self, force: bool = False) -> None:
         """Send the aggregated counters (one UDP packet) if ``metrics_flush_s`` passed."""
@@ -149,18 +150,53 @@ class RecommendationService:
             degraded.append("redis")
             return {}
 
-    @staticmethod
-    def _popular_fill(cat: Catalog, n: int, skip: set[str]) -> list[Hit]:
+    async def _popular_fill(self, cat: Catalog, n: int, skip: set[str],
+                            flt: AttributeFilter, degraded: list[str]) -> list[Hit]:
+        """The ``n`` most popular available items not in ``skip`` that pass ``flt``."""
         if n <= 0:
             return []
         gone = cat.unavailable
+        pool = [(i, s) for i, s in cat.popular if i not in skip and i not in gone]
+        if not flt:
+            return pool[:n]
         out: list[tuple[str, float]] = []
-        for i, s in cat.popular:
-            if i not in skip and i not in gone:
-                out.append((i, s))
-                if len(out) == n:
-                    break
-        return out
+        step = max(n, self.config.candidate_slack) * self.config.filter_overfetch
+        for start in range(0, len(pool), step):  # metadata read in growing prefixes
+            out.extend(await self._passing(pool[start:start + step], flt, degraded))
+            if len(out) >= n:
+                break
+        return out[:n]
+
+    async def _passing(self, hits: list[tuple[str, float]], flt: AttributeFilter,
+                       degraded: list[str]) -> list[tuple[str, float]]:
+        """The ``hits`` whose metadata passes ``flt`` (all of them without a filter); an
+        item whose metadata cannot be read does not pass (``filter.dropped`` counts the
+        rest)."""
+        if not flt or not hits:
+            return hits
+        meta = await self._metadata([i for i, _ in hits], degraded)
+        kept = [(i, s) for i, s in hits if flt.matches(meta.get(i))]
+        self._incr("filter.dropped", len(hits) - len(kept))
+        return kept
+
+    def _wanted(self, k: int, flt: AttributeFilter) -> int:
+        """Candidates to ask a source for: ``k`` + slack, over-fetched under a filter."""
+        c = self.config
+        return overfetch(k, c.candidate_slack, c.filter_overfetch if flt else 1,
+                         c.filter_max_candidates)
+
+    def _filtered(self, body: Body, k: int, flt: AttributeFilter) -> Body:
+        """``body`` with the filter echoed and ``partial`` (fewer than ``k`` items passed)
+        when a filter was asked; unchanged otherwise."""
+        if not flt:
+            return body
+        items = body["items"]
+        assert isinstance(items, list)
+        partial = len(items) < k
+        self._incr("filter.requests")
+        if partial:
+            self._incr("filter.partial")
+        return {**body, "filters": flt.describe(), "partial": partial}
 
     async def _render(self, picked: Iterable[tuple[str, float, str]],
                       degraded: list[str]) -> list[Body]:
@@ -170,7 +206,10 @@ class RecommendationService:
                 for i, s, src in picked]
 
     # --- endpoints ----------------------------------------------------------------------
-    async def recommend(self, user_id: str, k: int) -> Body:
+    async def recommend(self, user_id: str, k: int,
+                        flt: AttributeFilter = AttributeFilter()) -> Body:
+        """The user's top ``k`` (retrieval, then the seen/unavailable and request
+        filters), filled with popular items that pass the same filters."""
         degraded: list[str] = []
         model_version = index_version = None
         candidates: list[tuple[str, float]] = []
@@ -192,16 +231,18 @@ class RecommendationService:
             boost = await self._boost(doc, clock, now_ms, degraded)
             # The catalog refresh (rare) overlaps the FAISS call.
             (reason, index_version, candidates), cat = await asyncio.gather(
-                self._search(served_query(doc, clock, now_ms), doc.history, k, boost),
+                self._search(served_query(doc, clock, now_ms), doc.history,
+                             self._wanted(k, flt), boost),
                 self._catalog(degraded))
         else:
             cat = await self._catalog(degraded)
         gone = cat.unavailable
-        personal = [(i, s) for i, s in candidates if i not in gone and i not in seen][:k]
+        personal = [(i, s) for i, s in candidates if i not in gone and i not in seen]
+        personal = (await self._passing(personal, flt, degraded))[:k]
         if reason is None and not personal:
             reason = "no_candidates"
         skip = seen | {i for i, _ in personal}
-        fill = self._popular_fill(cat, k - len(personal), skip)
+        fill = await self._popular_fill(cat, k - len(personal), skip, flt, degraded)
         source = "personalized" if personal else "popular"
         self._incr(f"source.{source}")
         if reason is not None:
@@ -209,13 +250,14 @@ class RecommendationService:
         picked = [(i, s, "personalized") for i, s in personal] + \
                  [(i, s, "popular") for i, s in fill]
         items = await self._render(picked, degraded)
-        self.flush_metrics()
-        return {
+        body = self._filtered({
             "user_id": user_id, "k": k, "source": source, "fallback_reason": reason,
             "model_version": model_version, "index_version": index_version,
             "items": items,
             **({"degraded": sorted(set(degraded))} if degraded else {}),
-        }
+        }, k, flt)
+        self.flush_metrics()
+        return body
 
     async def _boost(self, doc: UserDoc, clock: StreamClock | None, now_ms: int,
                      degraded: list[str]) -> dict[str, float] | None:
@@ -305,17 +347,16 @@ class RecommendationService:
         _, doc = last
         return doc, None if doc is not None else "unknown_user"
 
-    async def _search(self, vector: list[float], history: list[str], k: int,
+    async def _search(self, vector: list[float], history: list[str], n: int,
                       boost: dict[str, float] | None = None
                       ) -> tuple[str | None, str | None, list[tuple[str, float]]]:
-        """``(fallback reason or None, index version, candidates)``; ``boost``: the
+        """``(fallback reason or None, index version, n candidates)``; ``boost``: the
         query's sparse part (see :meth:`_boost`)."""
         if not self.breakers["faiss"].allow():
             return "faiss_unavailable", None, []
         exclude = history[-self.config.max_history_exclude:]
         try:
-            res = await self.searcher.search(vector, k + self.config.candidate_slack,
-                                             exclude, boost)
+            res = await self.searcher.search(vector, n, exclude, boost)
         except IndexNotReady:
             self.breakers["faiss"].succeeded()
             return "index_not_ready", None, []
@@ -329,30 +370,35 @@ class RecommendationService:
         self.breakers["faiss"].succeeded()
         return None, res.version, res.results[0]
 
-    async def similar(self, item_id: str, k: int, source: str = "embedding") -> Body:
+    async def similar(self, item_id: str, k: int, source: str = "embedding",
+                      flt: AttributeFilter = AttributeFilter()) -> Body:
         """Items like ``item_id``, by item vectors (``embedding``: the FAISS index) or by
-        co-occurrence (``cooc``); popular items (``unknown_item``) if the source knows
-        nothing of the item."""
+        co-occurrence (``cooc``), that pass the request filters; popular items
+        (``unknown_item``) if the source knows nothing of the item."""
         degraded: list[str] = []
         if source == "cooc":
             reason, index_version, hits = await self._cooc_hits(item_id, degraded)
         else:
-            reason, index_version, hits = await self._embedding_hits(item_id, k)
+            reason, index_version, hits = await self._embedding_hits(
+                item_id, self._wanted(k, flt))
         cat = await self._catalog(degraded)
-        similar = [(i, s) for i, s in hits if i not in cat.unavailable][:k]
+        similar = [(i, s) for i, s in hits if i not in cat.unavailable]
+        similar = (await self._passing(similar, flt, degraded))[:k]
         if reason is None and not similar:
             reason = "no_candidates"
-        fill = [] if similar else self._popular_fill(cat, k, {item_id})
+        fill = [] if similar else await self._popular_fill(cat, k, {item_id}, flt, degraded)
         if reason is not None:
             self._incr(f"fallback.{reason}")
         self._incr(f"similar.{source}")
         picked = [(i, s, "similar") for i, s in similar] + [(i, s, "popular") for i, s in fill]
         items = await self._render(picked, degraded)
+        body = self._filtered(
+            {"item_id": item_id, "k": k, "source": "similar" if similar else "popular",
+             "similar_source": source, "fallback_reason": reason,
+             "index_version": index_version, "items": items,
+             **({"degraded": sorted(set(degraded))} if degraded else {})}, k, flt)
         self.flush_metrics()
-        return {"item_id": item_id, "k": k, "source": "similar" if similar else "popular",
-                "similar_source": source, "fallback_reason": reason,
-                "index_version": index_version, "items": items,
-                **({"degraded": sorted(set(degraded))} if degraded else {})}
+        return body
 
     async def _cooc_hits(self, item_id: str, degraded: list[str]
                          ) -> tuple[str | None, str | None, list[tuple[str, float]]]:
@@ -369,9 +415,9 @@ class RecommendationService:
         self.breakers["redis"].succeeded()
         return ("unknown_item" if hits is None else None), None, hits or []
 
-    async def _embedding_hits(self, item_id: str, k: int
+    async def _embedding_hits(self, item_id: str, n: int
                               ) -> tuple[str | None, str | None, list[tuple[str, float]]]:
-        """``(fallback reason, index version, hits)`` from the FAISS index."""
+        """``(fallback reason, index version, n hits)`` from the FAISS index."""
         reason: str | None = None
         index_version = None
         hits: list[tuple[str, float]] = []
@@ -379,7 +425,7 @@ class RecommendationService:
             reason = "faiss_unavailable"
         else:
             try:
-                res = await self.deps.faiss.similar(item_id, k + self.config.candidate_slack)
+                res = await self.deps.faiss.similar(item_id, n)
                 self.breakers["faiss"].succeeded()
                 index_version, hits = res.version, res.hits
             except UnknownItem:
@@ -392,17 +438,21 @@ class RecommendationService:
                 reason = "faiss_unavailable"
         return reason, index_version, hits
 
-    async def popular(self, k: int) -> Body:
-        """The popular list (the last copy read if Redis fails now, marked ``degraded``);
-        ``ServiceUnavailable`` (503) if Redis has never answered."""
+    async def popular(self, k: int, flt: AttributeFilter = AttributeFilter()) -> Body:
+        """The popular items that pass the request filters (the last copy read if Redis
+        fails now, marked ``degraded``); ``ServiceUnavailable`` (503) if Redis has never
+        answered."""
         degraded: list[str] = []
         cat = await self._catalog(degraded)
         if not cat.loaded:
             raise ServiceUnavailable("Redis (popular items) is not answering")
-        fill = self._popular_fill(cat, k, set())
-        return {"k": k, "source": "popular",
-                "items": await self._render([(i, s, "popular") for i, s in fill], degraded),
-                **({"degraded": sorted(set(degraded))} if degraded else {})}
+        fill = await self._popular_fill(cat, k, set(), flt, degraded)
+        body = self._filtered(
+            {"k": k, "source": "popular",
+             "items": await self._render([(i, s, "popular") for i, s in fill], degraded),
+             **({"degraded": sorted(set(degraded))} if degraded else {})}, k, flt)
+        self.flush_metrics()
+        return body
 
     async def readiness(self) -> tuple[bool, dict[str, Mapping[str, object]]]:
         """Ask every dependency once (ignoring breakers); ``(all ok, details)``."""

@@ -27,6 +27,13 @@ pytestmark = pytest.mark.integration
 DIM = 16
 N_ITEMS = 300
 N_USERS = 30
+GENRES = ["Comedy", "Drama", "Horror", "Western"]
+
+
+def attributes(n: int) -> dict[str, Any]:
+    """Item ``it{n}``'s metadata: a title, one or two genres and a year."""
+    return {"title": f"Item it{n}", "genres": GENRES[n % 4: n % 4 + 1 + n % 2],
+            "year": 1980 + n % 20}
 
 
 @dataclass
@@ -60,7 +67,7 @@ def world(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     unavailable = {"it1", "it2", "it3"}
     r = redis_client(settings)
     cache = ItemCache(r, settings.redis_prefix)
-    cache.put_items({i: {"title": f"Item {i}"} for i in item_ids})
+    cache.put_items({i: attributes(n) for n, i in enumerate(item_ids)})
     cache.mark_unavailable(unavailable)
     cache.set_popular({i: float(N_ITEMS - n) for n, i in enumerate(item_ids[:60])})
     mc = mongo_client(settings)
@@ -94,7 +101,7 @@ def test_known_user_gets_personalised_unseen_available_items(world: World) -> No
     ids = [i["id"] for i in out["items"]]
     assert len(ids) == 10 and len(set(ids)) == 10
     assert not set(ids) & (set(doc.history) | world.unavailable)
-    assert out["items"][0]["metadata"] == {"title": f"Item {ids[0]}"}
+    assert out["items"][0]["metadata"] == attributes(int(ids[0][2:]))
     scores = [i["score"] for i in out["items"]]
     assert scores == sorted(scores, reverse=True)
 
@@ -117,6 +124,32 @@ def test_similar_popular_health_ready(world: World) -> None:
     ready = world.get("/ready")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["faiss"]["version"] == "v1"
+
+
+def test_attribute_filters_never_leak_and_keep_each_sources_order(world: World) -> None:
+    """Through the real services: every item passes, the filtered list is the unfiltered
+    one with the failing items taken out, and a filter nothing passes says ``partial``."""
+    def passes(item: dict[str, Any]) -> bool:
+        meta = item["metadata"]
+        return "Horror" in meta["genres"] and 1990 <= meta["year"] <= 1999
+
+    flt = {"genre": "Horror", "year_min": 1990, "year_max": 1999}
+    for path, params in [("/v1/recommendations", {"user_id": "user3"}),
+                         ("/v1/items/it10/similar", {}), ("/v1/popular", {})]:
+        wide = world.get(path, k=100, **params).json()["items"]
+        r = world.get(path, k=5, **params, **flt)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["filters"] == {"genre": ["Horror"], "year_min": 1990.0,
+                                  "year_max": 1999.0}
+        assert out["items"] and all(passes(i) for i in out["items"]), path
+        assert [i["id"] for i in out["items"]] == \
+            [i["id"] for i in wide if passes(i)][:5], path
+        assert out["partial"] is (len(out["items"]) < 5)
+        none = world.get(path, k=5, **params, genre="Horror", year_min=2050).json()
+        assert none["items"] == [] and none["partial"] is True, path
+    bad = world.get("/v1/popular", year_min="soon")
+    assert bad.status_code == 400 and "year_min" in bad.json()["description"]
 
 
 def test_schema_fuzz_of_the_api_finds_no_server_error(world: World) -> None:

@@ -1,0 +1,179 @@
+"""Request filters on catalogue attributes, on the three listing endpoints, through
+``falcon.testing`` with the same fakes as ``test_api_app`` (item metadata made varied)."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from common.stores import RedisKeys
+from recommender_server.filters import MAX_FILTERS, AttributeFilter, parse_filters
+from tests.test_api_app import FakeFaiss, FakeRedis, FakeUsers, make_client
+
+GENRES = ["Comedy", "Drama", "Horror", "Western"]
+
+
+def attributes(item: str) -> dict[str, Any] | None:
+    """Deterministic varied metadata per item id; ``nometa*`` items have none."""
+    if item.startswith("nometa"):
+        return None
+    rnd = random.Random(item)
+    return {"title": item.upper(), "genres": rnd.sample(GENRES, rnd.randint(1, 2)),
+            "year": rnd.randint(1970, 2000)}
+
+
+class AttrRedis(FakeRedis):
+    async def mget(self, keys: list[str]) -> list[str | None]:
+        self._check()
+        if keys and keys[0].startswith((RedisKeys("t:").user_state(""),
+                                        RedisKeys("t:").cooc(""))):
+            return [self.hot.get(k) for k in keys]
+        self.mgets += 1
+        out = []
+        for k in keys:
+            meta = attributes(k.rsplit(":", 1)[1])
+            out.append(None if meta is None else json.dumps(meta))
+        return out
+
+
+class ManyFaiss(FakeFaiss):
+    """Candidates c0..c{k-1} (as the base fake) and similar items s0..s{k-1}, with a few
+    items that have no metadata among them."""
+
+    def _hits(self, k: int) -> list[tuple[str, float]]:
+        hits = super()._hits(k)
+        if k > 6:
+            hits[6] = ("nometa6", 0.94)
+        return hits
+
+
+@pytest.fixture
+def fakes() -> tuple[FakeUsers, AttrRedis, ManyFaiss]:
+    return FakeUsers(), AttrRedis(), ManyFaiss()
+
+
+@pytest.fixture(params=["batched", "unbatched"])
+def client(fakes, request):
+    return make_client(fakes, faiss_batch_inflight=2 if request.param == "batched" else 0)
+
+
+def passes(item: str, genres: set[str], lo: int, hi: int) -> bool:
+    """The test's own reading of ``genre=..&year_min=lo&year_max=hi`` (not the module's)."""
+    meta = attributes(item)
+    return meta is not None and bool(genres & set(meta["genres"])) and lo <= meta["year"] <= hi
+
+
+def query(genres: set[str], lo: int, hi: int) -> dict[str, Any]:
+    return {"genre": sorted(genres), "year_min": str(lo), "year_max": str(hi)}
+
+
+CASES = [({"Comedy"}, 1970, 2000), ({"Western"}, 1990, 1999), ({"Drama", "Horror"}, 1985, 1995),
+         ({"Horror"}, 1999, 2000), ({"Comedy"}, 1600, 1650)]
+
+
+@pytest.mark.parametrize("genres, lo, hi", CASES)
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_no_endpoint_returns_an_item_that_fails_the_filter(client, fakes, genres, lo, hi,
+                                                           k) -> None:
+    """Every item of every answer passes; ``partial`` is exactly "fewer than k"; and the
+    items are the first passing ones of each source, in its order."""
+    params = query(genres, lo, hi)
+    answers = {"recommendations": client.simulate_get(
+        "/v1/recommendations", params={"user_id": "u1", "k": k, **params})}
+    asked = fakes[2].searches[-1][1]  # (k + slack) × 10, + the history when batched
+    assert asked in ((k + 10) * 10, (k + 10) * 10 + 2)
+    answers |= {
+        "similar": client.simulate_get("/v1/items/x/similar", params={"k": k, **params}),
+        "popular": client.simulate_get("/v1/popular", params={"k": k, **params}),
+    }
+    for name, r in answers.items():
+        assert r.status_code == 200, (name, r.text)
+        ids = [i["id"] for i in r.json["items"]]
+        assert all(passes(i, genres, lo, hi) for i in ids), (name, ids)
+        assert r.json["partial"] is (len(ids) < k), name
+        assert len(ids) == len(set(ids)) <= k
+        assert r.json["filters"] == {"genre": sorted(genres), "year_min": float(lo),
+                                     "year_max": float(hi)}
+    popular = [f"p{i}" for i in range(30) if i != 1]  # p1 is unavailable
+    assert [i["id"] for i in answers["popular"].json["items"]] == \
+        [p for p in popular if passes(p, genres, lo, hi)][:k]
+    personal = [i["id"] for i in answers["recommendations"].json["items"]
+                if i["source"] == "personalized"]
+    candidates = [f"c{i}" for i in range(asked) if i not in (1, 3, 6)]
+    assert personal == [c for c in candidates if passes(c, genres, lo, hi)][:k]
+
+
+def test_items_without_metadata_never_pass_and_redis_down_leaks_nothing(fakes) -> None:
+    client = make_client(fakes)
+    r = client.simulate_get("/v1/recommendations",
+                            params={"user_id": "u1", "k": 30, "year_min": "0"})
+    assert "nometa6" not in {i["id"] for i in r.json["items"]}
+    unfiltered = client.simulate_get("/v1/recommendations", params={"user_id": "u1", "k": 30})
+    assert "nometa6" in {i["id"] for i in unfiltered.json["items"]}
+    assert "partial" not in unfiltered.json and "filters" not in unfiltered.json
+    fresh = make_client((FakeUsers(), fakes[1], fakes[2]))
+    assert fresh.simulate_get("/v1/popular", params={"k": 1}).status_code == 200
+    fakes[1].fail = True  # the popular list is kept (last copy), metadata can't be read
+    genre = attributes("p0")["genres"][0]
+    for path, extra in [("/v1/recommendations", {"user_id": "u1"}), ("/v1/popular", {}),
+                        ("/v1/items/x/similar", {})]:
+        r = fresh.simulate_get(path, params={"k": 5, "genre": genre, **extra})
+        assert r.status_code == 200, r.text
+        # a metadata read that fails drops the whole batch, cached entries included
+        assert r.json["items"] == [] and r.json["partial"] is True, path
+        assert r.json["degraded"] == ["redis"]
+
+
+def test_a_filter_asks_the_index_for_more_candidates(client, fakes) -> None:
+    client.simulate_get("/v1/recommendations", params={"user_id": "u1", "k": 5})
+    plain = fakes[2].searches[-1][1]
+    client.simulate_get("/v1/recommendations",
+                        params={"user_id": "u1", "k": 5, "genre": "Drama"})
+    filtered = fakes[2].searches[-1][1]
+    assert plain in (15, 17) and filtered - (plain - 15) == 150  # (5 + 10) × 10
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"year_min": "old"}, "year_min must be a finite number"),
+    ({"year_min": "nan"}, "year_min must be a finite number"),
+    ({"year_min": "2000", "year_max": "1990"}, "year_min (2000) is above year_max (1990)"),
+    ({"year_min": ["1990", "1991"]}, "year_min may be given once"),
+    ({"bad name!": "x"}, "filter names are 1-64 characters"),
+    ({"genre": "x" * 201}, "values are at most 200 characters"),
+    ({f"a{i}": "x" for i in range(MAX_FILTERS + 1)}, f"at most {MAX_FILTERS} filter"),
+])
+@pytest.mark.parametrize("path", ["/v1/recommendations", "/v1/popular", "/v1/items/x/similar"])
+def test_unreadable_filters_are_400_naming_the_parameter(client, params, message, path) -> None:
+    r = client.simulate_get(path, params={"user_id": "u1", **params})
+    assert r.status_code == 400, r.text
+    assert message in r.json["description"]
+
+
+def test_filter_matching_rules() -> None:
+    """Singular names read plural lists, repeated values are "any of", numbers compare
+    as numbers, text exactly; a missing attribute fails."""
+    f = parse_filters({"genre": ["Comedy", "Drama"], "year": "1995"}, set())
+    assert f.matches({"genres": ["Drama"], "year": 1995.0})
+    assert f.matches({"genre": "Comedy", "year": 1995})
+    assert not f.matches({"genres": ["comedy"], "year": 1995})  # case-sensitive
+    assert not f.matches({"genres": ["Drama"]})  # no year
+    assert not f.matches({"genres": ["Drama"], "year": "1995x"})
+    rng = parse_filters({"price_max": "9.5"}, set())
+    assert rng.matches({"price": 9.5}) and not rng.matches({"price": 9.51})
+    assert not rng.matches({"price": True}) and not rng.matches({"price": "9"})
+    assert not AttributeFilter() and AttributeFilter().matches(None)
+    assert not parse_filters({"k": "3", "user_id": "u"}, {"k", "user_id"})
+
+
+def test_the_openapi_document_describes_the_filters(client) -> None:
+    doc = client.simulate_get("/openapi.json").json
+    for path in ("/v1/recommendations", "/v1/items/{item_id}/similar", "/v1/popular"):
+        params = {p["name"]: p for p in doc["paths"][path]["get"]["parameters"]}
+        assert params["filters"]["style"] == "form" and params["filters"]["explode"]
+        assert "genre=Comedy&year_min=1990" in params["filters"]["description"]
+    for schema in ("Recommendations", "Similar", "Popular"):
+        props = doc["components"]["schemas"][schema]["properties"]
+        assert props["partial"]["type"] == "boolean" and "filters" in props
