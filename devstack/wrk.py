@@ -26,4 +26,7 @@ def parse_wrk(text: str) -> dict[str, Any]:
     if share:  # counted by the Lua script on every answer during the run
         out["personalized_share"] = round(int(share.group(1)) / max(1, int(share.group(2))), 4)
         out["answers_counted"] = int(share.group(2))
+    partial = re.search(r"partial (\d+) of (\d+)", text)
+    if partial:  # filtered answers with fewer than k items
+        out["partial_share"] = round(int(partial.group(1)) / max(1, int(partial.group(2))), 4)
     return out

@@ -46,11 +46,11 @@ WRK_LUA = """
 math.randomseed(%(seed)d)
 local threads = {}
 setup = function(thread) table.insert(threads, thread) end
-init = function(args) answers = 0; personalized = 0 end
+init = function(args) answers = 0; personalized = 0; partial = 0 end
 request = function()
   -- skewed users: a few are hot, most are rare (u^2 puts ~30%% of traffic on 10%% of users)
   local u = math.floor(%(n_users)d * math.random() ^ 2)
-  return wrk.format("GET", "/v1/recommendations?user_id=user" .. u .. "&k=10")
+  return wrk.format("GET", "/v1/recommendations?user_id=user" .. u .. "&k=10%(extra)s")
 end
 response = function(status, headers, body)
   -- the answer's own "source" comes before its items' (msgspec keeps field order)
@@ -58,11 +58,15 @@ response = function(status, headers, body)
   if string.match(body, '"source":"(%%a+)"') == "personalized" then
     personalized = personalized + 1
   end
+  if string.find(body, '"partial":true', 1, true) then partial = partial + 1 end
 end
 done = function(summary, latency, requests)
-  local p, n = 0, 0
-  for _, t in ipairs(threads) do p = p + t:get("personalized"); n = n + t:get("answers") end
+  local p, n, q = 0, 0, 0
+  for _, t in ipairs(threads) do
+    p = p + t:get("personalized"); n = n + t:get("answers"); q = q + t:get("partial")
+  end
   io.write(string.format("personalized %%d of %%d\\n", p, n))
+  io.write(string.format("partial %%d of %%d\\n", q, n))
 end
 """
 
@@ -210,8 +214,6 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     try:
         FaissClient(faiss.url, s.faiss_api_key, read_timeout_s=60).load_version(
             (item_ids, vectors), "bench-v1")
-        lua = tmp / "users.lua"
-        lua.write_text(WRK_LUA % {"seed": 7, "n_users": n_users})
         for mode in (["stream"] if args.quick else ["stream", "ttl"]):
             cold = ["--user-cache-preload", "0"] if args.cold else []
             api = ServiceProcess(["api", "--workers", str(args.api_workers),
@@ -224,20 +226,11 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
                             http.get(f"{api.url}/v1/recommendations", timeout=5,
                                      params={"user_id": f"user{rng.integers(n_users)}"})
                     time.sleep(1.0)  # let the stream-mode warm-up (every user) finish
-                cpu0 = cpu_times()
-                own0 = [group_cpu_s(p.proc.pid) for p in (api, faiss)]  # type: ignore[union-attr]
-                out = subprocess.run(
-                    ["wrk", "-t", "1", "-c", str(args.connections), "-d", f"{args.duration}s",
-                     "--latency", "-s", str(lua), api.url], capture_output=True, text=True,
-                    timeout=args.duration + 60, check=True).stdout
-                cpu1 = cpu_times()
-                own1 = [group_cpu_s(p.proc.pid) for p in (api, faiss)]  # type: ignore[union-attr]
-                result = parse_wrk(out)
-                n_req = max(1, result["requests"])
-                result["cpu_us_per_req_api"] = round((own1[0] - own0[0]) * 1e6 / n_req)
-                result["cpu_us_per_req_faiss"] = round((own1[1] - own0[1]) * 1e6 / n_req)
-                result["cpu_busy"] = round((cpu1[0] - cpu0[0]) / max(1.0, cpu1[1] - cpu0[1]), 3)
-                result["loadavg_1m"] = round(os.getloadavg()[0], 2)
+                # with --filter: unfiltered, each filter, unfiltered again (same processes)
+                plan = [None, *args.filter, None] if args.filter and mode == "stream" \
+                    else [None]
+                runs = [(qs, run_wrk(args, tmp, api, faiss, n_users, qs)) for qs in plan]
+                result = runs[0][1]
                 fresh_docs = store.get_many([f"user{u}" for u in range(n_users - 20, n_users)])
                 result.update(freshness(api.url, store, list(fresh_docs.values()), 20))
                 ready = requests.get(f"{api.url}/ready", timeout=5).json()["checks"]
@@ -245,6 +238,14 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
             finally:
                 api.stop()
             hit_ratio = uc.get("hits", 0) / max(1, uc.get("hits", 0) + uc.get("misses", 0))
+            base_p99 = [r["api_p99_ms"] for qs, r in runs if qs is None]
+            for qs, r in runs[1:]:
+                emit({"bench": "api-filter", "filter": qs, **r, "user_cache": mode,
+                      "unfiltered_p99_ms": base_p99,
+                      "p99_delta_ms": round(r["api_p99_ms"] - float(np.mean(base_p99)), 2)
+                      if qs else None,
+                      "dataset": args.dataset, "n_items": n_items,
+                      "note": "filters over item attribute `genre` = n % 20 of item n"})
             emit({"bench": "api", **result, "user_cache": mode, "user_cache_ttl_s": 0.5,
                   "user_cache_start": "cold" if args.cold else "every user preloaded",
                   "user_cache_hit_ratio_one_worker": round(hit_ratio, 3),
@@ -258,6 +259,30 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
         if keys:
             r.delete(*keys)
         mc.drop_database(s.mongo_db)
+
+
+def run_wrk(args: argparse.Namespace, tmp: Path, api: Any, faiss: Any, n_users: int,
+            filter_qs: str | None) -> dict[str, Any]:
+    """One closed-loop ``wrk`` run on ``/v1/recommendations`` (``filter_qs`` appended to
+    every request, e.g. ``genre_max=9``): its figures plus CPU per request and load."""
+    lua = tmp / "users.lua"
+    lua.write_text(WRK_LUA % {"seed": 7, "n_users": n_users,
+                              "extra": f"&{filter_qs}" if filter_qs else ""})
+    cpu0 = cpu_times()
+    own0 = [group_cpu_s(p.proc.pid) for p in (api, faiss)]
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(args.connections), "-d", f"{args.duration}s",
+         "--latency", "-s", str(lua), api.url], capture_output=True, text=True,
+        timeout=args.duration + 60, check=True).stdout
+    cpu1 = cpu_times()
+    own1 = [group_cpu_s(p.proc.pid) for p in (api, faiss)]
+    result = parse_wrk(out)
+    n_req = max(1, result["requests"])
+    result["cpu_us_per_req_api"] = round((own1[0] - own0[0]) * 1e6 / n_req)
+    result["cpu_us_per_req_faiss"] = round((own1[1] - own0[1]) * 1e6 / n_req)
+    result["cpu_busy"] = round((cpu1[0] - cpu0[0]) / max(1.0, cpu1[1] - cpu0[1]), 3)
+    result["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    return result
 
 
 # --- (b) ANN through the FAISS service --------------------------------------------------------
@@ -355,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ann-kinds", default="ivf,hnsw")
     p.add_argument("--nprobe", type=int, default=128)
     p.add_argument("--ef-search", type=int, default=96)
+    p.add_argument("--filter", action="append", default=[], metavar="QS",
+                   help="also run with this attribute filter appended to every request "
+                        "(repeatable; e.g. genre_max=9): unfiltered, each filter, "
+                        "unfiltered again, on the same processes")
     args = p.parse_args(argv)
     args.duration = args.duration or (10 if args.quick else 20)
     args.queries = args.queries or (500 if args.quick else 2000)
