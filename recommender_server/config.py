@@ -56,8 +56,9 @@ class ApiConfig:
     candidate_slack: int = setting(
         "Extra candidates asked of FAISS to make up for unavailable items filtered here.", 10)
     filter_overfetch: int = setting(
-        "With a request filter on attributes, candidates asked of a source are this many "
-        "times `k` + slack (the filter runs here, on the candidates' metadata).", 10)
+        "With a request filter on attributes, candidates asked of a source are at most this "
+        "many times `k` + slack: twice what the filter's observed pass rate needs, this "
+        "many for a filter not seen yet (it runs here, on the candidates' metadata).", 10)
     filter_max_candidates: int = setting(
         "Most candidates asked of a source for a filtered request; fewer than `k` "
         "passing is answered `partial`. Batched searches add the user's history (up to "

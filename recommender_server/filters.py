@@ -81,9 +81,23 @@ class AttributeFilter:
     equals: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: attribute name -> (lowest, highest), inclusive; ``-inf``/``inf`` when unbounded
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: ``equals`` with each value's number parsed once (``None``: not a number)
+    _wanted: tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_wanted", tuple(
+            (name, tuple((v, _parse_number(v)) for v in values))
+            for name, values in self.equals.items()))
 
     def __bool__(self) -> bool:
         return bool(self.equals or self.ranges)
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        """A hashable identity of the conditions (what the API keeps pass rates by)."""
+        return (tuple(sorted((n, tuple(sorted(v))) for n, v in self.equals.items())),
+                tuple(sorted(self.ranges.items())))
 
     def matches(self, attrs: Mapping[str, object] | None) -> bool:
         """Whether an item with these attributes (its metadata; ``None``: unknown) passes
@@ -92,7 +106,7 @@ class AttributeFilter:
             return True
         if attrs is None:
             return False
-        for name, wanted in self.equals.items():
+        for name, wanted in self._wanted:
             if not _holds_any(_lookup(attrs, name), wanted):
                 return False
         for name, (lo, hi) in self.ranges.items():
@@ -119,10 +133,9 @@ def _lookup(attrs: Mapping[str, object], name: str) -> object:
     return attrs.get(f"{name}s")
 
 
-def _holds_any(stored: object, wanted: tuple[str, ...]) -> bool:
+def _holds_any(stored: object, wanted: tuple[tuple[str, float | None], ...]) -> bool:
     values = stored if isinstance(stored, list) else [stored]
-    for w in wanted:
-        w_num = _parse_number(w)
+    for w, w_num in wanted:
         if any(_same(v, w, w_num) for v in values):
             return True
     return False
@@ -183,7 +196,7 @@ def parse_filters(params: Mapping[str, str | list[str]],
     return AttributeFilter(equals, {n: (lo, hi) for n, (lo, hi) in bounds.items()})
 
 
-def overfetch(k: int, slack: int, factor: int, cap: int) -> int:
+def overfetch(k: int, slack: int, factor: float, cap: int) -> int:
     """Candidates to ask for when a filter is set: ``factor`` times the usual ``k +
     slack``, at most ``cap`` (and never fewer than the usual).
 
@@ -191,4 +204,45 @@ def overfetch(k: int, slack: int, factor: int, cap: int) -> int:
     (300, 500, 30)
     """
     usual = k + slack
-    return max(usual, min(cap, usual * factor))
+    return max(usual, min(cap, math.ceil(usual * factor)))
+
+
+class PassRates:
+    """The share of candidates each filter lets through, as recently observed (an
+    exponential average per filter, at most ``max_filters`` remembered): how many to
+    over-fetch. A filter half the catalogue passes needs ~2× the usual candidates, not
+    the configured worst case; one never seen gets the worst case.
+
+    >>> rates = PassRates(max_factor=10)
+    >>> f = parse_filters({"genre": "Drama"}, set())
+    >>> rates.factor(f)
+    10.0
+    >>> for _ in range(30):
+    ...     rates.observe(f, kept=50, examined=100)
+    >>> round(rates.factor(f), 2)
+    4.0
+    """
+
+    def __init__(self, max_factor: float, margin: float = 2.0, weight: float = 0.2,
+                 max_filters: int = 1024) -> None:
+        self.max_factor = max_factor
+        self.margin = margin  # candidates asked for / candidates expected to pass
+        self.weight = weight
+        self.max_filters = max_filters
+        self._rates: dict[tuple[object, ...], float] = {}
+
+    def factor(self, flt: AttributeFilter) -> float:
+        """Over-fetch factor for ``flt``: ``margin / pass rate``, at most ``max_factor``."""
+        rate = self._rates.get(flt.key)
+        if not rate:
+            return float(self.max_factor)
+        return min(float(self.max_factor), max(1.0, self.margin / rate))
+
+    def observe(self, flt: AttributeFilter, kept: int, examined: int) -> None:
+        if examined <= 0:
+            return
+        key, seen = flt.key, kept / examined
+        if key not in self._rates and len(self._rates) >= self.max_filters:
+            self._rates.clear()  # bounded: a burst of one-off filters starts over
+        old = self._rates.get(key)
+        self._rates[key] = seen if old is None else old + self.weight * (seen - old)

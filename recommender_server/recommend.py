@@ -59,7 +59,7 @@ from recommender_server.batching import SearchBatcher
 from recommender_server.caches import Catalog
 from recommender_server.config import ApiConfig
 from recommender_server.deps import Breaker, Dependencies
-from recommender_server.filters import AttributeFilter, overfetch
+from recommender_server.filters import AttributeFilter, PassRates, overfetch
 from recommender_server.ports import Body, Metadata, Searcher
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class RecommendationService:
                                           max_history=config.faiss_batch_max_history,
                                           down=lambda: faiss_breaker.is_open)
         self._counts: Counter[str] = Counter()
+        self._pass_rates = PassRates(config.filter_overfetch)
         self._flush_at = 0.0
         self._hits_sent = self._misses_sent = 0
 
@@ -177,12 +178,15 @@ class RecommendationService:
         meta = await self._metadata([i for i, _ in hits], degraded)
         kept = [(i, s) for i, s in hits if flt.matches(meta.get(i))]
         self._incr("filter.dropped", len(hits) - len(kept))
+        if meta:  # a failed read says nothing of the filter
+            self._pass_rates.observe(flt, len(kept), len(hits))
         return kept
 
     def _wanted(self, k: int, flt: AttributeFilter) -> int:
-        """Candidates to ask a source for: ``k`` + slack, over-fetched under a filter."""
+        """Candidates to ask a source for: ``k`` + slack, over-fetched under a filter
+        by what its observed pass rate needs (at most ``filter_overfetch`` times)."""
         c = self.config
-        return overfetch(k, c.candidate_slack, c.filter_overfetch if flt else 1,
+        return overfetch(k, c.candidate_slack, self._pass_rates.factor(flt) if flt else 1,
                          c.filter_max_candidates)
 
     def _filtered(self, body: Body, k: int, flt: AttributeFilter) -> Body:

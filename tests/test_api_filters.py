@@ -177,3 +177,21 @@ def test_the_openapi_document_describes_the_filters(client) -> None:
     for schema in ("Recommendations", "Similar", "Popular"):
         props = doc["components"]["schemas"][schema]["properties"]
         assert props["partial"]["type"] == "boolean" and "filters" in props
+
+
+def test_over_fetch_follows_the_filters_observed_pass_rate(fakes) -> None:
+    """A filter most candidates pass soon asks for ~2 / pass rate × (k + slack), not the
+    worst case; one nothing passes stays at the worst case (10×)."""
+    client = make_client(fakes)
+    mild = {"year_min": "1970"}  # every item with metadata passes
+    asked = []
+    for _ in range(10):
+        r = client.simulate_get("/v1/recommendations", params={"user_id": "u1", "k": 5, **mild})
+        assert r.status_code == 200 and r.json["partial"] is False
+        asked.append(fakes[2].searches[-1][1])
+    extra = asked[0] - 150  # batched searches also ask for the history's 2 items
+    assert extra in (0, 2) and asked[-1] - extra < 45 and min(asked) - extra >= 15
+    for _ in range(5):
+        client.simulate_get("/v1/recommendations",
+                            params={"user_id": "u1", "k": 5, "year_min": "3000"})
+        assert fakes[2].searches[-1][1] - extra == 150
