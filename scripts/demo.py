@@ -287,6 +287,13 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
         f"{len(after.get('items', []))} are {genre}:")
     for t in titles(ds, after.get("items", [])):
         say(f"     - {t}")
+    # the same list narrowed by attributes (recommender_server/filters.py)
+    narrowed = api.get(f"{path}&genre={genre}&year_min=1990")
+    say(f"   filtered with genre={genre}&year_min=1990 "
+        f"(partial: {narrowed.get('partial')}, HTTP {narrowed.get('_status')}):")
+    for it in narrowed.get("items", []):
+        meta = it.get("metadata") or {}
+        say(f"     - {meta.get('title', it['id'])} ({meta.get('year', '?')})")
 
     say("\n== 5. a brand-new item ==")
     new_id = f"new-{uuid.uuid4().hex[:6]}"
@@ -349,6 +356,8 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
     base = f"http://127.0.0.1:{settings.api_port}"
     say("\n== try it ==")
     say(f"   curl '{base}/v1/recommendations?user_id={user}&k=10'")
+    say(f"   curl '{base}/v1/recommendations?user_id={user}&k=10&genre=Comedy&year_min=1990'"
+        "      (attribute filters)")
     say(f"   curl '{base}/v1/items/50/similar?k=10'      (item vectors)")
     say(f"   curl '{base}/v1/items/50/similar?k=10&source=cooc'      (clicked around it)")
     say(f"   curl '{base}/v1/popular?k=10'      curl {base}/ready")
