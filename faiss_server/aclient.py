@@ -179,19 +179,23 @@ class AsyncFaissClient:
     # --- API ------------------------------------------------------------------------------
     async def search(self, vector: Sequence[float], k: int = 10,
                      exclude: Sequence[str] = (),
-                     boost: Mapping[str, float] | None = None) -> SearchResult:
+                     boost: Mapping[str, float] | None = None,
+                     only: Sequence[str] = ()) -> SearchResult:
         """Top-``k`` for one query vector (``results`` has one row); ``boost``: its
-        sparse part (``SearchBody.boosts``)."""
-        return await self.search_many([vector], k, exclude, [boost] if boost else ())
+        sparse part (``SearchBody.boosts``); ``only``: search within these ids."""
+        return await self.search_many([vector], k, exclude, [boost] if boost else (), only)
 
     async def search_many(self, vectors: Sequence[Sequence[float]], k: int = 10,
                           exclude: Sequence[str] = (),
-                          boosts: Sequence[Mapping[str, float]] = ()) -> SearchResult:
-        """Top-``k`` per query vector, one HTTP request (``exclude`` applies to all;
-        ``boosts``: none, or one sparse part per vector)."""
+                          boosts: Sequence[Mapping[str, float]] = (),
+                          only: Sequence[str] = ()) -> SearchResult:
+        """Top-``k`` per query vector, one HTTP request (``exclude`` and ``only`` apply
+        to all; ``boosts``: none, or one sparse part per vector)."""
         msg: dict[str, Any] = {"vectors": vectors, "k": int(k), "exclude": exclude}
         if any(boosts):
             msg["boosts"] = boosts
+        if only:
+            msg["only"] = only
         body = _enc.encode(msg)
         status, data = await self._request("POST", "/v1/search", body)
         self._check(status, data)

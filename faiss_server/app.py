@@ -143,8 +143,9 @@ class Search(_Base):
         k = check_k(body.k, cfg.max_k)
         exclude = check_ids(body.exclude, "exclude", cfg.max_exclude)
         boosts = check_boosts(body.boosts, len(vectors), cfg.max_boosts)
+        only = check_ids(body.only, "only", cfg.max_only)
         try:
-            version, results = self.service.search(vectors, k, exclude, boosts)
+            version, results = self.service.search(vectors, k, exclude, boosts, only)
         except (ValueError, TypeError) as exc:
             raise bad(str(exc)) from exc
         # Hot path of the recommender API: encoded with msgspec, not ``resp.media``.

@@ -112,9 +112,11 @@ class FaissClient:
 
     # --- API ------------------------------------------------------------------------------
     def search(self, vectors: npt.ArrayLike, k: int = 10, exclude: Sequence[str] = (),
-               boosts: Sequence[Mapping[str, float]] = ()) -> SearchResult:
+               boosts: Sequence[Mapping[str, float]] = (),
+               only: Sequence[str] = ()) -> SearchResult:
         """Top-``k`` per query row (a 1-D vector is one query); ``boosts``: none, or
-        one sparse part per row (``SearchBody.boosts``)."""
+        one sparse part per row (``SearchBody.boosts``); ``only``: search within these
+        ids (``SearchBody.only``)."""
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim == 1:
             x = x.reshape(1, -1)
@@ -122,6 +124,8 @@ class FaissClient:
                                    "exclude": list(exclude)}
         if any(boosts):
             body["boosts"] = [dict(b) for b in boosts]
+        if only:
+            body["only"] = list(only)
         data = self._send("POST", "/v1/search", body)
         try:
             return SearchResult.from_wire(search_out_decoder.decode(data))

@@ -86,6 +86,8 @@ class FaissConfig:
     max_exclude: int = setting("Most ids in one `exclude` list.", 10_000)
     max_boosts: int = setting("Most ids in one query's `boosts` object (the sparse part "
                               "of a dense + sparse search).", 10_000)
+    max_only: int = setting("Most ids in one search's `only` list (searched exactly: a "
+                            "filter the caller resolved to ids).", 10_000)
     max_json_bytes: int = setting(
         "Largest JSON body (search, upsert) of the FAISS service; 413 beyond.",
         4 * 1024 * 1024)

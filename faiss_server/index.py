@@ -206,7 +206,7 @@ class VectorIndex:
 
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[str] = (),
-        boosts: Sequence[Mapping[str, float]] = (),
+        boosts: Sequence[Mapping[str, float]] = (), only: Sequence[str] = (),
     ) -> list[list[Hit]]:
         """Top-``k`` ``(item_id, score)`` per query row, best first, skipping ``exclude``.
 
@@ -216,14 +216,20 @@ class VectorIndex:
         scored exactly: an item with no boost can only be in the true top ``k`` if it is
         in the dense top ``k`` (boosts are never negative), so with an exact index the
         answer is the exact top ``k`` of the sum.
+
+        ``only`` (optional): search among these ids alone, every one scored exactly
+        (``q · p``, plus its boost): a request filter resolved to ids. Ids not indexed
+        (or excluded) are skipped; none left gives no hits.
         """
         if self.index.ntotal == 0 or k <= 0:
             return [[] for _ in range(len(queries))]
+        if boosts and len(boosts) != len(queries):
+            raise ValueError(f"{len(boosts)} boost objects for {len(queries)} query vectors")
+        if only:
+            return self._within(queries, k, only, exclude, boosts)
         dense = self._search(queries, k, exclude)
         if not any(boosts):
             return dense
-        if len(boosts) != len(queries):
-            raise ValueError(f"{len(boosts)} boost objects for {len(queries)} query vectors")
         skip = set(exclude)
         return [self._boosted(q, hits, b, skip, k) if b else hits
                 for q, hits, b in zip(queries, dense, boosts, strict=True)]
@@ -246,6 +252,29 @@ class VectorIndex:
                                              count=len(rest)), boosted])
         top = np.argsort(-scores, kind="stable")[:k]
         return [(names[j], float(scores[j])) for j in top.tolist()]
+
+    def _within(self, queries: np.ndarray, k: int, only: Sequence[str],
+                exclude: Sequence[str], boosts: Sequence[Mapping[str, float]]
+                ) -> list[list[Hit]]:
+        """The exact top ``k`` of each query among ``only`` (see :meth:`search`)."""
+        skip = set(exclude)
+        pos = self.pos
+        ids = [i for i in dict.fromkeys(only) if i in pos and i not in skip]
+        if not ids:
+            return [[] for _ in range(len(queries))]
+        rows = np.fromiter(map(pos.__getitem__, ids), dtype=np.int64, count=len(ids))
+        scores = (queries @ self.index.reconstruct_batch(rows).T).astype(np.float64)
+        kk = min(k, len(ids))
+        out: list[list[Hit]] = []
+        for r, row in enumerate(scores):
+            boost = boosts[r] if boosts else None
+            if boost:
+                row = row + np.fromiter((boost.get(i, 0.0) for i in ids), dtype=np.float64,
+                                        count=len(ids))
+            top = np.argpartition(-row, kk - 1)[:kk]
+            top = top[np.argsort(-row[top], kind="stable")]
+            out.append([(ids[j], float(row[j])) for j in top.tolist()])
+        return out
 
     def _search(self, queries: np.ndarray, k: int, exclude: Sequence[str]) -> list[list[Hit]]:
         """The dense top-``k`` of :meth:`search`."""

@@ -128,7 +128,12 @@ def openapi_document(config: FaissConfig) -> dict[str, Any]:
                                "and every boosted item",
                                "items": {"type": "object", "maxProperties":
                                          config.max_boosts, "additionalProperties":
-                                         {"type": "number", "minimum": 0}}}}},
+                                         {"type": "number", "minimum": 0}}},
+                    "only": {"type": "array", "items": {"type": "string"},
+                             "maxItems": config.max_only,
+                             "description": "optional: search within these ids alone, "
+                             "each scored exactly (a filter resolved to ids; unknown "
+                             "ids are skipped)"}}},
                 "SearchResponse": {"type": "object", "required": ["version", "results"],
                                    "properties": {
                     "version": {"type": "string"}, "k": {"type": "integer"},

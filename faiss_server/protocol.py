@@ -98,12 +98,16 @@ class SearchBody(msgspec.Struct):
     of a dense + sparse query, ``{item id: value ≥ 0}``. A boosted item scores
     ``q · p(item) + value``; the answer is the exact top-``k`` of that sum over the
     dense top-``k`` and every boosted item (see :meth:`VectorIndex.search`).
+
+    ``only`` (optional, for every query vector): search within these ids alone, scored
+    exactly (a request filter the caller resolved to ids; unknown ids are skipped).
     """
 
     vectors: list[list[float]]
     k: int = 10
     exclude: list[str] = []
     boosts: list[dict[str, float]] = []
+    only: list[str] = []
 
 
 class UpsertBody(msgspec.Struct):

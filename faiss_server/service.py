@@ -77,12 +77,14 @@ class IndexService:
         return idx
 
     def search(self, queries: Any, k: int, exclude: Sequence[str] = (),
-               boosts: Sequence[Mapping[str, float]] = ()) -> tuple[str, list]:
-        """``(version, hits per query)``; ``boosts``: see :meth:`VectorIndex.search`."""
+               boosts: Sequence[Mapping[str, float]] = (),
+               only: Sequence[str] = ()) -> tuple[str, list]:
+        """``(version, hits per query)``; ``boosts``, ``only``: see
+        :meth:`VectorIndex.search`."""
         with self._lock:
             idx = self.current
             x = as_matrix(queries, idx.spec.dim)
-            return idx.version, idx.search(x, k, exclude, boosts)
+            return idx.version, idx.search(x, k, exclude, boosts, only)
 
     def similar(self, item_id: str, k: int, exclude: Sequence[str] = ()) -> tuple[str, list[Hit]]:
         with self._lock:

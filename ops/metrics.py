@@ -212,6 +212,9 @@ METRICS: tuple[Metric, ...] = (
            "Candidates dropped by a request's attribute filter (over filter.requests: the "
            "drop rate; a high one means the over-fetch is too small for such filters).",
            _API),
+    Metric("api", "filter.pushdown", COUNTER,
+           "Filtered recommendation requests searched within the ids the filter lets "
+           "through (`only`), not over-fetched.", _API),
     Metric("api", "filter.partial", COUNTER,
            "Filtered answers with fewer than `k` items (`\"partial\": true`).", _API),
     Metric("api", "user_cache.hit", COUNTER, "User-document cache hits.", _API),

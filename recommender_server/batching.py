@@ -47,11 +47,13 @@ class SearchBatcher:
         self.batches = self.queries = 0
 
     async def search(self, vector: Sequence[float], k: int, exclude: Sequence[str] = (),
-                     boost: Mapping[str, float] | None = None) -> SearchResult:
+                     boost: Mapping[str, float] | None = None,
+                     only: Sequence[str] = ()) -> SearchResult:
         """``boost``: the query's sparse part (``SearchBody.boosts``); a boosted seen
-        item the service ranks high is dropped here like any other seen item."""
-        if len(exclude) > self.max_history:
-            return await self.faiss.search(vector, k, exclude, boost)
+        item the service ranks high is dropped here like any other seen item. A search
+        within ``only`` (a filter resolved to ids) goes alone: its ids are its own."""
+        if only or len(exclude) > self.max_history:
+            return await self.faiss.search(vector, k, exclude, boost, only)
         fut: _Answer = asyncio.get_running_loop().create_future()
         self._queue.append((vector, k + len(exclude), fut, boost or None))
         self._pump()

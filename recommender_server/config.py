@@ -64,6 +64,20 @@ class ApiConfig:
         "passing is answered `partial`. Batched searches add the user's history (up to "
         "`RECSYS_API_FAISS_BATCH_MAX_HISTORY`) to it: keep the sum within the FAISS "
         "service's `RECSYS_FAISS_MAX_K`.", 500)
+    filter_pushdown_max_ids: int = setting(
+        "A filter at most this many items pass is sent to FAISS as those ids, scored "
+        "exactly (`only`), instead of over-fetched; 0: always over-fetch. The ids come "
+        "from every item's attributes, loaded in each API worker on the first filter.",
+        2000)
+    attribute_index_max_items: int = setting(
+        "Largest catalogue whose attributes an API worker loads for filter pushdown "
+        "(beyond it filters are over-fetched).", 200_000)
+    attribute_index_preload: bool = setting(
+        "Load every item's attributes when a worker starts (in the background), so the "
+        "first filtered requests do not wait for it; off: on the first filter.", True)
+    attribute_index_refresh_s: float = setting(
+        "Seconds between background re-reads of every item's attributes (what filter "
+        "pushdown selects by; an item's metadata is re-checked when served).", 60.0)
     max_history_exclude: int = setting(
         "At most this many of the newest history items are sent as FAISS exclusions.", 500)
     faiss_batch_max: int = setting(

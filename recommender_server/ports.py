@@ -103,7 +103,8 @@ class Searcher(Protocol):
     """One user-vector search (the FAISS client, or the batcher in front of it)."""
 
     async def search(self, vector: Sequence[float], k: int, exclude: Sequence[str] = (),
-                     boost: Mapping[str, float] | None = None) -> SearchResult: ...
+                     boost: Mapping[str, float] | None = None,
+                     only: Sequence[str] = ()) -> SearchResult: ...
 
 
 class FaissReader(Searcher, Protocol):
@@ -111,7 +112,8 @@ class FaissReader(Searcher, Protocol):
 
     async def search_many(self, vectors: Sequence[Sequence[float]], k: int = 10,
                           exclude: Sequence[str] = (),
-                          boosts: Sequence[Mapping[str, float]] = ()) -> SearchResult: ...
+                          boosts: Sequence[Mapping[str, float]] = (),
+                          only: Sequence[str] = ()) -> SearchResult: ...
 
     async def similar(self, item_id: str, k: int = 10,
                       exclude: Sequence[str] = ()) -> SimilarResult: ...

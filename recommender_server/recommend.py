@@ -55,6 +55,7 @@ from common.hot_users import newest
 from common.session_query import StreamClock, served_query, served_sparse, sparse_sources
 from common.stores import UserDoc
 from faiss_server.protocol import FaissRequestError, Hit
+from recommender_server.attribute_index import AttributeIndex
 from recommender_server.batching import SearchBatcher
 from recommender_server.caches import Catalog
 from recommender_server.config import ApiConfig
@@ -96,6 +97,10 @@ class RecommendationService:
                                           down=lambda: faiss_breaker.is_open)
         self._counts: Counter[str] = Counter()
         self._pass_rates = PassRates(config.filter_overfetch)
+        cat = deps.catalog
+        self.attributes = AttributeIndex(cat.r, cat.keys,
+                                         refresh_s=config.attribute_index_refresh_s,
+                                         max_items=config.attribute_index_max_items)
         self._flush_at = 0.0
         self._hits_sent = self._misses_sent = 0
 
@@ -233,10 +238,12 @@ class RecommendationService:
             clock = self.deps.hot.clock if self.deps.hot is not None else None
             now_ms = int(time.time() * 1000)
             boost = await self._boost(doc, clock, now_ms, degraded)
+            only = await self._pushdown(flt)
+            n = self.config.candidate_slack + k if only is not None else self._wanted(k, flt)
             # The catalog refresh (rare) overlaps the FAISS call.
             (reason, index_version, candidates), cat = await asyncio.gather(
-                self._search(served_query(doc, clock, now_ms), doc.history,
-                             self._wanted(k, flt), boost),
+                self._search(served_query(doc, clock, now_ms), doc.history, n, boost,
+                             only),
                 self._catalog(degraded))
         else:
             cat = await self._catalog(degraded)
@@ -351,16 +358,30 @@ class RecommendationService:
         _, doc = last
         return doc, None if doc is not None else "unknown_user"
 
+    async def _pushdown(self, flt: AttributeFilter) -> list[str] | None:
+        """The ids ``flt`` lets through when they are few enough to search among exactly
+        (``filter_pushdown_max_ids``); ``None``: over-fetch instead."""
+        if not flt or self.config.filter_pushdown_max_ids <= 0:
+            return None
+        ids = await self.attributes.allowed(flt)
+        if ids is None or len(ids) > self.config.filter_pushdown_max_ids:
+            return None
+        self._incr("filter.pushdown")
+        return ids
+
     async def _search(self, vector: list[float], history: list[str], n: int,
-                      boost: dict[str, float] | None = None
+                      boost: dict[str, float] | None = None, only: list[str] | None = None
                       ) -> tuple[str | None, str | None, list[tuple[str, float]]]:
         """``(fallback reason or None, index version, n candidates)``; ``boost``: the
-        query's sparse part (see :meth:`_boost`)."""
+        query's sparse part (see :meth:`_boost`); ``only``: search within these ids
+        (a filter pushed down; ``[]``: nothing passes, FAISS is not asked)."""
+        if only is not None and not only:
+            return None, None, []
         if not self.breakers["faiss"].allow():
             return "faiss_unavailable", None, []
         exclude = history[-self.config.max_history_exclude:]
         try:
-            res = await self.searcher.search(vector, n, exclude, boost)
+            res = await self.searcher.search(vector, n, exclude, boost, only or ())
         except IndexNotReady:
             self.breakers["faiss"].succeeded()
             return "index_not_ready", None, []
@@ -475,7 +496,8 @@ class RecommendationService:
             probe("mongo", self.deps.ping_mongo), probe("redis", self.deps.ping_redis),
             probe("faiss", self.deps.faiss.health)))
         for name, part in (("user_cache", self.deps.users), ("catalog", self.deps.catalog),
-                           ("faiss_batches", self.searcher)):
+                           ("faiss_batches", self.searcher),
+                           ("attribute_index", self.attributes)):
             if hasattr(part, "stats"):
                 checks[name] = part.stats()
         return all(c.get("ok", True) for c in checks.values()), checks

@@ -93,6 +93,7 @@ class FakeFaiss:
         self.searches: list[tuple[int, int, list[str]]] = []
         self.vectors: list[list[float]] = []
         self.boosts: list[dict[str, float]] = []  # the sparse part sent with each query
+        self.only: list[list[str]] = []  # the ids each search was limited to ([]: none)
 
     def _hits(self, k: int) -> list[tuple[str, float]]:
         hits = [(f"c{i}", 1.0 - i / 100) for i in range(k)]
@@ -102,17 +103,22 @@ class FakeFaiss:
         return hits
 
     async def search(self, vector: Any, k: int, exclude: Any = (),
-                     boost: Any = None) -> SearchResult:
-        return await self.search_many([vector], k, exclude, [boost] if boost else ())
+                     boost: Any = None, only: Any = ()) -> SearchResult:
+        return await self.search_many([vector], k, exclude, [boost] if boost else (), only)
 
     async def search_many(self, vectors: Any, k: int, exclude: Any = (),
-                          boosts: Any = ()) -> SearchResult:
+                          boosts: Any = (), only: Any = ()) -> SearchResult:
         await asyncio.sleep(0)
         if self.fail:
             raise self.fail
         self.searches.append((len(vectors), k, list(exclude)))
+        self.only.append(list(only))
         self.vectors.extend([list(map(float, v)) for v in vectors])
         self.boosts.extend([dict(b) for b in boosts] if boosts else [{} for _ in vectors])
+        if only:  # the same ranking, among those ids alone
+            allowed = set(only) - set(exclude)
+            hits = [h for h in self._hits(1000) if h[0] in allowed][:k]
+            return SearchResult("idx-3", [hits for _ in vectors])
         return SearchResult("idx-3", [self._hits(k) for _ in vectors])
 
     async def similar(self, item_id: str, k: int, exclude: Any = ()) -> SimilarResult:

@@ -25,7 +25,17 @@ def attributes(item: str) -> dict[str, Any] | None:
             "year": rnd.randint(1970, 2000)}
 
 
+#: The catalogue (``items:known``): what the fakes can return as candidates.
+KNOWN = ({f"c{i}" for i in range(1000)} | {f"p{i}" for i in range(30)}
+         | {f"s{i}" for i in range(1000)} | {"nometa6", "gone", "seen"})
+
+
 class AttrRedis(FakeRedis):
+    async def smembers(self, key: str) -> set[str]:
+        self._check()
+        assert key == RedisKeys("t:").known
+        return set(KNOWN)
+
     async def mget(self, keys: list[str]) -> list[str | None]:
         self._check()
         if keys and keys[0].startswith((RedisKeys("t:").user_state(""),
@@ -56,8 +66,19 @@ def fakes() -> tuple[FakeUsers, AttrRedis, ManyFaiss]:
 
 
 @pytest.fixture(params=["batched", "unbatched"])
-def client(fakes, request):
-    return make_client(fakes, faiss_batch_inflight=2 if request.param == "batched" else 0)
+def batching(request) -> int:
+    return 2 if request.param == "batched" else 0
+
+
+@pytest.fixture(params=["over-fetch", "pushdown"])
+def pushdown(request) -> bool:
+    return request.param == "pushdown"
+
+
+@pytest.fixture
+def client(fakes, batching, pushdown):
+    return make_client(fakes, faiss_batch_inflight=batching,
+                       filter_pushdown_max_ids=5000 if pushdown else 0)
 
 
 def passes(item: str, genres: set[str], lo: int, hi: int) -> bool:
@@ -76,15 +97,25 @@ CASES = [({"Comedy"}, 1970, 2000), ({"Western"}, 1990, 1999), ({"Drama", "Horror
 
 @pytest.mark.parametrize("genres, lo, hi", CASES)
 @pytest.mark.parametrize("k", [1, 5, 20])
-def test_no_endpoint_returns_an_item_that_fails_the_filter(client, fakes, genres, lo, hi,
-                                                           k) -> None:
+def test_no_endpoint_returns_an_item_that_fails_the_filter(client, fakes, pushdown, genres,
+                                                           lo, hi, k) -> None:
     """Every item of every answer passes; ``partial`` is exactly "fewer than k"; and the
     items are the first passing ones of each source, in its order."""
     params = query(genres, lo, hi)
     answers = {"recommendations": client.simulate_get(
         "/v1/recommendations", params={"user_id": "u1", "k": k, **params})}
-    asked = fakes[2].searches[-1][1]  # (k + slack) × 10, + the history when batched
-    assert asked in ((k + 10) * 10, (k + 10) * 10 + 2)
+    passing = sorted(i for i in KNOWN if passes(i, genres, lo, hi))
+    if not passing and pushdown:  # nothing passes: FAISS is not even asked
+        assert fakes[2].searches == []
+        asked = 0
+    elif pushdown:  # searched within exactly the ids that pass, k + slack of them
+        assert sorted(fakes[2].only[-1]) == passing
+        asked = fakes[2].searches[-1][1]
+        assert asked == k + 10
+    else:
+        assert fakes[2].only[-1] == []
+        asked = fakes[2].searches[-1][1]  # (k + slack) × 10, + the history when batched
+        assert asked in ((k + 10) * 10, (k + 10) * 10 + 2)
     answers |= {
         "similar": client.simulate_get("/v1/items/x/similar", params={"k": k, **params}),
         "popular": client.simulate_get("/v1/popular", params={"k": k, **params}),
@@ -102,7 +133,8 @@ def test_no_endpoint_returns_an_item_that_fails_the_filter(client, fakes, genres
         [p for p in popular if passes(p, genres, lo, hi)][:k]
     personal = [i["id"] for i in answers["recommendations"].json["items"]
                 if i["source"] == "personalized"]
-    candidates = [f"c{i}" for i in range(asked) if i not in (1, 3, 6)]
+    ranked = 1000 if pushdown else asked  # pushdown: the ranking among all that pass
+    candidates = [f"c{i}" for i in range(ranked) if i not in (1, 3, 6)]
     assert personal == [c for c in candidates if passes(c, genres, lo, hi)][:k]
 
 
@@ -127,7 +159,8 @@ def test_items_without_metadata_never_pass_and_redis_down_leaks_nothing(fakes) -
         assert r.json["degraded"] == ["redis"]
 
 
-def test_a_filter_asks_the_index_for_more_candidates(client, fakes) -> None:
+def test_a_filter_asks_the_index_for_more_candidates(fakes, batching) -> None:
+    client = make_client(fakes, faiss_batch_inflight=batching, filter_pushdown_max_ids=0)
     client.simulate_get("/v1/recommendations", params={"user_id": "u1", "k": 5})
     plain = fakes[2].searches[-1][1]
     client.simulate_get("/v1/recommendations",
@@ -182,7 +215,7 @@ def test_the_openapi_document_describes_the_filters(client) -> None:
 def test_over_fetch_follows_the_filters_observed_pass_rate(fakes) -> None:
     """A filter most candidates pass soon asks for ~2 / pass rate × (k + slack), not the
     worst case; one nothing passes stays at the worst case (10×)."""
-    client = make_client(fakes)
+    client = make_client(fakes, filter_pushdown_max_ids=0)
     mild = {"year_min": "1970"}  # every item with metadata passes
     asked = []
     for _ in range(10):
@@ -195,3 +228,25 @@ def test_over_fetch_follows_the_filters_observed_pass_rate(fakes) -> None:
         client.simulate_get("/v1/recommendations",
                             params={"user_id": "u1", "k": 5, "year_min": "3000"})
         assert fakes[2].searches[-1][1] - extra == 150
+
+
+def test_pushdown_sends_the_passing_ids_and_falls_back_when_it_cannot(fakes) -> None:
+    """A filter few items pass is searched within exactly those ids; one too many pass
+    (over ``filter_pushdown_max_ids``), or with the attributes unreadable, is over-fetched;
+    the answer never holds an item that fails."""
+    client = make_client(fakes, filter_pushdown_max_ids=300, faiss_batch_inflight=0)
+    params = {"user_id": "u1", "k": 5, "genre": "Western", "year_max": "1975"}
+    r = client.simulate_get("/v1/recommendations", params=params)
+    assert r.status_code == 200, r.text
+    want = {i for i in KNOWN if passes(i, {"Western"}, 0, 1975)}
+    assert 0 < len(want) <= 300 and set(fakes[2].only[-1]) == want
+    assert {i["id"] for i in r.json["items"]} <= want
+    wide = {"user_id": "u1", "k": 5, "year_min": "1900"}  # every item with metadata
+    client.simulate_get("/v1/recommendations", params=wide)
+    assert fakes[2].only[-1] == [] and fakes[2].searches[-1][1] == 150
+    broken = AttrRedis()
+    broken.fail = True
+    down = make_client((FakeUsers(), broken, fakes[2]), faiss_batch_inflight=0)
+    r = down.simulate_get("/v1/recommendations", params=params)
+    assert r.status_code == 200 and r.json["items"] == [] and r.json["partial"] is True
+    assert fakes[2].only[-1] == []  # the index could not load: over-fetched instead

@@ -150,6 +150,9 @@ def test_attribute_filters_never_leak_and_keep_each_sources_order(world: World) 
         assert none["items"] == [] and none["partial"] is True, path
     bad = world.get("/v1/popular", year_min="soon")
     assert bad.status_code == 400 and "year_min" in bad.json()["description"]
+    # the recommendations were searched within the passing ids (one API worker)
+    index = world.get("/ready").json()["checks"]["attribute_index"]
+    assert index["items"] == N_ITEMS and index["loads"] >= 1 and index["filters_cached"] >= 1
 
 
 def test_schema_fuzz_of_the_api_finds_no_server_error(world: World) -> None:

@@ -59,6 +59,8 @@ def test_search_one_and_many_vectors(client: testing.TestClient) -> None:
     ({"vectors": [[0.1] * DIM], "boosts": [{"i1": -1.0}]}, ">= 0"),
     ({"vectors": [[0.1] * DIM], "boosts": [{"i1": 1.0}, {}]}, "one object per query"),
     ({"vectors": [[0.1] * DIM], "boosts": [{"i1": "1"}]}, "boosts"),
+    ({"vectors": [[0.1] * DIM], "only": [1]}, "only"),
+    ({"vectors": [[0.1] * DIM], "only": "i1"}, "only"),
 ])
 def test_bad_search_input_is_a_400_with_title_and_description(
         client: testing.TestClient, body: dict, fragment: str) -> None:
@@ -79,6 +81,16 @@ def test_a_boost_lifts_its_item_into_the_answer(client: testing.TestClient) -> N
     assert hits[0]["id"] == bottom["id"] != plain["results"][0][0]["id"]
     assert hits[0]["score"] == pytest.approx(bottom["score"] + 100.0, abs=1e-4)
     assert [h["id"] for h in hits[1:]] == [h["id"] for h in plain["results"][0][:2]]
+
+
+def test_a_search_within_only_returns_only_those_ids(client: testing.TestClient) -> None:
+    q = [[0.1] * DIM]
+    last = client.simulate_post("/v1/search", json={"vectors": q, "k": 50}).json
+    allowed = [h["id"] for h in last["results"][0][-4:]]  # the four lowest
+    r = client.simulate_post("/v1/search", json={"vectors": q, "k": 3,
+                                                 "only": [*allowed, "ghost"]})
+    assert r.status_code == 200, r.json
+    assert [h["id"] for h in r.json["results"][0]] == allowed[:3]
 
 
 def test_nan_in_json_and_broken_json_are_400(client: testing.TestClient) -> None:

@@ -87,6 +87,30 @@ def test_a_boosted_search_is_the_exact_top_k_of_dense_plus_sparse(kind: str) -> 
     assert any(h in boosts[0] for h, _ in got[0])  # the boosts did change the answer
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_search_within_only_is_exact_over_those_ids(kind: str) -> None:
+    """``only`` (a filter resolved to ids): the exact top k among them, boosts added,
+    excluded and unknown ids skipped; nothing outside ``only`` ever comes back."""
+    idx, x, ids = build(kind)
+    rng = np.random.default_rng(5)
+    allowed = [ids[j] for j in 1 + rng.choice(len(ids) - 1, 60, replace=False)]
+    exclude = allowed[:3]
+    boosts = [{allowed[10]: 5.0, ids[0]: 9.0}, {}]
+    q = x[20:22]
+    got = idx.search(q, 10, exclude=exclude, boosts=boosts,
+                     only=[*allowed, "not-indexed", allowed[5]])
+    dense = q.astype(np.float64) @ x.T.astype(np.float64)
+    rest = [a for a in allowed if a not in exclude]
+    for r, row in enumerate(got):
+        total = {a: dense[r][idx.pos[a]] + boosts[r].get(a, 0.0) for a in rest}
+        want = sorted(rest, key=lambda a: -total[a])[:10]
+        assert [h for h, _ in row] == want  # exact whatever the index kind
+        for h, score in row:
+            assert score == pytest.approx(total[h], abs=1e-4)
+    assert got[0][0][0] == allowed[10]  # its boost lifted it; ids[0] is not allowed
+    assert idx.search(q, 5, only=["not-indexed"]) == [[], []]
+
+
 def test_boosts_must_match_the_queries() -> None:
     idx, x, _ = build("flat", 50)
     with pytest.raises(ValueError, match="boost objects"):
