@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from common.stores import RedisKeys
+from recommender_server.attribute_index import AttributeIndex
 from recommender_server.filters import MAX_FILTERS, AttributeFilter, parse_filters
 from tests.test_api_app import FakeFaiss, FakeRedis, FakeUsers, make_client
 
@@ -250,3 +252,38 @@ def test_pushdown_sends_the_passing_ids_and_falls_back_when_it_cannot(fakes) -> 
     r = down.simulate_get("/v1/recommendations", params=params)
     assert r.status_code == 200 and r.json["items"] == [] and r.json["partial"] is True
     assert fakes[2].only[-1] == []  # the index could not load: over-fetched instead
+
+
+def test_the_attribute_index_reloads_after_its_interval_and_skips_when_too_large() -> None:
+    """Loaded once, re-read in the background after ``refresh_s`` (a new item shows
+    then), the filter scans cached until a reload; a catalogue over ``max_items`` is
+    declined (``None``: over-fetch)."""
+    now = [0.0]
+    r = AttrRedis()
+    flt = parse_filters({"genre": "Western", "year_max": "1975"}, set())
+    want = {i for i in KNOWN if passes(i, {"Western"}, 0, 1975)}
+
+    async def scenario() -> None:
+        index = AttributeIndex(r, RedisKeys("t:"), refresh_s=60.0, max_items=5000,
+                               clock=lambda: now[0])
+        assert set(await index.allowed(flt) or []) == want
+        assert index.loads == 1 and index.stats()["filters_cached"] == 1
+        await index.allowed(flt)
+        assert index.loads == 1  # within the interval: no reload
+        KNOWN.add("c5000")  # a new item (its attributes are deterministic)
+        try:
+            now[0] = 61.0
+            await index.allowed(flt)  # stale answer while the reload runs
+            for _ in range(200):
+                if index.loads == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert index.loads == 2 and index.stats()["items"] == len(KNOWN) - 1  # nometa6
+            ids = set(await index.allowed(flt) or [])
+            assert ids == want | ({"c5000"} if passes("c5000", {"Western"}, 0, 1975) else set())
+        finally:
+            KNOWN.discard("c5000")
+        small = AttributeIndex(r, RedisKeys("t:"), refresh_s=60.0, max_items=10)
+        assert await small.allowed(flt) is None and small.stats()["too_large"] is True
+
+    asyncio.run(scenario())
