@@ -247,11 +247,13 @@ class _HeldWrites:
 class _Hits:
     """FAISS stand-in: the same candidates for every query, the clicked item first."""
 
-    async def search(self, vector: Any, k: int, exclude: Any = (), boost: Any = None) -> Any:
+    async def search(self, vector: Any, k: int, exclude: Any = (), boost: Any = None,
+                     only: Any = ()) -> Any:
         from faiss_server.protocol import SearchResult
 
         hits = [(i, 1.0 - n / 100) for n, i in enumerate(["clicked", "x1", "x2", "x3"])]
-        return SearchResult("idx", [[h for h in hits if h[0] not in exclude]])
+        return SearchResult("idx", [[h for h in hits if h[0] not in exclude
+                                     and (not only or h[0] in only)]])
 
     async def health(self) -> dict[str, Any]:
         return {}
