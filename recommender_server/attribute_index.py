@@ -4,11 +4,13 @@ Why: a filter only a few items pass cannot be served by over-fetching nearest
 neighbours (a 5% filter needs ~20× the candidates, and still misses some); the FAISS
 search can instead score exactly the ids that pass (``SearchBody.only``). Finding those
 ids needs every item's attributes, which only Redis holds (``items:known`` and one
-``item:{id}`` JSON each). This index loads them the first time a filter is asked (an
-API that never filters pays nothing), re-reads them every ``refresh_s`` in the
-background (stale while it reloads), and keeps the ids each recent filter lets through
-until then. It declines (``None``: over-fetch instead) when the catalogue is larger than
-``max_items``, or Redis fails.
+``item:{id}`` JSON each). This index loads them when a worker starts (or at the first
+filter), re-reads them every ``refresh_s`` in the background (stale while it reloads),
+and sooner when the catalogue's size changed (``SCARD`` every ``check_s``: a new item
+shows within seconds). It keeps the ids each recent filter lets through until the next
+load. It declines (``None``: over-fetch instead) when the catalogue is larger than
+``max_items``, empty (an API started before the catalogue was published), or Redis
+fails.
 
 Decoding the attributes and scanning them for a new filter run on the event loop in
 slices of :data:`SLICE` items, yielding between slices. Done in one go, a load of 20,000
@@ -41,10 +43,12 @@ class AttributeIndex:
     """``await allowed(flt)``: the ids of every item ``flt`` lets through, or ``None``."""
 
     def __init__(self, redis: Any, keys: RedisKeys, *, refresh_s: float, max_items: int,
-                 max_filters: int = 256, clock: Callable[[], float] = time.monotonic) -> None:
+                 check_s: float = 5.0, max_filters: int = 256,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.r = redis
         self.keys = keys
         self.refresh_s = refresh_s
+        self.check_s = check_s
         self.max_items = max_items
         self.max_filters = max_filters
         self.clock = clock
@@ -52,6 +56,8 @@ class AttributeIndex:
         self.too_large = False
         self.loads = 0
         self._expires = 0.0
+        self._checked = 0.0  # when the catalogue's size was last compared
+        self._known = -1  # the catalogue's size at the last load
         self._loading: asyncio.Task[None] | None = None
         self._allowed: dict[tuple[object, ...], list[str]] = {}
         self._scans: dict[tuple[object, ...], asyncio.Future[list[str]]] = {}
@@ -69,10 +75,11 @@ class AttributeIndex:
 
     async def allowed(self, flt: AttributeFilter) -> list[str] | None:
         """Ids passing ``flt``, in no particular order; ``None`` when the index cannot
-        answer (catalogue over ``max_items``, never loaded because Redis failed)."""
+        answer (catalogue over ``max_items`` or empty, never loaded because Redis
+        failed)."""
         await self._fresh()
         attrs = self.attrs
-        if attrs is None or self.too_large:
+        if not attrs or self.too_large:
             return None
         key = flt.key
         ids = self._allowed.get(key)
@@ -97,8 +104,18 @@ class AttributeIndex:
         """Load at first use (awaited); later reloads run in the background, at most one
         per ``refresh_s`` (a failed load is retried after that too)."""
         now = self.clock()
-        if now >= self._expires and (self._loading is None or self._loading.done()):
+        idle = self._loading is None or self._loading.done()
+        if idle and self.attrs is not None and now < self._expires \
+                and now >= self._checked + self.check_s:
+            self._checked = now
+            try:  # a new (or removed) item: reload now, not at the end of the interval
+                if int(await self.r.scard(self.keys.known)) != self._known:
+                    self._expires = now
+            except Exception as exc:  # noqa: BLE001 - the interval reload still comes
+                log.debug("catalogue size check failed: %s", exc)
+        if now >= self._expires and idle:
             self._expires = now + self.refresh_s
+            self._checked = now
             self._loading = asyncio.get_running_loop().create_task(self._load())
         if self.attrs is None and self._loading is not None and not self._loading.done():
             await asyncio.shield(self._loading)
@@ -106,6 +123,7 @@ class AttributeIndex:
     async def _load(self) -> None:
         try:
             known = sorted(await self.r.smembers(self.keys.known))
+            self._known = len(known)
             if len(known) > self.max_items:
                 self.too_large, self.attrs = True, {}
                 return

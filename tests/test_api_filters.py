@@ -38,6 +38,11 @@ class AttrRedis(FakeRedis):
         assert key == RedisKeys("t:").known
         return set(KNOWN)
 
+    async def scard(self, key: str) -> int:
+        self._check()
+        assert key == RedisKeys("t:").known
+        return len(KNOWN)
+
     async def mget(self, keys: list[str]) -> list[str | None]:
         self._check()
         if keys and keys[0].startswith((RedisKeys("t:").user_state(""),
@@ -255,8 +260,9 @@ def test_pushdown_sends_the_passing_ids_and_falls_back_when_it_cannot(fakes) -> 
 
 
 def test_the_attribute_index_reloads_after_its_interval_and_skips_when_too_large() -> None:
-    """Loaded once, re-read in the background after ``refresh_s`` (a new item shows
-    then), the filter scans cached until a reload; a catalogue over ``max_items`` is
+    """Loaded once; re-read in the background when the catalogue's size changes (checked
+    every ``check_s``: a new item shows within seconds) and after ``refresh_s``; filter
+    scans cached until a reload; a catalogue over ``max_items``, or an empty one, is
     declined (``None``: over-fetch)."""
     now = [0.0]
     r = AttrRedis()
@@ -272,7 +278,10 @@ def test_the_attribute_index_reloads_after_its_interval_and_skips_when_too_large
         assert index.loads == 1  # within the interval: no reload
         KNOWN.add("c5000")  # a new item (its attributes are deterministic)
         try:
-            now[0] = 61.0
+            now[0] = 2.0
+            await index.allowed(flt)
+            assert index.loads == 1  # sizes are compared every 5 s only
+            now[0] = 6.0
             await index.allowed(flt)  # stale answer while the reload runs
             for _ in range(200):
                 if index.loads == 2:
@@ -283,7 +292,22 @@ def test_the_attribute_index_reloads_after_its_interval_and_skips_when_too_large
             assert ids == want | ({"c5000"} if passes("c5000", {"Western"}, 0, 1975) else set())
         finally:
             KNOWN.discard("c5000")
+        now[0] = 70.0  # the interval: a reload even with the same size
+        await index.allowed(flt)
+        for _ in range(200):
+            if index.loads == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert index.loads == 3
         small = AttributeIndex(r, RedisKeys("t:"), refresh_s=60.0, max_items=10)
         assert await small.allowed(flt) is None and small.stats()["too_large"] is True
+        empty = AttrRedis()
+        empty.smembers = lambda key: _empty()  # type: ignore[method-assign]
+        unpublished = AttributeIndex(empty, RedisKeys("t:"), refresh_s=60.0, max_items=10)
+        assert await unpublished.allowed(flt) is None and unpublished.stats()["items"] == 0
 
     asyncio.run(scenario())
+
+
+async def _empty() -> set[str]:
+    return set()
