@@ -242,9 +242,8 @@ class VectorIndex:
         ids = [i for i in boost if i in pos and i not in skip]
         if not ids:
             return hits
-        rows = np.fromiter(map(pos.__getitem__, ids), dtype=np.int64, count=len(ids))
         values = np.fromiter(map(boost.__getitem__, ids), dtype=np.float64, count=len(ids))
-        boosted = (self.index.reconstruct_batch(rows) @ query).astype(np.float64) + values
+        boosted = self._exact(query[None, :], ids)[0] + values
         # the dense hits not boosted keep their score; the boosted ones were rescored
         rest = [h for h in hits if h[0] not in boost]
         names = [h[0] for h in rest] + ids
@@ -262,8 +261,7 @@ class VectorIndex:
         ids = [i for i in dict.fromkeys(only) if i in pos and i not in skip]
         if not ids:
             return [[] for _ in range(len(queries))]
-        rows = np.fromiter(map(pos.__getitem__, ids), dtype=np.int64, count=len(ids))
-        scores = (queries @ self.index.reconstruct_batch(rows).T).astype(np.float64)
+        scores = self._exact(queries, ids)
         kk = min(k, len(ids))
         out: list[list[Hit]] = []
         for r, row in enumerate(scores):
@@ -275,6 +273,12 @@ class VectorIndex:
             top = top[np.argsort(-row[top], kind="stable")]
             out.append([(ids[j], float(row[j])) for j in top.tolist()])
         return out
+
+    def _exact(self, queries: np.ndarray, ids: list[str]) -> np.ndarray:
+        """``(n queries, len(ids))`` exact inner products with the stored vectors of
+        ``ids`` (all indexed), in float64: what boosted and ``only`` searches rank by."""
+        rows = np.fromiter(map(self.pos.__getitem__, ids), dtype=np.int64, count=len(ids))
+        return (queries @ self.index.reconstruct_batch(rows).T).astype(np.float64)
 
     def _search(self, queries: np.ndarray, k: int, exclude: Sequence[str]) -> list[list[Hit]]:
         """The dense top-``k`` of :meth:`search`."""

@@ -17,7 +17,6 @@ Metric names: see :mod:`recommender_server.recommend` and :mod:`recommender_serv
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 import falcon
@@ -121,23 +120,17 @@ class Lifespan:
                  metrics: BatchedMetricsMiddleware, gc_gen0_threshold: int = 0) -> None:
         self.deps, self.rec, self.metrics = deps, rec, metrics
         self.gc_gen0_threshold = gc_gen0_threshold
-        self._warm: asyncio.Future[None] | None = None
 
     async def process_startup(self, scope: Mapping[str, object],
                               event: Mapping[str, object]) -> None:
         tune_gc(self.gc_gen0_threshold)  # per worker process (common/gc_tuning.py)
         await self.deps.start()
-        config = self.rec.config
-        if config.attribute_index_preload and config.filter_pushdown_max_ids > 0:
-            self._warm = asyncio.ensure_future(self.rec.attributes.warm())
         freeze_startup_heap()
 
     async def process_shutdown(self, scope: Mapping[str, object],
                                event: Mapping[str, object]) -> None:
         self.rec.flush_metrics(force=True)
         self.metrics.flush()
-        if self._warm is not None:
-            self._warm.cancel()
         await self.deps.stop()
 
 

@@ -67,8 +67,8 @@ class ApiConfig:
     filter_pushdown_max_ids: int = setting(
         "A filter at most this many items pass is sent to FAISS as those ids, scored "
         "exactly (`only`), instead of over-fetched; 0: always over-fetch. The ids come "
-        "from every item's attributes, loaded in each API worker on the first filter.",
-        2000)
+        "from every item's attributes, held by each API worker "
+        "(`RECSYS_API_ATTRIBUTE_INDEX_*`).", 2000)
     attribute_index_max_items: int = setting(
         "Largest catalogue whose attributes an API worker loads for filter pushdown "
         "(beyond it filters are over-fetched).", 200_000)

@@ -101,6 +101,8 @@ class RecommendationService:
         self.attributes = AttributeIndex(cat.r, cat.keys,
                                          refresh_s=config.attribute_index_refresh_s,
                                          max_items=config.attribute_index_max_items)
+        if config.attribute_index_preload and config.filter_pushdown_max_ids > 0:
+            deps.background.append(self.attributes.warm)  # started with the app
         self._flush_at = 0.0
         self._hits_sent = self._misses_sent = 0
 

@@ -311,3 +311,33 @@ def test_the_attribute_index_reloads_after_its_interval_and_skips_when_too_large
 
 async def _empty() -> set[str]:
     return set()
+
+
+def test_the_attribute_index_is_loaded_when_the_app_starts(fakes) -> None:
+    """Preloaded with the app's background tasks (no filtered request needed), and not
+    at all with the preload off."""
+    from falcon import testing as ftesting
+
+    from common.settings import Settings
+    from recommender_server.app import create_app
+    from recommender_server.caches import Catalog
+    from recommender_server.config import ApiConfig
+    from recommender_server.deps import Dependencies
+
+    async def started(preload: bool) -> dict[str, Any]:
+        users, r, faiss = fakes
+        deps = Dependencies(users=users, catalog=Catalog(r, RedisKeys("t:"), refresh_s=0.0),
+                            faiss=faiss)
+        config = ApiConfig.from_env(Settings.from_env(), attribute_index_preload=preload)
+        async with ftesting.ASGIConductor(create_app(config, deps)) as conductor:
+            for _ in range(200):
+                checks = (await conductor.simulate_get("/ready")).json["checks"]
+                if checks["attribute_index"]["loads"] or not preload:
+                    break
+                await asyncio.sleep(0.01)
+            return dict(checks["attribute_index"])
+
+    on = asyncio.run(started(True))
+    assert on["loads"] == 1 and on["items"] == len(KNOWN) - 1  # nometa6 has none
+    off = asyncio.run(started(False))
+    assert off["loads"] == 0 and off["items"] is None
