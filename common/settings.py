@@ -114,6 +114,19 @@ class Settings:
         "At most this many items' co-occurring lists are re-written per interval (the "
         "others wait for the next one): bounds how long one export holds the model.",
         20_000)
+    worker_ranker: bool = _doc(
+        "Train the ranking stage's ranker from the stream and publish it to the API "
+        "(`streams/ranker_training.py`); off: the API keeps the ranker last published.",
+        True)
+    worker_ranker_examples_per_batch: int = _doc(
+        "Users per applied batch whose candidates (computed before the batch is learned, "
+        "as the API serves them) become ranker examples, labelled by what they chose.", 8)
+    worker_ranker_retrain_s: float = _doc(
+        "Seconds between ranker retrainings (in a thread, on the window of examples).",
+        300.0)
+    worker_ranker_min_examples: int = _doc(
+        "Examples needed before the worker trains a ranker.", 2000)
+    worker_ranker_window: int = _doc("Most recent examples a ranker is trained on.", 20_000)
     worker_cooc_served: int = _doc(
         "Co-occurring items stored per item (at most the model's `cooc_neighbours`): the "
         "largest `k` `?source=cooc` answers in full, and the partners the API's sparse "

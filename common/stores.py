@@ -149,6 +149,16 @@ class RedisKeys:
         return f"{self.prefix}user:{user_id}"
 
     @property
+    def ranker(self) -> str:
+        """The published ranker (:meth:`ranking.ranker.Ranker.to_text`)."""
+        return f"{self.prefix}ranker:model"
+
+    @property
+    def ranker_version(self) -> str:
+        """The published ranker's version: read first, the model only when it changed."""
+        return f"{self.prefix}ranker:version"
+
+    @property
     def stream_clock(self) -> str:
         """The worker's stream clock (:class:`common.session_query.StreamClock`)."""
         return f"{self.prefix}stream:clock"

@@ -63,11 +63,13 @@ class _Base:
 
 class Recommendations(_Base):
     metric_name = "recommendations"
-    own_params = frozenset({"k", "user_id"})
+    own_params = frozenset({"k", "user_id", "explain"})
 
     async def on_get(self, req: Request, resp: Response) -> None:
         user_id = checked_id(req.get_param("user_id", required=True), "user_id")
-        _json(resp, await self.rec.recommend(user_id, self._k(req), self._filter(req)))
+        explain = bool(req.get_param_as_bool("explain", default=False))
+        _json(resp, await self.rec.recommend(user_id, self._k(req), self._filter(req),
+                                             explain=explain))
 
 
 class SimilarItems(_Base):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -62,6 +63,7 @@ from recommender_server.config import ApiConfig
 from recommender_server.deps import Breaker, Dependencies
 from recommender_server.filters import AttributeFilter, PassRates, overfetch
 from recommender_server.ports import Body, Metadata, Searcher
+from recommender_server.ranking import Ranked, RankerHolder, proposals, rank
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,10 @@ class RecommendationService:
                                          max_items=config.attribute_index_max_items)
         if config.attribute_index_preload and config.filter_pushdown_max_ids > 0:
             deps.background.append(self.attributes.warm)  # started with the app
+        self.rankers = RankerHolder(cat.r, cat.keys, config.ranker_refresh_s)
+        if config.ranking:
+            deps.background.append(self.rankers.follow)
+        self._timings: list[tuple[str, float]] = []
         self._flush_at = 0.0
         self._hits_sent = self._misses_sent = 0
 
@@ -125,8 +131,12 @@ class RecommendationService:
         for name, n in self._counts.items():
             if n:
                 pipe.incr(name, n)
+        rate = self.config.metrics_timing_rate
+        for name, ms in self._timings:
+            pipe.timing(name, ms, rate=rate)
         pipe.send()
         self._counts.clear()
+        self._timings.clear()
 
     def _dep_error(self, dep: str, exc: BaseException) -> None:
         self.breakers[dep].failed()
@@ -218,12 +228,16 @@ class RecommendationService:
 
     # --- endpoints ----------------------------------------------------------------------
     async def recommend(self, user_id: str, k: int,
-                        flt: AttributeFilter = AttributeFilter()) -> Body:
+                        flt: AttributeFilter = AttributeFilter(),
+                        explain: bool = False) -> Body:
         """The user's top ``k`` (retrieval, then the seen/unavailable and request
-        filters), filled with popular items that pass the same filters."""
+        filters, then the ranking stage), filled with popular items that pass the same
+        filters. ``explain``: each ranked item carries its features and ranker score."""
         degraded: list[str] = []
         model_version = index_version = None
         candidates: list[tuple[str, float]] = []
+        boost: dict[str, float] | None = None
+        ranked: Ranked | None = None
         doc, reason = await self._user(user_id, degraded)
         if doc is not None:
             model_version = doc.model_version or None
@@ -242,6 +256,8 @@ class RecommendationService:
             boost = await self._boost(doc, clock, now_ms, degraded)
             only = await self._pushdown(flt)
             n = self.config.candidate_slack + k if only is not None else self._wanted(k, flt)
+            if self.config.ranking:
+                n = max(n, self.config.rank_ann)
             # The catalog refresh (rare) overlaps the FAISS call.
             (reason, index_version, candidates), cat = await asyncio.gather(
                 self._search(served_query(doc, clock, now_ms), doc.history, n, boost,
@@ -250,8 +266,18 @@ class RecommendationService:
         else:
             cat = await self._catalog(degraded)
         gone = cat.unavailable
-        personal = [(i, s) for i, s in candidates if i not in gone and i not in seen]
-        personal = (await self._passing(personal, flt, degraded))[:k]
+        if reason is None and self.config.ranking:
+            assert doc is not None
+            ranked = await self._rank(doc, candidates, boost, cat, seen | gone, flt,
+                                      degraded)
+            passing = set(ranked.cands.ids) if not flt else {
+                i for i, _ in await self._passing(
+                    [(i, 0.0) for i in ranked.cands.ids], flt, degraded)}
+            top = ranked.top(k, passing)
+            personal = [(ranked.cands.ids[j], float(ranked.scores[j])) for j in top]
+        else:
+            personal = [(i, s) for i, s in candidates if i not in gone and i not in seen]
+            personal = (await self._passing(personal, flt, degraded))[:k]
         if reason is None and not personal:
             reason = "no_candidates"
         skip = seen | {i for i, _ in personal}
@@ -263,14 +289,68 @@ class RecommendationService:
         picked = [(i, s, "personalized") for i, s in personal] + \
                  [(i, s, "popular") for i, s in fill]
         items = await self._render(picked, degraded)
+        if ranked is not None:
+            self._describe(items, ranked, explain)
         body = self._filtered({
             "user_id": user_id, "k": k, "source": source, "fallback_reason": reason,
             "model_version": model_version, "index_version": index_version,
+            "ranker_version": (ranked.ranker.version if ranked is not None
+                               and ranked.ranker is not None else None),
             "items": items,
             **({"degraded": sorted(set(degraded))} if degraded else {}),
         }, k, flt)
         self.flush_metrics()
         return body
+
+    async def _rank(self, doc: UserDoc, ann: list[tuple[str, float]],
+                    boost: dict[str, float] | None, cat: Catalog, skip: set[str],
+                    flt: AttributeFilter, degraded: list[str]) -> Ranked:
+        """The ranking stage over every source's candidates (``skip``: seen and
+        unavailable items), with the features read from the caches; a request filter
+        is applied by the caller on the ranked list."""
+        c = self.config
+        props = proposals([(i, s) for i, s in ann if i not in skip], boost, cat.popular,
+                          c.rank_cooc, c.rank_popular, skip)
+        recent = [item for item, _ in doc.recent]
+        ids = list(dict.fromkeys(
+            [i for p in props.values() for i, _ in p] + recent))
+        meta, neighbours = await asyncio.gather(self._metadata(ids, degraded),
+                                                self._neighbours(recent, degraded))
+        ranked = rank(self.rankers.current, doc.recent, doc.n_events, props, neighbours,
+                      meta, cat.popular)
+        for source, p in props.items():
+            self._incr(f"rank.candidates.{source}", len(p))
+        self._incr("rank.requests")
+        self._incr("rank.learned" if ranked.ranker is not None else "rank.retrieval_order")
+        if random.random() < c.metrics_timing_rate:
+            self._timings.append(("rank.latency", ranked.seconds * 1000))
+        return ranked
+
+    async def _neighbours(self, recent: list[str], degraded: list[str]
+                          ) -> dict[str, list[tuple[str, float]] | None]:
+        """The stored co-occurrence lists of the user's recent items (none while Redis
+        fails: the co-occurrence features are then unknown)."""
+        if not recent or not self.breakers["redis"].allow():
+            return {}
+        try:
+            return await self.deps.catalog.similar_many(list(dict.fromkeys(recent)))
+        except REDIS_ERRORS as exc:
+            self._dep_error("redis", exc)
+            degraded.append("redis")
+            return {}
+
+    @staticmethod
+    def _describe(items: list[Body], ranked: Ranked, explain: bool) -> None:
+        """Add each ranked item's sources (and with ``explain`` its features)."""
+        pos = {item: j for j, item in enumerate(ranked.cands.ids)}
+        for item in items:
+            j = pos.get(str(item["id"]))
+            if j is None or item["source"] != "personalized":
+                item["sources"] = [item["source"]]
+                continue
+            item["sources"] = ranked.cands.sources_of(j)
+            if explain:
+                item.update(ranked.explain(j))
 
     async def _boost(self, doc: UserDoc, clock: StreamClock | None, now_ms: int,
                      degraded: list[str]) -> dict[str, float] | None:

@@ -34,6 +34,9 @@ from models.checkpoint import save_checkpoint
 from models.events import EventBatch
 from models.training import DEFAULT_EPOCHS, PRODUCT_MODEL, SERVED_MODELS, create_model, fit
 from models.two_tower import TwoTower
+from ranking.offline import RankedModel, replay_examples
+from ranking.ranker import Ranker
+from streams.ranker_training import save_ranker
 
 
 def read_interactions(path: Path) -> Interactions:
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="default: RECSYS_MODEL_DIR")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ranker-events", type=int, default=10_000,
+                   help="train the first ranker on the last N events (0: none)")
     args = p.parse_args(argv)
     if not 0.0 < args.until_fraction <= 1.0:
         p.error("--until-fraction must be in (0, 1]")
@@ -124,13 +129,48 @@ def main(argv: list[str] | None = None) -> None:
     version = save_checkpoint(model, out / "checkpoints", extra={
         "source": source, "until_fraction": args.until_fraction, "epochs": epochs})
     export(model, out / "export" / version)
+    ranker = (first_ranker(args.model, args.dim, events, items, epochs, args.ranker_events,
+                           out / "rankers") if args.ranker_events > 0 else None)
     print(json.dumps({
         "version": version, "model": args.model, "source": source, "events": len(events),
         "users": len(model.user_ids), "items": len(model.item_ids), "dim": model.vector_dim,
         "epochs": epochs, "final_loss": round(losses[-1], 4), "seconds": round(seconds, 1),
         "events_per_s": round(epochs * len(events) / max(seconds, 1e-9)),
         "checkpoint": str(out / "checkpoints" / version),
-        "export": str(out / "export" / version)}))
+        "export": str(out / "export" / version),
+        "ranker": ranker.version if ranker else None,
+        "ranker_examples": ranker.info.get("examples") if ranker else 0}))
+
+
+def first_ranker(kind: str, dim: int | None, events: EventBatch, items: dict[str, Item],
+                 epochs: int, tail: int, folder: Path) -> Ranker | None:
+    """The first ranker: a copy of the model trained on all but the last ``tail``
+    events, which are then streamed as the worker would (candidates before each batch
+    labelled by what the users chose, :func:`ranking.offline.replay_examples`). The
+    served model itself stays the one trained on everything."""
+    n_head = max(len(events) - tail, 0)
+    if n_head == 0:
+        print("ranker: not enough events for a head and a tail", file=sys.stderr)
+        return None
+    model = create_model(kind, dim=dim)
+    if isinstance(model, TwoTower):
+        for item in items.values():
+            model.upsert_item(item.item_id, item.attributes)
+    head = events.take(slice(0, n_head))
+    fit(model, head, epochs=epochs)
+    ranked = RankedModel(model, {i: it.attributes for i, it in items.items()},
+                         retrain_every=10**12)
+    ranked.side.observe([str(u) for u in head.users], [str(i) for i in head.items],
+                        head.ts_ms.tolist())
+    rest = events.take(slice(n_head, None))
+    with tqdm(total=len(rest), unit="ev", desc="ranker examples") as bar:
+        kept = replay_examples(ranked, rest, on_batch=bar.update)
+    if kept == 0:
+        print("ranker: no examples (no user of the tail was known)", file=sys.stderr)
+        return None
+    ranker = ranked.examples.fit()
+    save_ranker(folder, ranker)
+    return ranker
 
 
 if __name__ == "__main__":

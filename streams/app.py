@@ -119,6 +119,11 @@ def create_app(settings: Settings) -> faust.App:
         freeze_startup_heap()  # the restored model and its id maps are never garbage
         ready.set()
         log.info("worker runtime ready (model %s)", rt.holder.version)
+        if rt.ranker_trainer is not None:  # the API serves the saved ranker at once
+            try:
+                await rt.ranker_trainer.publish_current()
+            except Exception as exc:  # noqa: BLE001 - Redis down: the next retrain publishes
+                log.warning("publishing the saved ranker failed: %s", exc)
         try:  # serve the restored model's item vectors at once, not after the first timer
             await rt.export()
         except RecsysError as exc:

@@ -26,6 +26,12 @@ def worker_checkpoint_dir(settings: Settings) -> Path:
     return Path(settings.model_dir) / "worker"
 
 
+def ranker_dir(settings: Settings) -> Path:
+    """Where rankers are saved (``<version>.json``, ``latest``): the worker's and the
+    bootstrap's (``streams.ranker_training.save_ranker``)."""
+    return Path(settings.model_dir) / "rankers"
+
+
 def bootstrap_checkpoint_dir(settings: Settings) -> Path:
     """Where ``python -m scripts.bootstrap`` writes its checkpoints by default."""
     return Path(settings.model_dir) / "checkpoints"

@@ -33,13 +33,15 @@ from common.events import Interaction, ItemEvent
 from common.hot_users import HotUsers, pack_rows
 from common.session_query import StreamClock, stream_clock
 from common.settings import Settings
-from common.stores import ItemCache, UserDoc, UserStore
+from common.stores import ItemCache, RecentEvent, UserDoc, UserStore
 from models.base import Recommender
 from models.events import EventBatch
+from ranking.offline import RankInputs
 from streams.dead_letters import DeadLetter
 from streams.durable_users import DurableUsers
 from streams.epochs import Anchor, LogEpochs, RecordLookup
 from streams.messages import RawMessage
+from streams.ranker_training import RankerTrainer
 from streams.state import DecayedPopularity, Seen, UserState
 from streams.user_writes import UserWriter, WritePolicy
 from streams.validation import parse_interaction, parse_item
@@ -111,8 +113,10 @@ class InteractionPipeline:
                  user_writes: UserWriter | None = None,
                  durable_users: DurableUsers | None = None,
                  hot_state_ttl_s: float | None = None,
-                 max_cached_users: int | None = None) -> None:
+                 max_cached_users: int | None = None,
+                 ranker_trainer: RankerTrainer | None = None) -> None:
         defaults = Settings()
+        self.ranker_trainer = ranker_trainer
         if history_size < holder.model.history_size:
             raise ValueError(
                 f"the users' stored history ({history_size} events) must hold the model's "
@@ -183,6 +187,9 @@ class InteractionPipeline:
     async def _apply(self, parsed: list[tuple[Interaction, RawMessage]],
                      messages: Sequence[RawMessage], result: BatchResult) -> None:
         await self._load_states(list(dict.fromkeys(ev.user_id for ev, _ in parsed)))
+        sampled = self._sample_for_ranker(parsed)
+        rank_users: list[str] = []
+        rank_inputs: list[RankInputs] = []
         fresh: list[tuple[Interaction, RawMessage]] = []
         pop_events: list[tuple[str, float, int]] = []
         weights = self.holder.model.event_weights
@@ -222,6 +229,12 @@ class InteractionPipeline:
                                 dtype=np.float32),
                 ts_ms=np.array([ev.ts for ev, _ in fresh], dtype=np.int64),
             )
+            trainer = self.ranker_trainer
+            rank_users = [u for u in sampled if u in before]
+            rank_inputs = (await self.holder.run(
+                trainer.inputs, rank_users, {u: sampled[u][0] for u in rank_users},
+                {u: sampled[u][1] for u in rank_users})
+                if trainer is not None and rank_users else [])
             t0 = time.perf_counter()
             out = await self.holder.run(_learn_and_export, batch, dirty,
                                         [before[u] for u in dirty])
@@ -254,7 +267,41 @@ class InteractionPipeline:
         result.durable_seq = await self.durable_users.submit(docs)
         result.write_s = time.perf_counter() - t0
         result.users_written = len(docs)
+        if fresh and rank_inputs:
+            await self._ranker_examples(rank_inputs, rank_users, fresh)
         self._evict()
+
+    def _sample_for_ranker(self, parsed: list[tuple[Interaction, RawMessage]]
+                           ) -> dict[str, tuple[list[RecentEvent], int]]:
+        """The users whose candidates become ranker examples this batch, with their
+        recent events and event count before it (copied: the batch changes them)."""
+        trainer = self.ranker_trainer
+        if trainer is None:
+            return {}
+        model = self.holder.model
+        users = list(dict.fromkeys(ev.user_id for ev, _ in parsed))
+        known = [bool(self.states[u].doc.recent) and model.knows_user(u) for u in users]
+        return {u: (list(self.states[u].doc.recent), self.states[u].doc.n_events)
+                for u in trainer.pick(users, known)}
+
+    async def _ranker_examples(self, inputs: list[RankInputs], users: list[str],
+                               fresh: list[tuple[Interaction, RawMessage]]) -> None:
+        """Label the sampled users' candidates with what they chose in the batch; start
+        a retraining when due."""
+        trainer = self.ranker_trainer
+        assert trainer is not None
+        chosen: dict[str, set[str]] = {}
+        for ev, _ in fresh:
+            chosen.setdefault(ev.user_id, set()).add(ev.item_id)
+        try:
+            await trainer.refresh()
+            kept = await trainer.add(inputs, chosen, users)
+        except Exception as exc:  # examples are best effort: the batch is applied
+            log.warning("ranker examples skipped: %s", f"{type(exc).__name__}: {exc}"[:300])
+            return
+        self.metrics.incr("ranker.examples", kept)
+        if trainer.due():
+            trainer.start_retrain()
 
     def durable(self, seq: int) -> asyncio.Future[None]:
         """Done once batch ``seq``'s user documents (and every earlier batch's) are

@@ -16,8 +16,9 @@ from models.checkpoint import save_checkpoint
 from models.cooc import WithCooc
 from streams.durable_users import DurableUsers
 from streams.epochs import RecordLookup
-from streams.model_files import load_model, worker_checkpoint_dir
+from streams.model_files import load_model, ranker_dir, worker_checkpoint_dir
 from streams.pipeline import InteractionPipeline, ItemPipeline, ModelHolder
+from streams.ranker_training import RankerTrainer
 from streams.user_writes import UserWriter, WritePolicy
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,13 @@ class Runtime:
         model.stop_tracking_seen()  # unbounded per-user sets have no place in a stream
         self.holder = ModelHolder(model)
         self.item_cache = ItemCache(self.redis, settings.redis_prefix)
+        self.ranker_trainer = RankerTrainer(
+            self.item_cache, ranker_dir(settings),
+            per_batch=settings.worker_ranker_examples_per_batch,
+            retrain_s=settings.worker_ranker_retrain_s,
+            min_examples=settings.worker_ranker_min_examples,
+            window=settings.worker_ranker_window,
+            served=settings.worker_cooc_served) if settings.worker_ranker else None
         self.interactions = InteractionPipeline(
             self.holder, UserStore(self.db), self.item_cache, self.metrics,
             topic=settings.topic_interactions, dead_letter_topic=settings.topic_dead_letter,
@@ -50,7 +58,8 @@ class Runtime:
                 max_lag_s=settings.worker_max_write_lag_s,
                 min_interval_s=settings.worker_min_flush_interval_s),
             hot_state_ttl_s=settings.worker_hot_state_ttl_s,
-            max_cached_users=settings.worker_max_cached_users)
+            max_cached_users=settings.worker_max_cached_users,
+            ranker_trainer=self.ranker_trainer)
         self.items = ItemPipeline(self.holder, self.item_cache, self.faiss, self.metrics,
                                   topic=settings.topic_items,
                                   max_event_bytes=settings.max_event_bytes)

@@ -140,6 +140,9 @@ def fakes() -> tuple[FakeUsers, FakeRedis, FakeFaiss]:
 
 
 def make_client(fakes: Any, hot: bool = False, **over: Any) -> testing.TestClient:
+    """The API over ``fakes``; retrieval order unless ``ranking=True`` is passed (the
+    ranking stage has its own tests: ``tests/test_ranking.py``)."""
+    over = {"ranking": False, **over}
     users, r, faiss = fakes
     deps = Dependencies(users=users, catalog=Catalog(r, RedisKeys("t:"), refresh_s=0.0),
                         faiss=faiss, hot=HotUserReader(r, RedisKeys("t:")) if hot else None)

@@ -82,10 +82,15 @@ def pushdown(request) -> bool:
     return request.param == "pushdown"
 
 
+@pytest.fixture(params=["retrieval", "ranked"])
+def ranking(request) -> bool:
+    return request.param == "ranked"
+
+
 @pytest.fixture
-def client(fakes, batching, pushdown):
+def client(fakes, batching, pushdown, ranking):
     return make_client(fakes, faiss_batch_inflight=batching,
-                       filter_pushdown_max_ids=5000 if pushdown else 0)
+                       filter_pushdown_max_ids=5000 if pushdown else 0, ranking=ranking)
 
 
 def passes(item: str, genres: set[str], lo: int, hi: int) -> bool:
@@ -104,10 +109,11 @@ CASES = [({"Comedy"}, 1970, 2000), ({"Western"}, 1990, 1999), ({"Drama", "Horror
 
 @pytest.mark.parametrize("genres, lo, hi", CASES)
 @pytest.mark.parametrize("k", [1, 5, 20])
-def test_no_endpoint_returns_an_item_that_fails_the_filter(client, fakes, pushdown, genres,
-                                                           lo, hi, k) -> None:
-    """Every item of every answer passes; ``partial`` is exactly "fewer than k"; and the
-    items are the first passing ones of each source, in its order."""
+def test_no_endpoint_returns_an_item_that_fails_the_filter(client, fakes, pushdown, ranking,
+                                                           genres, lo, hi, k) -> None:
+    """Every item of every answer passes; ``partial`` is exactly "fewer than k"; and
+    (retrieval order) the items are the first passing ones of each source, in its order;
+    (ranked) the personalised items are the best ranked passing candidates."""
     params = query(genres, lo, hi)
     answers = {"recommendations": client.simulate_get(
         "/v1/recommendations", params={"user_id": "u1", "k": k, **params})}
@@ -118,11 +124,12 @@ def test_no_endpoint_returns_an_item_that_fails_the_filter(client, fakes, pushdo
     elif pushdown:  # searched within exactly the ids that pass, k + slack of them
         assert sorted(fakes[2].only[-1]) == passing
         asked = fakes[2].searches[-1][1]
-        assert asked == k + 10
+        assert asked == (200 if ranking else k + 10)
     else:
         assert fakes[2].only[-1] == []
         asked = fakes[2].searches[-1][1]  # (k + slack) × 10, + the history when batched
-        assert asked in ((k + 10) * 10, (k + 10) * 10 + 2)
+        want = max((k + 10) * 10, 200) if ranking else (k + 10) * 10
+        assert asked in (want, want + 2)
     answers |= {
         "similar": client.simulate_get("/v1/items/x/similar", params={"k": k, **params}),
         "popular": client.simulate_get("/v1/popular", params={"k": k, **params}),
@@ -142,7 +149,12 @@ def test_no_endpoint_returns_an_item_that_fails_the_filter(client, fakes, pushdo
                 if i["source"] == "personalized"]
     ranked = 1000 if pushdown else asked  # pushdown: the ranking among all that pass
     candidates = [f"c{i}" for i in range(ranked) if i not in (1, 3, 6)]
-    assert personal == [c for c in candidates if passes(c, genres, lo, hi)][:k]
+    if not ranking:
+        assert personal == [c for c in candidates if passes(c, genres, lo, hi)][:k]
+    else:  # no ranker published: FAISS order first, then the popular candidates
+        popular_passing = [p for p in popular if passes(p, genres, lo, hi)]
+        order = [c for c in candidates[:ranked] if passes(c, genres, lo, hi)]
+        assert personal == (order + [p for p in popular_passing if p not in order])[:k]
 
 
 def test_items_without_metadata_never_pass_and_redis_down_leaks_nothing(fakes) -> None:

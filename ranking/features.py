@@ -1,0 +1,220 @@
+"""Features of (user, candidate) pairs: the one definition training and serving share.
+
+Why one module: a ranker learns from the features the worker computes and is served
+with the features the API computes; any difference between the two (training/serving
+skew) silently costs what the ranker learned. Both call :func:`features` on the same
+inputs, gathered from their own state:
+
+- the candidates and each source's score (:class:`Candidates`, :func:`merge`);
+- the user's recent items, oldest first, and their event count (:class:`UserContext`);
+- the co-occurrence lists of the recent items (what the worker exports to Redis);
+- each candidate's attributes (its catalogue metadata: ``genres``, ``year``);
+- the popular list (decayed counts, best first) and its trend.
+
+Everything is plain numpy on a few hundred candidates (no torch: the API imports it).
+Scores whose scale depends on the stream's history (decayed counts) enter as ranks and
+as ratios to the best, so a ranker trained at one moment serves at another.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Candidate sources, in column order of :attr:`Candidates.scores`.
+SOURCES = ("ann", "cooc", "popular", "fresh")
+
+#: Column names of :func:`features`, in order.
+FEATURES = (
+    *(f"{s}_score" for s in SOURCES),
+    *(f"{s}_rank" for s in SOURCES),
+    "n_sources",
+    "knn_recent", "knn_max", "knn_last", "knn_hits",
+    "pop_rel", "pop_rank", "pop_trend",
+    "genre_affinity", "genre_max", "since_similar",
+    "item_year", "year_gap",
+    "user_events", "user_recent",
+)
+
+#: Rank given to a candidate a source did not propose (ranks are 0-based).
+ABSENT_RANK = 1000.0
+
+#: Per-event decay of the recent items' weight in ``knn_recent`` (0 = newest).
+RECENCY = 0.9
+
+Metadata = Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """The user as both sides know them: recent items oldest first (repeats allowed),
+    and how many events they ever had."""
+
+    recent: Sequence[str]
+    n_events: int
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """De-duplicated candidates and each source's score and rank (NaN / ABSENT_RANK where
+    a source did not propose the item)."""
+
+    ids: list[str]
+    scores: np.ndarray  # (n, len(SOURCES)) float64
+    ranks: np.ndarray  # (n, len(SOURCES)) float64
+
+    def sources_of(self, j: int) -> list[str]:
+        """Names of the sources that proposed candidate ``j``."""
+        return [s for s, x in zip(SOURCES, self.scores[j], strict=True) if not math.isnan(x)]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def merge(proposals: Mapping[str, Sequence[tuple[str, float]]],
+          skip: set[str] | frozenset[str] = frozenset()) -> Candidates:
+    """Union of each source's ``[(item, score)]`` (best first), items in ``skip`` left
+    out; an item keeps every source's score and its rank in that source."""
+    unknown = set(proposals) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"unknown candidate sources {sorted(unknown)}; known: {SOURCES}")
+    index: dict[str, int] = {}
+    rows: list[tuple[int, int, float, int]] = []  # (candidate, source, score, rank)
+    for col, source in enumerate(SOURCES):
+        rank = 0
+        for item, score in proposals.get(source, ()):
+            if item in skip:
+                continue
+            j = index.setdefault(item, len(index))
+            rows.append((j, col, score, rank))
+            rank += 1
+    n = len(index)
+    scores = np.full((n, len(SOURCES)), np.nan)
+    ranks = np.full((n, len(SOURCES)), ABSENT_RANK)
+    if rows:
+        arr = np.asarray(rows, dtype=np.float64)
+        at = (arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64))
+        scores[at] = arr[:, 2]
+        ranks[at] = arr[:, 3]
+    return Candidates(list(index), scores, ranks)
+
+
+def best_first(scores: Mapping[str, float] | Sequence[tuple[str, float]], n: int,
+               skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, float]]:
+    """The ``n`` best non-zero ``(item, score)`` not in ``skip``, ties broken by item id:
+    how the worker and the API both order a source given as scores (the same order on
+    both sides, whatever order the scores arrived in)."""
+    pairs = scores.items() if isinstance(scores, Mapping) else scores
+    kept = [(i, float(s)) for i, s in pairs if s != 0.0 and i not in skip]
+    kept.sort(key=lambda x: (-x[1], x[0]))
+    return kept[:n]
+
+
+def _genres(meta: Metadata | None) -> Sequence[str]:
+    g = meta.get("genres") if meta else None
+    return g if isinstance(g, list | tuple) else ()
+
+
+def _year(meta: Metadata | None) -> float:
+    y = meta.get("year") if meta else None
+    return float(y) if isinstance(y, int | float) and not isinstance(y, bool) else math.nan
+
+
+def features(user: UserContext, cands: Candidates,
+             neighbours: Mapping[str, Sequence[tuple[str, float]]],
+             metadata: Mapping[str, Metadata | None],
+             popular: Sequence[tuple[str, float]],
+             trend: Mapping[str, float] | None = None) -> np.ndarray:
+    """``(len(cands), len(FEATURES))`` float32 matrix (NaN: unknown, as LightGBM reads
+    it). ``neighbours``: each recent item's co-occurring items with their cosine;
+    ``metadata``: the recent items' and candidates' attributes (missing: unknown);
+    ``popular``: the popular list, best first; ``trend``: item → the rise of its rate
+    (short-term over long-term decayed popularity), where known."""
+    n = len(cands)
+    out = np.full((n, len(FEATURES)), np.nan, dtype=np.float64)
+    if n == 0:
+        return out.astype(np.float32)
+    col = {name: c for c, name in enumerate(FEATURES)}
+    ns = len(SOURCES)
+    out[:, :ns] = cands.scores
+    out[:, ns: 2 * ns] = cands.ranks
+    out[:, col["n_sources"]] = (~np.isnan(cands.scores)).sum(axis=1)
+    pos = {item: j for j, item in enumerate(cands.ids)}
+
+    # co-occurrence with the recent items (newest weighs most)
+    recent = list(user.recent)
+    knn = np.zeros(n)
+    kmax = np.zeros(n)
+    klast = np.zeros(n)
+    khits = np.zeros(n)
+    seen_h: set[str] = set()
+    for age, h in enumerate(reversed(recent)):
+        if h in seen_h:
+            continue
+        seen_h.add(h)
+        w = RECENCY ** age
+        for item, cos in neighbours.get(h, ()):
+            j = pos.get(item)
+            if j is None:
+                continue
+            knn[j] += w * cos
+            kmax[j] = max(kmax[j], cos)
+            khits[j] += 1
+            if age == 0:
+                klast[j] = cos
+    out[:, col["knn_recent"]] = knn
+    out[:, col["knn_max"]] = kmax
+    out[:, col["knn_last"]] = klast
+    out[:, col["knn_hits"]] = khits
+
+    # popularity now, relative to the best, and its trend
+    top = popular[0][1] if popular and popular[0][1] > 0 else 0.0
+    pop_rank = {item: r for r, (item, _) in enumerate(popular)}
+    pop_score = dict(popular)
+    for j, item in enumerate(cands.ids):
+        r = pop_rank.get(item)
+        out[j, col["pop_rank"]] = ABSENT_RANK if r is None else r
+        out[j, col["pop_rel"]] = pop_score[item] / top if r is not None and top else 0.0
+        if trend is not None and item in trend:
+            out[j, col["pop_trend"]] = trend[item]
+
+    # the user's taste in attributes against the item's
+    shares: dict[str, float] = {}
+    last_seen: dict[str, int] = {}  # genre -> events since the user last had one
+    years: list[float] = []
+    for age, h in enumerate(reversed(recent)):
+        meta = metadata.get(h)
+        for g in _genres(meta):
+            shares[g] = shares.get(g, 0.0) + 1.0
+            last_seen.setdefault(g, age)
+        y = _year(meta)
+        if not math.isnan(y):
+            years.append(y)
+    total = sum(shares.values())
+    mean_year = float(np.mean(years)) if years else math.nan
+    for j, item in enumerate(cands.ids):
+        meta = metadata.get(item)
+        gs = _genres(meta)
+        if gs and total:
+            s = [shares.get(g, 0.0) / total for g in gs]
+            out[j, col["genre_affinity"]] = sum(s) / len(s)
+            out[j, col["genre_max"]] = max(s)
+            ages = [last_seen[g] for g in gs if g in last_seen]
+            out[j, col["since_similar"]] = min(ages) if ages else len(recent)
+        y = _year(meta)
+        out[j, col["item_year"]] = y
+        out[j, col["year_gap"]] = y - mean_year
+    out[:, col["user_events"]] = math.log1p(user.n_events)
+    out[:, col["user_recent"]] = len(recent)
+    return out.astype(np.float32)
+
+
+def retrieval_scores(cands: Candidates) -> np.ndarray:
+    """The order without a ranker ("retrieval only"): the ``ann`` score, then the
+    candidates it did not propose in their merge order, below every ``ann`` candidate."""
+    ann = cands.scores[:, SOURCES.index("ann")]
+    fallback = -1e12 - np.arange(len(cands), dtype=np.float64)
+    return np.where(np.isnan(ann), fallback, ann)
