@@ -33,6 +33,7 @@ from recommender_server.filters import AttributeFilter, BadFilter, parse_filters
 from recommender_server.metrics import BatchedMetricsMiddleware
 from recommender_server.openapi import openapi_document
 from recommender_server.ports import Body
+from recommender_server.ranking import ORDERS
 from recommender_server.recommend import SIMILAR_SOURCES, RecommendationService
 
 _encode = msgspec.json.Encoder().encode
@@ -63,13 +64,14 @@ class _Base:
 
 class Recommendations(_Base):
     metric_name = "recommendations"
-    own_params = frozenset({"k", "user_id", "explain"})
+    own_params = frozenset({"k", "user_id", "explain", "order"})
 
     async def on_get(self, req: Request, resp: Response) -> None:
         user_id = checked_id(req.get_param("user_id", required=True), "user_id")
         explain = bool(req.get_param_as_bool("explain", default=False))
+        order = choice_param(req, "order", ORDERS, "ranked")
         _json(resp, await self.rec.recommend(user_id, self._k(req), self._filter(req),
-                                             explain=explain))
+                                             explain=explain, order=order))
 
 
 class SimilarItems(_Base):

@@ -30,6 +30,7 @@ import numpy as np
 from common.stores import RecentEvent, RedisKeys
 from ranking.features import (
     FEATURES,
+    SOURCES,
     Candidates,
     UserContext,
     best_first,
@@ -110,6 +111,13 @@ def proposals(ann: Sequence[tuple[str, float]], boost: Mapping[str, float] | Non
     return out
 
 
+#: What a request may order its candidates by (``order=``): the ranker (``ranked``, the
+#: default), the FAISS order (``retrieval``, what serving was before the ranking
+#: stage), or one source's own order alone (its candidates only). The orders other than
+#: ``ranked`` are for comparison (``scripts.eval_pipeline`` reports each side by side).
+ORDERS = ("ranked", "retrieval", *SOURCES)
+
+
 class Ranked:
     """One ranked request: candidates, their features and scores, best first."""
 
@@ -121,9 +129,12 @@ class Ranked:
         self.order = np.argsort(-scores, kind="stable")
 
     def top(self, k: int, keep: set[str] | None = None) -> list[int]:
-        """Positions of the best ``k`` candidates (only those in ``keep`` if given)."""
+        """Positions of the best ``k`` candidates (only those in ``keep`` if given; never
+        one scored ``-inf``: not proposed by the one source asked for)."""
         out: list[int] = []
         for j in self.order.tolist():
+            if self.scores[j] == -np.inf:
+                break
             if keep is None or self.cands.ids[j] in keep:
                 out.append(j)
                 if len(out) == k:
@@ -143,12 +154,23 @@ def rank(ranker: Ranker | None, recent: Sequence[RecentEvent], n_events: int,
          props: Mapping[str, Sequence[tuple[str, float]]],
          neighbours: Mapping[str, Sequence[tuple[str, float]] | None],
          metadata: Mapping[str, Metadata | None],
-         popular: Sequence[tuple[str, float]]) -> Ranked:
-    """Merge, featurise and score (retrieval order without a ranker)."""
+         popular: Sequence[tuple[str, float]], order: str = "ranked",
+         skip: set[str] | frozenset[str] = frozenset()) -> Ranked:
+    """Merge (``skip`` left out), featurise and score by ``order`` (:data:`ORDERS`; the
+    retrieval order when ``ranked`` is asked without a ranker)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     t0 = time.perf_counter()
-    cands = merge(props)
+    cands = merge(props, skip)
     lists = {h: v for h, v in neighbours.items() if v}
     feats = features(UserContext(recent_items(recent), n_events), cands, lists, metadata,
                      popular)
-    scores = ranker.predict(feats) if ranker is not None else retrieval_scores(cands)
-    return Ranked(cands, feats, scores, ranker, time.perf_counter() - t0)
+    used = ranker if order == "ranked" else None
+    if used is not None:
+        scores = used.predict(feats)
+    elif order in SOURCES:  # that source's own order, its candidates alone
+        rank_of = cands.ranks[:, SOURCES.index(order)]
+        scores = np.where(np.isnan(cands.scores[:, SOURCES.index(order)]), -np.inf, -rank_of)
+    else:
+        scores = retrieval_scores(cands)
+    return Ranked(cands, feats, scores, used, time.perf_counter() - t0)

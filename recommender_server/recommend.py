@@ -229,7 +229,7 @@ class RecommendationService:
     # --- endpoints ----------------------------------------------------------------------
     async def recommend(self, user_id: str, k: int,
                         flt: AttributeFilter = AttributeFilter(),
-                        explain: bool = False) -> Body:
+                        explain: bool = False, order: str = "ranked") -> Body:
         """The user's top ``k`` (retrieval, then the seen/unavailable and request
         filters, then the ranking stage), filled with popular items that pass the same
         filters. ``explain``: each ranked item carries its features and ranker score."""
@@ -268,8 +268,8 @@ class RecommendationService:
         gone = cat.unavailable
         if reason is None and self.config.ranking:
             assert doc is not None
-            ranked = await self._rank(doc, candidates, boost, cat, seen | gone, flt,
-                                      degraded)
+            ranked = await self._rank(doc, candidates, boost, cat, seen | gone, degraded,
+                                      order)
             passing = set(ranked.cands.ids) if not flt else {
                 i for i, _ in await self._passing(
                     [(i, 0.0) for i in ranked.cands.ids], flt, degraded)}
@@ -304,7 +304,7 @@ class RecommendationService:
 
     async def _rank(self, doc: UserDoc, ann: list[tuple[str, float]],
                     boost: dict[str, float] | None, cat: Catalog, skip: set[str],
-                    flt: AttributeFilter, degraded: list[str]) -> Ranked:
+                    degraded: list[str], order: str = "ranked") -> Ranked:
         """The ranking stage over every source's candidates (``skip``: seen and
         unavailable items), with the features read from the caches; a request filter
         is applied by the caller on the ranked list."""
@@ -317,7 +317,7 @@ class RecommendationService:
         meta, neighbours = await asyncio.gather(self._metadata(ids, degraded),
                                                 self._neighbours(recent, degraded))
         ranked = rank(self.rankers.current, doc.recent, doc.n_events, props, neighbours,
-                      meta, cat.popular)
+                      meta, cat.popular, order, skip)
         for source, p in props.items():
             self._incr(f"rank.candidates.{source}", len(p))
         self._incr("rank.requests")

@@ -1,21 +1,27 @@
-"""Prequential (test-then-learn) quality through the real pipeline, against in-process.
+"""Prequential (test-then-learn) quality of the API's own answers, against in-process.
 
     python -m scripts.eval_pipeline                 # first 10,000 streamed events, one at a time
     python -m scripts.eval_pipeline --limit 20000 --chunk 10
 
-A model is bootstrapped on the first 20% of MovieLens (time order) and published; the
-worker, the FAISS service, MongoDB and Redis then run as in production. The remaining
-events are streamed in chunks. Before each chunk is sent, every event of an already
-known user is tested: that user's query vector is read as the API reads it (the hot
-state in Redis, or the MongoDB document when that is newer or the only one:
-:func:`common.hot_users.newest`), the FAISS service returns the top items, the user's
-seen items are removed, and a hit is the event's item among the first 10. Then the
-chunk is produced to Kafka and the evaluator waits until the worker has applied it
-(the users' hot state shows the new events, as the API would see them).
+A model (and its first ranker) is bootstrapped on the first 20% of MovieLens (time
+order) and published; the worker, the FAISS service, the API, MongoDB and Redis then run
+as in production. The remaining events are streamed in chunks. Before each chunk is
+sent, every event of an already known user is tested: the API is asked for that user's
+recommendations (``GET /v1/recommendations``), the user's seen items are removed (the API
+itself leaves out the last 50), and a hit is the event's item among the first 10. Then
+the chunk is produced to Kafka and the evaluator waits until the worker has applied it
+(the users' hot state shows the new events, as the API sees them).
 
-The same chunked protocol runs in-process on a copy of the bootstrap model, so the two
-recall@10 figures differ only by the pipeline (batching, export delay, float32 index).
-Prints one JSON line: ``pipeline_recall@10``, ``inprocess_recall@10``, ``ratio``.
+Each test asks the API once per order (``order=``, :data:`recommender_server.ranking.ORDERS`):
+``ranked`` (the product: every source, the learned ranker), ``retrieval`` (the FAISS
+order, as served before the ranking stage), and each source alone (``cooc``,
+``popular``; a source with fewer than 10 candidates is filled with popular items).
+
+The same chunked protocol runs in-process on a copy of the bootstrap model (retrieval
+only), so ``retrieval`` against it shows what the pipeline itself costs (batching,
+export delay, float32 index). Prints one JSON line: ``pipeline_recall@10`` (ranked),
+``recall@10_by_order``, ``inprocess_recall@10``, ``ratio`` (ranked over in-process),
+``evaluated``, ``ranker_versions`` (the rankers that answered).
 """
 
 from __future__ import annotations
@@ -27,22 +33,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
+import requests
 from tqdm import tqdm
 
 from common.clients import redis_client
 from common.events import interaction_json
-from common.hot_users import HotUsers, newest
-from common.session_query import served_query, served_sparse, sparse_sources
+from common.hot_users import HotUsers
 from common.settings import Settings
-from common.stores import ItemCache, RedisKeys, UserStore
+from common.stores import RedisKeys
 from datasets import movielens
 from devstack.drills.world import DrillWorld
 from devstack.processes import SyncProducer, wait_for
 from devstack.stack import StackManager
-from faiss_server.client import FaissClient
 from models.base import Recommender
 from models.checkpoint import load_checkpoint
 from models.events import EventBatch
@@ -52,30 +57,26 @@ from streams.model_files import bootstrap_checkpoint_dir
 K = 10
 
 
-def pipeline_top(world: DrillWorld, hot: HotUsers, items: ItemCache, faiss: FaissClient,
-                 users: list[str], seen: dict[str, set[str]]) -> dict[str, list[str]]:
-    """Top-K per user from the serving state (hot state or MongoDB, the newer; a hybrid
-    model's sparse part from the stored co-occurrence lists) → FAISS → drop seen."""
-    hot_docs = hot.get_many(users)
-    stored = UserStore(world.mongo[world.settings.mongo_db]).get_many(users)
-    clock = hot.clock()
-    sparse = clock.sparse if clock is not None else None
+#: Orders each test asks the API for (see the module docstring).
+ORDERS = ("ranked", "retrieval", "cooc", "popular")
+
+#: Items asked of the API per test: the API leaves out the user's last 50 items, the
+#: evaluator every item the user has seen, so it asks for more and keeps the first 10.
+ASK_K = 60
+
+
+def api_top(http: requests.Session, url: str, users: list[str], seen: dict[str, set[str]],
+            order: str, versions: Counter[str]) -> dict[str, list[str]]:
+    """Top-K per user as the API answers in ``order``, seen items removed."""
     out: dict[str, list[str]] = {}
     for user in users:
-        doc = newest(hot_docs.get(user), stored.get(user))
-        if doc is None or len(doc.vector) == 0:
-            out[user] = []
-            continue
+        r = http.get(f"{url}/v1/recommendations",
+                     params={"user_id": user, "k": str(ASK_K), "order": order}, timeout=10)
+        r.raise_for_status()
+        body = r.json()
+        versions[str(body.get("ranker_version"))] += order == "ranked"
         user_seen = seen.get(user, set())
-        now_ms = int(time.time() * 1000)
-        query = served_query(doc, clock, now_ms)  # as the API serves it
-        boosts: list[dict[str, float]] = []
-        if sparse is not None:  # a hybrid model's co-occurrence part, as the API adds it
-            lists = {i: items.similar(i) for i in sparse_sources(doc.recent, sparse)}
-            boosts = [served_sparse(doc, clock, lists, now_ms)]
-        result = faiss.search(np.asarray(query, np.float32), k=K + len(user_seen),
-                              boosts=boosts)
-        out[user] = [i for i, _ in result.results[0] if i not in user_seen][:K]
+        out[user] = [i["id"] for i in body["items"] if i["id"] not in user_seen][:K]
     return out
 
 
@@ -115,31 +116,32 @@ def main(argv: list[str] | None = None) -> int:
             # items are never served), so without it the first export emptied the index.
             subprocess.run([sys.executable, "-m", "scripts.publish", "--until-fraction", "0.2"],
                            check=True, env={**os.environ, **env})
-            world.apps.up(["worker"])
-            faiss = FaissClient.from_settings(s, read_timeout_s=5.0)
+            world.apps.up(["worker", "api"])
+            http = requests.Session()
             redis = redis_client(s)
             hot = HotUsers(redis, RedisKeys(s.redis_prefix), s.worker_hot_state_ttl_s)
-            items = ItemCache(redis, s.redis_prefix)
             producer = SyncProducer(s)
             known = set(reference.user_ids.ids)
             seen: dict[str, set[str]] = {}
             boot = inter.take(slice(0, n_boot))
             for u, i in zip(boot.users.tolist(), boot.items.tolist(), strict=True):
                 seen.setdefault(u, set()).add(i)
-            hits = {"pipeline": 0, "inprocess": 0}
+            hits = {name: 0 for name in (*ORDERS, "inprocess")}
+            versions: Counter[str] = Counter()
             evaluated = 0
             expected: dict[str, int] = {}
             t0 = time.perf_counter()
             for start in tqdm(range(0, len(stream), args.chunk), desc="chunks", unit="chunk"):
                 chunk = stream.take(slice(start, start + args.chunk))
                 users = sorted({u for u in chunk.users.tolist() if u in known})
-                top_p = pipeline_top(world, hot, items, faiss, users, seen)
-                top_i = inprocess_top(reference, users)
+                tops = {order: api_top(http, world.api, users, seen, order, versions)
+                        for order in ORDERS}
+                tops["inprocess"] = inprocess_top(reference, users)
                 for u, i in zip(chunk.users.tolist(), chunk.items.tolist(), strict=True):
                     if u in known:
                         evaluated += 1
-                        hits["pipeline"] += int(i in top_p.get(u, []))
-                        hits["inprocess"] += int(i in top_i.get(u, []))
+                        for name, top in tops.items():
+                            hits[name] += int(i in top.get(u, []))
                 for u in chunk.users.tolist():
                     expected[u] = expected.get(u, 0) + 1
                 for u, i, r, t in zip(chunk.users.tolist(), chunk.items.tolist(),
@@ -155,14 +157,16 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t0
             producer.close()
             redis.close()
+            http.close()
         finally:
             world.cleanup()
-    rp = hits["pipeline"] / max(evaluated, 1)
-    ri = hits["inprocess"] / max(evaluated, 1)
+    recall = {name: round(n / max(evaluated, 1), 4) for name, n in hits.items()}
+    rp, ri = recall["ranked"], recall["inprocess"]
     print(json.dumps({"model": args.model, "chunk": args.chunk, "evaluated": evaluated,
-                      "pipeline_recall@10": round(rp, 4), "inprocess_recall@10": round(ri, 4),
-                      "ratio": round(rp / ri, 3) if ri else None,
-                      "seconds": round(seconds, 1)}))
+                      "pipeline_recall@10": rp,
+                      "recall@10_by_order": {o: recall[o] for o in ORDERS},
+                      "inprocess_recall@10": ri, "ratio": round(rp / ri, 3) if ri else None,
+                      "ranker_versions": dict(versions), "seconds": round(seconds, 1)}))
     return 0
 
 
