@@ -61,6 +61,14 @@ class Ranker:
     version: str
     info: dict[str, object] = field(default_factory=dict)
 
+    def beats_retrieval(self) -> bool:
+        """Whether it ranked its held-out examples better than retrieval alone (a ranker
+        that does not is never published: serving keeps the retrieval order, or the
+        ranker in use)."""
+        h = self.info.get("held_out")
+        return isinstance(h, dict) and h.get("examples", 0) > 0 and \
+            h["ranker_recall"] > h["retrieval_recall"]
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Scores (higher is better) of the rows of a :func:`ranking.features.features`
         matrix, on the calling thread only."""
@@ -126,15 +134,38 @@ class Examples:
     def __len__(self) -> int:
         return len(self.groups)
 
-    def fit(self, params: RankerParams = RankerParams(), version: str | None = None
-            ) -> Ranker:
-        """A ranker trained on the window (raises ``ValueError`` when it is empty)."""
+    def fit(self, params: RankerParams = RankerParams(), version: str | None = None,
+            held_out: float = 0.2) -> Ranker:
+        """A ranker trained on the window but its newest ``held_out`` share, on which it
+        is compared with the retrieval order (``info["held_out"]``: recall@10 of each
+        among the example's rows; :meth:`Ranker.beats_retrieval`). Raises
+        ``ValueError`` when the window is empty."""
         if not self.groups:
             raise ValueError("no examples to train a ranker on")
-        x = np.vstack([g[0] for g in self.groups])
-        y = np.concatenate([g[1] for g in self.groups])
-        sizes = [len(g[1]) for g in self.groups]
-        return train_ranker(x, y, sizes, params, version)
+        groups = list(self.groups)
+        cut = len(groups) - int(len(groups) * held_out) if len(groups) > 1 else 1
+        train, test = groups[:cut], groups[cut:]
+        ranker = train_ranker(np.vstack([g[0] for g in train]),
+                              np.concatenate([g[1] for g in train]),
+                              [len(g[1]) for g in train], params, version)
+        ranker.info["held_out"] = held_out_recall(ranker, test)
+        return ranker
+
+
+def held_out_recall(ranker: Ranker, groups: list[tuple[np.ndarray, np.ndarray]],
+                    k: int = 10) -> dict[str, float]:
+    """Recall@``k`` of the ranker and of the retrieval order (the ``ann`` score) over
+    labelled ``groups`` it was not trained on (each group's kept rows)."""
+    col = FEATURES.index("ann_score")
+    hits = {"ranker": 0.0, "retrieval": 0.0}
+    for x, y in groups:
+        for name, score in (("ranker", ranker.predict(x)),
+                            ("retrieval", np.nan_to_num(x[:, col], nan=-1e12))):
+            top = np.argsort(-score, kind="stable")[:k]
+            hits[name] += float(y[top].sum() / max(y.sum(), 1.0))
+    n = max(len(groups), 1)
+    return {"examples": float(len(groups)), "ranker_recall": hits["ranker"] / n,
+            "retrieval_recall": hits["retrieval"] / n}
 
 
 def train_ranker(x: np.ndarray, y: np.ndarray, group_sizes: list[int],

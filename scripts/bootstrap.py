@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="default: RECSYS_MODEL_DIR")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--ranker-events", type=int, default=10_000,
-                   help="train the first ranker on the last N events (0: none)")
+    p.add_argument("--ranker-events", type=int, default=20_000,
+                   help="train the first ranker on the last N events, at most half (0: none)")
     args = p.parse_args(argv)
     if not 0.0 < args.until_fraction <= 1.0:
         p.error("--until-fraction must be in (0, 1]")
@@ -145,11 +145,11 @@ def main(argv: list[str] | None = None) -> None:
 def first_ranker(kind: str, dim: int | None, events: EventBatch, items: dict[str, Item],
                  epochs: int, tail: int, folder: Path) -> Ranker | None:
     """The first ranker: a copy of the model trained on all but the last ``tail``
-    events, which are then streamed as the worker would (candidates before each batch
+    events (at most half of them), which are then streamed as the worker would (candidates before each batch
     labelled by what the users chose, :func:`ranking.offline.replay_examples`). The
     served model itself stays the one trained on everything."""
-    n_head = max(len(events) - tail, 0)
-    if n_head == 0:
+    n_head = max(len(events) - min(tail, len(events) // 2), 0)
+    if n_head == 0 or n_head == len(events):
         print("ranker: not enough events for a head and a tail", file=sys.stderr)
         return None
     model = create_model(kind, dim=dim)
@@ -169,6 +169,12 @@ def first_ranker(kind: str, dim: int | None, events: EventBatch, items: dict[str
         print("ranker: no examples (no user of the tail was known)", file=sys.stderr)
         return None
     ranker = ranked.examples.fit()
+    print(f"ranker {ranker.version}: held-out {ranker.info.get('held_out')}", file=sys.stderr)
+    if not ranker.beats_retrieval():
+        print("ranker: no better than retrieval on its held-out examples: not saved "
+              "(the API serves the retrieval order until the worker trains a better one)",
+              file=sys.stderr)
+        return None
     save_ranker(folder, ranker)
     return ranker
 

@@ -6,7 +6,9 @@ knows), the candidates and features are computed exactly as the API would serve 
 :func:`ranking.features.features`); the items the user touched in the batch are the
 positives, the other candidates the negatives. Every ``retrain_s`` seconds, once at least
 ``min_examples`` examples are in the window, a new ranker is fitted in a thread (LightGBM
-releases the GIL; the event loop keeps consuming) and published: written to
+releases the GIL; the event loop keeps consuming) on all but the newest 20% of the
+window. If it ranks those held-out examples better than the retrieval order
+(:meth:`ranking.ranker.Ranker.beats_retrieval`) it is published: written to
 ``<model_dir>/rankers/<version>.json`` (``latest`` names it) and to Redis
 (``RedisKeys.ranker`` and ``ranker_version`` in one transaction), where every API worker
 picks it up within ``RECSYS_API_RANKER_REFRESH_S``.
@@ -96,6 +98,7 @@ class RankerTrainer:
         self._trained_at = time.monotonic()
         self._training: asyncio.Task[None] | None = None
         self.trained = 0
+        self.rejected = 0  # trained but no better than retrieval on held-out examples
 
     def pick(self, users: Sequence[str], known: Sequence[bool]) -> list[str]:
         """At most ``per_batch`` of the batch's users the model knows, at random."""
@@ -149,6 +152,11 @@ class RankerTrainer:
         try:
             t0 = time.perf_counter()
             ranker = await asyncio.to_thread(self.examples.fit, self.params)
+            if not ranker.beats_retrieval():
+                self.rejected += 1
+                log.info("ranker %s not published: held-out %s", ranker.version,
+                         ranker.info.get("held_out"))
+                return
             await asyncio.to_thread(save_ranker, self.folder, ranker)
             await asyncio.to_thread(publish_ranker, self.items, ranker)
             self.current = ranker
