@@ -579,7 +579,7 @@ class RecommendationService:
             probe("faiss", self.deps.faiss.health)))
         for name, part in (("user_cache", self.deps.users), ("catalog", self.deps.catalog),
                            ("faiss_batches", self.searcher),
-                           ("attribute_index", self.attributes)):
+                           ("attribute_index", self.attributes), ("ranker", self.rankers)):
             if hasattr(part, "stats"):
                 checks[name] = part.stats()
         return all(c.get("ok", True) for c in checks.values()), checks
