@@ -91,6 +91,15 @@ METRICS: tuple[Metric, ...] = (
     Metric("worker", "events.duplicates", COUNTER,
            "Redelivered or producer-duplicated interactions skipped (idempotence).", _W),
     Metric("worker", "events.items", COUNTER, "Item events (upsert/delete) consumed.", _W),
+    Metric("worker", "ranker.examples", COUNTER,
+           "Ranker examples kept (a sampled user's candidates before a batch, labelled by "
+           "what they chose in it).", _W),
+    Metric("worker", "ranker.trained", COUNTER,
+           "Rankers trained and published (better than retrieval on held-out examples).",
+           _W),
+    Metric("worker", "ranker.rejected", COUNTER,
+           "Rankers trained but not published (no better than retrieval on held-out "
+           "examples).", _W),
     Metric("worker", "dead_letters", COUNTER,
            "Events sent to the dead-letter topic (invalid, poison or conflicting "
            "duplicates); counted once, by the sink.", ("streams/dead_letters.py",)),
@@ -217,6 +226,20 @@ METRICS: tuple[Metric, ...] = (
            "through (`only`), not over-fetched.", _API),
     Metric("api", "filter.partial", COUNTER,
            "Filtered answers with fewer than `k` items (`\"partial\": true`).", _API),
+    Metric("api", "rank.requests", COUNTER,
+           "Personalised requests through the ranking stage (candidates of every source, "
+           "merged and scored).", _API),
+    Metric("api", "rank.learned", COUNTER,
+           "Ranking-stage requests ordered by the learned ranker.", _API),
+    Metric("api", "rank.retrieval_order", COUNTER,
+           "Ranking-stage requests in the FAISS order (no ranker published yet, or "
+           "`order=` asked for another).", _API),
+    Metric("api", "rank.candidates.<source>", COUNTER,
+           "Candidates proposed per source (`ann`, `cooc`, `popular`; over rank.requests: "
+           "candidates per request).", _API),
+    Metric("api", "rank.latency", TIMER,
+           "Merge, features and ranker of one request, ms (sampled like the request "
+           "latencies).", _API),
     Metric("api", "user_cache.hit", COUNTER, "User-document cache hits.", _API),
     Metric("api", "user_cache.miss", COUNTER, "User-document cache misses.", _API),
     # --- FAISS service ------------------------------------------------------------------

@@ -82,23 +82,23 @@ def merge(proposals: Mapping[str, Sequence[tuple[str, float]]],
     if unknown:
         raise ValueError(f"unknown candidate sources {sorted(unknown)}; known: {SOURCES}")
     index: dict[str, int] = {}
-    rows: list[tuple[int, int, float, int]] = []  # (candidate, source, score, rank)
+    cols: list[tuple[int, list[int], list[float]]] = []  # (source, candidates, scores)
     for col, source in enumerate(SOURCES):
-        rank = 0
+        js: list[int] = []
+        vs: list[float] = []
         for item, score in proposals.get(source, ()):
             if item in skip:
                 continue
-            j = index.setdefault(item, len(index))
-            rows.append((j, col, score, rank))
-            rank += 1
+            js.append(index.setdefault(item, len(index)))
+            vs.append(score)
+        cols.append((col, js, vs))
     n = len(index)
     scores = np.full((n, len(SOURCES)), np.nan)
     ranks = np.full((n, len(SOURCES)), ABSENT_RANK)
-    if rows:
-        arr = np.asarray(rows, dtype=np.float64)
-        at = (arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64))
-        scores[at] = arr[:, 2]
-        ranks[at] = arr[:, 3]
+    for col, js, vs in cols:
+        if js:
+            scores[js, col] = vs
+            ranks[js, col] = np.arange(len(js))
     return Candidates(list(index), scores, ranks)
 
 
@@ -121,6 +121,23 @@ def _genres(meta: Metadata | None) -> Sequence[str]:
 def _year(meta: Metadata | None) -> float:
     y = meta.get("year") if meta else None
     return float(y) if isinstance(y, int | float) and not isinstance(y, bool) else math.nan
+
+
+#: item → (its metadata object, genres, year): read once per metadata object (both
+#: sides keep an item's metadata object for many requests; a new object is read again).
+_ATTRS: dict[str, tuple[object, Sequence[str], float]] = {}
+_ATTRS_MAX = 500_000
+
+
+def _attributes(item: str, meta: Metadata | None) -> tuple[Sequence[str], float]:
+    entry = _ATTRS.get(item)
+    if entry is not None and entry[0] is meta:
+        return entry[1], entry[2]
+    if len(_ATTRS) >= _ATTRS_MAX:
+        _ATTRS.clear()
+    genres, year = _genres(meta), _year(meta)
+    _ATTRS[item] = (meta, genres, year)
+    return genres, year
 
 
 def features(user: UserContext, cands: Candidates,
@@ -146,10 +163,10 @@ def features(user: UserContext, cands: Candidates,
 
     # co-occurrence with the recent items (newest weighs most)
     recent = list(user.recent)
-    knn = np.zeros(n)
-    kmax = np.zeros(n)
-    klast = np.zeros(n)
-    khits = np.zeros(n)
+    knn = [0.0] * n
+    kmax = [0.0] * n
+    klast = [0.0] * n
+    khits = [0.0] * n
     seen_h: set[str] = set()
     for age, h in enumerate(reversed(recent)):
         if h in seen_h:
@@ -161,7 +178,8 @@ def features(user: UserContext, cands: Candidates,
             if j is None:
                 continue
             knn[j] += w * cos
-            kmax[j] = max(kmax[j], cos)
+            if cos > kmax[j]:
+                kmax[j] = cos
             khits[j] += 1
             if age == 0:
                 klast[j] = cos
@@ -171,45 +189,63 @@ def features(user: UserContext, cands: Candidates,
     out[:, col["knn_hits"]] = khits
 
     # popularity now, relative to the best, and its trend
-    top = popular[0][1] if popular and popular[0][1] > 0 else 0.0
-    pop_rank = {item: r for r, (item, _) in enumerate(popular)}
-    pop_score = dict(popular)
-    for j, item in enumerate(cands.ids):
-        r = pop_rank.get(item)
-        out[j, col["pop_rank"]] = ABSENT_RANK if r is None else r
-        out[j, col["pop_rel"]] = pop_score[item] / top if r is not None and top else 0.0
-        if trend is not None and item in trend:
-            out[j, col["pop_trend"]] = trend[item]
+    table = popular_table(popular)
+    absent = (ABSENT_RANK, 0.0)
+    ranks_rel = [table.get(item, absent) for item in cands.ids]
+    out[:, col["pop_rank"]] = [r for r, _ in ranks_rel]
+    out[:, col["pop_rel"]] = [x for _, x in ranks_rel]
+    if trend is not None:
+        out[:, col["pop_trend"]] = [trend.get(item, math.nan) for item in cands.ids]
 
     # the user's taste in attributes against the item's
     shares: dict[str, float] = {}
     last_seen: dict[str, int] = {}  # genre -> events since the user last had one
     years: list[float] = []
     for age, h in enumerate(reversed(recent)):
-        meta = metadata.get(h)
-        for g in _genres(meta):
+        genres, y = _attributes(h, metadata.get(h))
+        for g in genres:
             shares[g] = shares.get(g, 0.0) + 1.0
             last_seen.setdefault(g, age)
-        y = _year(meta)
         if not math.isnan(y):
             years.append(y)
     total = sum(shares.values())
-    mean_year = float(np.mean(years)) if years else math.nan
+    mean_year = sum(years) / len(years) if years else math.nan
+    nan = math.nan
+    affinity, gmax, since, item_year = [nan] * n, [nan] * n, [nan] * n, [nan] * n
     for j, item in enumerate(cands.ids):
-        meta = metadata.get(item)
-        gs = _genres(meta)
+        gs, item_year[j] = _attributes(item, metadata.get(item))
         if gs and total:
             s = [shares.get(g, 0.0) / total for g in gs]
-            out[j, col["genre_affinity"]] = sum(s) / len(s)
-            out[j, col["genre_max"]] = max(s)
+            affinity[j] = sum(s) / len(s)
+            gmax[j] = max(s)
             ages = [last_seen[g] for g in gs if g in last_seen]
-            out[j, col["since_similar"]] = min(ages) if ages else len(recent)
-        y = _year(meta)
-        out[j, col["item_year"]] = y
-        out[j, col["year_gap"]] = y - mean_year
+            since[j] = min(ages) if ages else len(recent)
+    out[:, col["genre_affinity"]] = affinity
+    out[:, col["genre_max"]] = gmax
+    out[:, col["since_similar"]] = since
+    years_arr = np.asarray(item_year)
+    out[:, col["item_year"]] = years_arr
+    out[:, col["year_gap"]] = years_arr - mean_year
     out[:, col["user_events"]] = math.log1p(user.n_events)
     out[:, col["user_recent"]] = len(recent)
     return out.astype(np.float32)
+
+
+_TABLE: tuple[int, int, dict[str, tuple[float, float]]] = (0, -1, {})
+
+
+def popular_table(popular: Sequence[tuple[str, float]]) -> dict[str, tuple[float, float]]:
+    """``{item: (rank, score / best score)}`` of a popular list, kept for the last list
+    seen: both sides read one list for many requests (the API's is replaced, never
+    changed in place, when it is re-read; so is the worker's)."""
+    global _TABLE
+    key, size, table = _TABLE
+    if key != id(popular) or size != len(popular):
+        top = popular[0][1] if popular and popular[0][1] > 0 else 0.0
+        table = {item: (float(r), s / top if top else 0.0)
+                 for r, (item, s) in enumerate(popular)}
+        _TABLE = (id(popular), len(popular), table)
+    return table
 
 
 def retrieval_scores(cands: Candidates) -> np.ndarray:

@@ -140,20 +140,25 @@ class RankedModel:
     """
 
     def __init__(self, model: Recommender, metadata: Mapping[str, Mapping[str, object]],
-                 side: StreamSide | None = None, params: object = None,
+                 side: StreamSide | None = None, params: RankerParams | None = None,
                  retrain_every: int = 5000, min_examples: int = 1000,
-                 window: int = 20_000) -> None:
-
+                 window: int = 20_000, sizes: SourceSizes = SourceSizes()) -> None:
         self.model = model
+        self.sizes = sizes
         self.metadata = metadata
         self.side = side or StreamSide()
-        self.params = params if isinstance(params, RankerParams) else RankerParams()
+        self.params = params or RankerParams()
         self.examples = Examples(window, self.params.negatives)
         self.retrain_every = retrain_every
         self.min_examples = min_examples
         self.ranker: Ranker | None = None
         self._since = 0
+        self.rankers: list[dict[str, object]] = []  # every ranker trained, kept or not
         self._pending: dict[str, tuple[RankInputs, np.ndarray]] = {}
+        self._shadow: dict[str, tuple[list[str], list[str]]] = {}
+        #: While a ranker served: tests, and hits of its list and of the retrieval
+        #: order's on the same candidates (the ranker's gain where it is in use).
+        self.while_ranked = {"events": 0, "ranker_hits": 0, "retrieval_hits": 0}
 
     def __getattr__(self, name: str) -> object:  # everything else is the model's
         return getattr(self.model, name)
@@ -167,7 +172,7 @@ class RankedModel:
         popular = self.side.popular()
         out = []
         for x in model_inputs(self.model, users, self.side.recent, self.side.n_events,
-                              seen, popular):
+                              seen, popular, self.sizes):
             out.append((x, features(x.user, x.cands, x.neighbours, self.metadata, popular)))
         return out
 
@@ -178,10 +183,14 @@ class RankedModel:
         ids = np.full((len(users), k), "", dtype=object)
         scores = np.full((len(users), k), -np.inf)
         for j, (user, (x, feats)) in enumerate(zip(users, self.inputs(users), strict=True)):
-            self._pending[user] = (x, feats)
-            s = (self.ranker.predict(feats) if self.ranker is not None
-                 else retrieval_scores(x.cands))
+            base = retrieval_scores(x.cands)
+            s = self.ranker.predict(feats) if self.ranker is not None else base
             top = np.argsort(-s, kind="stable")[:k]
+            if self.ranker is not None:  # the shadow: what retrieval alone would serve
+                shadow = np.argsort(-base, kind="stable")[:k]
+                self._shadow[user] = ([x.cands.ids[t] for t in top],
+                                      [x.cands.ids[t] for t in shadow])
+            self._pending[user] = (x, feats)
             ids[j, : len(top)] = [x.cands.ids[t] for t in top]
             scores[j, : len(top)] = s[top]
         return ids.astype(str), scores
@@ -193,6 +202,11 @@ class RankedModel:
         for u, i in zip(users, items, strict=True):
             chosen.setdefault(u, set()).add(i)
         for u, picks in chosen.items():
+            shadow = self._shadow.pop(u, None)
+            if shadow is not None:
+                self.while_ranked["events"] += 1
+                self.while_ranked["ranker_hits"] += bool(picks & set(shadow[0]))
+                self.while_ranked["retrieval_hits"] += bool(picks & set(shadow[1]))
             pending = self._pending.pop(u, None)
             if pending is not None:
                 x, feats = pending
@@ -201,7 +215,10 @@ class RankedModel:
         loss = self.model.learn_many(batch, context)  # type: ignore[arg-type]
         self.side.observe(users, items, [int(t) for t in batch.ts_ms])  # type: ignore[attr-defined]
         if self._since >= self.retrain_every and len(self.examples) >= self.min_examples:
-            self.ranker = self.examples.fit(self.params)
+            ranker = self.examples.fit(self.params)
+            if ranker.beats_retrieval():  # as the worker publishes
+                self.ranker = ranker
+            self.rankers.append(ranker.info)
             self._since = 0
         return loss
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ranking.features import FEATURES, SOURCES
 from recommender_server.config import ApiConfig
 from recommender_server.filters import MAX_FILTERS, MAX_VALUE_LEN
+from recommender_server.ranking import ORDERS
 from recommender_server.recommend import SIMILAR_SOURCES
 
 REASONS = ["unknown_user", "no_vector", "mongo_unavailable", "faiss_unavailable",
@@ -52,7 +54,20 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
                 "summary": "Top-k items for a user (popular items as fallback)",
                 "parameters": [{"name": "user_id", "in": "query", "required": True,
                                 "schema": {"type": "string", "minLength": 1,
-                                           "maxLength": 256}}, k, filters],
+                                           "maxLength": 256}}, k,
+                               {"name": "explain", "in": "query", "required": False,
+                                "description": "Each ranked item also carries its ranking "
+                                               "features and the ranker's score",
+                                "schema": {"type": "boolean", "default": False}},
+                               {"name": "order", "in": "query", "required": False,
+                                "description": "`ranked`: the learned ranker over every "
+                                               "source's candidates (the FAISS order until "
+                                               "a ranker is published); `retrieval`: the "
+                                               "FAISS order; a source name: that source's "
+                                               "own candidates in its own order (for "
+                                               "comparison)",
+                                "schema": {"type": "string", "enum": list(ORDERS),
+                                           "default": "ranked"}}, filters],
                 "responses": {"200": _json("Recommendations", "Items"), "400": bad}}},
             "/v1/items/{item_id}/similar": {"get": {
                 "operationId": "similarItems", "summary": "Items similar to an item",
@@ -90,7 +105,18 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
             "Item": {"type": "object", "required": ["id", "score", "source"], "properties": {
                 "id": {"type": "string"}, "score": {"type": "number"},
                 "source": {"type": "string", "enum": ["personalized", "similar", "popular"]},
-                "metadata": {"type": "object", "nullable": True}}},
+                "metadata": {"type": "object", "nullable": True},
+                "sources": {"type": "array", "items": {"type": "string", "enum": [
+                    *SOURCES, "popular"]},
+                    "description": "Recommendations: the candidate sources that proposed "
+                                   "the item (`popular` for a popular fill)"},
+                "features": {"type": "object", "description": "With `explain=true`: the "
+                             "ranking features (unknown ones left out): "
+                             + ", ".join(f"`{f}`" for f in FEATURES),
+                             "additionalProperties": {"type": "number"}},
+                "ranker_score": {"type": "number", "nullable": True,
+                                 "description": "With `explain=true`: the ranker's score "
+                                                "(null: no ranker, the FAISS order)"}}},
             "Recommendations": {"type": "object",
                                 "required": ["user_id", "source", "items", "fallback_reason"],
                                 "properties": {
@@ -98,6 +124,8 @@ def openapi_document(config: ApiConfig) -> dict[str, object]:
                 "source": {"type": "string", "enum": ["personalized", "popular"]},
                 "fallback_reason": {"type": "string", "nullable": True, "enum": REASONS},
                 "model_version": nullable_str, "index_version": nullable_str,
+                "ranker_version": {**nullable_str, "description": "The ranker that ordered "
+                                   "the list (null: none published yet, the FAISS order)"},
                 "degraded": {"type": "array", "items": {"type": "string"}}, **filtered,
                 "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
             "Similar": {"type": "object", "required": ["item_id", "source", "items"],

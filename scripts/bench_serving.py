@@ -169,6 +169,38 @@ def catalogue(args: argparse.Namespace, settings: Settings,
                                                                                n_users)]
 
 
+def seed_ranking(cache: Any, item_ids: list[str], rng: np.random.Generator,
+                 base: Settings) -> str:
+    """What the ranking stage reads, as the worker would have written it: 50 stored
+    co-occurring items per item, a stream clock with the hybrid model's sparse part (so
+    every request also has co-occurrence candidates), and a ranker: the latest the
+    bootstrap saved (``{model_dir}/rankers``), else one of the default size (200 trees
+    of 15 leaves) fitted to random examples; its cost per request is that of any."""
+    from common.hot_users import HotUsers
+    from common.session_query import SparseQuery, StreamClock
+    from ranking.features import FEATURES
+    from ranking.ranker import train_ranker
+    from streams.model_files import ranker_dir
+    from streams.ranker_training import load_latest_ranker, publish_ranker
+
+    n = len(item_ids)
+    for start in range(0, n, 5_000):
+        cache.put_similar({item_ids[j]: ([item_ids[x] for x in rng.integers(0, n, 50)],
+                                         sorted(rng.random(50).tolist(), reverse=True))
+                           for j in range(start, min(n, start + 5_000))})
+    now = int(time.time() * 1000)
+    HotUsers(cache.r, cache.keys, 3600.0).put_clock(StreamClock(
+        now, now, 1800.0, SparseQuery(3.0, 10, 0.95, {"click": 1.0, "view": 0.5,
+                                                      "purchase": 2.0, "rating": 1.0})))
+    ranker = load_latest_ranker(ranker_dir(base))
+    if ranker is None:
+        x = rng.normal(size=(62_000, len(FEATURES))).astype(np.float32)
+        y = (x[:, 0] + 0.5 * rng.normal(size=len(x)) > 1.5).astype(np.float32)
+        ranker = train_ranker(x, y, [31] * 2000, version="bench-synthetic")
+    publish_ranker(cache, ranker)
+    return ranker.version
+
+
 def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     import requests
 
@@ -193,18 +225,22 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     r = redis_client(s, timeout_s=5)
     cache = ItemCache(r, s.redis_prefix)
     for start in range(0, n_items, 10_000):
-        cache.put_items({i: {"title": f"Item {i}", "genre": n % 20}
+        cache.put_items({i: {"title": f"Item {i}", "genre": n % 20, "genres": [f"g{n % 20}"],
+                             "year": 1950 + n % 70}
                          for n, i in enumerate(item_ids[start:start + 10_000], start)})
     cache.mark_unavailable(item_ids[::500])
     cache.set_popular({i: float(n_items - n) for n, i in enumerate(item_ids[:1000])})
+    ranker_version = seed_ranking(cache, item_ids, rng, base)
     mc = mongo_client(s, timeout_ms=10_000)
     mc.drop_database(s.mongo_db)
     store = UserStore(mc[s.mongo_db])
+    now_ms = int(time.time() * 1000)  # the users' last event: their sessions are live
     t0 = time.perf_counter()
     for start in range(0, n_users, 1000):
         store.upsert_many([UserDoc(f"user{u}", user_vectors[u].tolist(), "bench",
                                    recent=as_clicks(item_ids[j]
-                                                    for j in rng.integers(0, n_items, 20)))
+                                                    for j in rng.integers(0, n_items, 20)),
+                                   n_events=20, last_event_ms=now_ms)
                            for u in range(start, min(n_users, start + 1000))])
     seed_s = time.perf_counter() - t0
 
@@ -214,8 +250,11 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
     try:
         FaissClient(faiss.url, s.faiss_api_key, read_timeout_s=60).load_version(
             (item_ids, vectors), "bench-v1")
-        for mode in (["stream"] if args.quick else ["stream", "ttl"]):
+        rankings = {"on": [True], "off": [False], "both": [False, True]}[args.ranking]
+        for mode, ranking in [(m, rk) for m in (["stream"] if args.quick else
+                                                 ["stream", "ttl"]) for rk in rankings]:
             cold = ["--user-cache-preload", "0"] if args.cold else []
+            os.environ["RECSYS_API_RANKING"] = "1" if ranking else "0"  # the API's config
             api = ServiceProcess(["api", "--workers", str(args.api_workers),
                                   "--user-cache", mode, "--user-cache-ttl", "0.5", *cold],
                                  aport, s, log_path=tmp / "api.log").start()
@@ -246,7 +285,9 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
                       if qs else None,
                       "dataset": args.dataset, "n_items": n_items,
                       "note": "filters over item attribute `genre` = n % 20 of item n"})
-            emit({"bench": "api", **result, "user_cache": mode, "user_cache_ttl_s": 0.5,
+            emit({"bench": "api", **result, "ranking": ranking,
+                  "ranker_version": ranker_version if ranking else None,
+                  "user_cache": mode, "user_cache_ttl_s": 0.5,
                   "user_cache_start": "cold" if args.cold else "every user preloaded",
                   "user_cache_hit_ratio_one_worker": round(hit_ratio, 3),
                   "dataset": args.dataset, "workers": args.api_workers,
@@ -376,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold", action="store_true",
                    help="API user cache starts empty (no preload, no warm-up requests)")
     p.add_argument("--api-workers", type=int, default=2)
+    p.add_argument("--ranking", choices=["on", "off", "both"], default="on",
+                   help="the API's ranking stage (RECSYS_API_RANKING); both: off, then on")
     p.add_argument("--queries", type=int, default=None, help="ANN queries")
     p.add_argument("--ann-kinds", default="ivf,hnsw")
     p.add_argument("--nprobe", type=int, default=128)

@@ -145,9 +145,11 @@ def main(argv: list[str] | None = None) -> None:
 def first_ranker(kind: str, dim: int | None, events: EventBatch, items: dict[str, Item],
                  epochs: int, tail: int, folder: Path) -> Ranker | None:
     """The first ranker: a copy of the model trained on all but the last ``tail``
-    events (at most half of them), which are then streamed as the worker would (candidates before each batch
-    labelled by what the users chose, :func:`ranking.offline.replay_examples`). The
-    served model itself stays the one trained on everything."""
+    events (at most half of them), which are then streamed as the worker would
+    (candidates before each batch labelled by what the users chose:
+    :func:`ranking.offline.replay_examples`). The served model itself stays the one
+    trained on everything. A ranker no better than retrieval on its held-out examples
+    is not saved."""
     n_head = max(len(events) - min(tail, len(events) // 2), 0)
     if n_head == 0 or n_head == len(events):
         print("ranker: not enough events for a head and a tail", file=sys.stderr)

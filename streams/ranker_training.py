@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,11 +79,13 @@ def publish_ranker(items: ItemCache, ranker: Ranker) -> None:
 class RankerTrainer:
     """Collects examples from the worker's batches and retrains the ranker."""
 
-    def __init__(self, items: ItemCache, folder: Path, *, per_batch: int = 8,
+    def __init__(self, items: ItemCache, folder: Path, *, metrics: Any = None,
+                 per_batch: int = 8,
                  retrain_s: float = 300.0, min_examples: int = 2000, window: int = 20_000,
                  served: int = 100, params: RankerParams = RankerParams(),
                  refresh_s: float = 5.0) -> None:
         self.items = items
+        self.metrics = metrics  # statsd client (None: no metrics)
         self.folder = folder
         self.per_batch = per_batch
         self.retrain_s = retrain_s
@@ -154,6 +157,8 @@ class RankerTrainer:
             ranker = await asyncio.to_thread(self.examples.fit, self.params)
             if not ranker.beats_retrieval():
                 self.rejected += 1
+                if self.metrics is not None:
+                    self.metrics.incr("ranker.rejected")
                 log.info("ranker %s not published: held-out %s", ranker.version,
                          ranker.info.get("held_out"))
                 return
@@ -161,6 +166,8 @@ class RankerTrainer:
             await asyncio.to_thread(publish_ranker, self.items, ranker)
             self.current = ranker
             self.trained += 1
+            if self.metrics is not None:
+                self.metrics.incr("ranker.trained")
             log.info("ranker %s trained on %s examples in %.1fs and published",
                      ranker.version, ranker.info.get("examples"), time.perf_counter() - t0)
         except Exception:  # the next interval retries; serving keeps the last one

@@ -39,7 +39,7 @@ class Runtime:
         self.holder = ModelHolder(model)
         self.item_cache = ItemCache(self.redis, settings.redis_prefix)
         self.ranker_trainer = RankerTrainer(
-            self.item_cache, ranker_dir(settings),
+            self.item_cache, ranker_dir(settings), metrics=self.metrics,
             per_batch=settings.worker_ranker_examples_per_batch,
             retrain_s=settings.worker_ranker_retrain_s,
             min_examples=settings.worker_ranker_min_examples,
