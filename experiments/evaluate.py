@@ -123,10 +123,14 @@ def train(model: Recommender, train: Interactions, epochs: int) -> None:
 
 def evaluate(model: Recommender, protocol: str, split: str, splits: Splits, epochs: int,
              limit: int | None = None, data: Dataset | None = None,
-             clicks: int = 5) -> dict[str, float | str]:
+             clicks: int = 5, ranking: bool = False) -> dict[str, float | str]:
     """Train ``model`` on the chosen split's training part and score it; the metrics
     plus ``split_sha256`` (see :func:`models.evaluation.digest`). ``responsiveness``
-    needs ``data`` (the item genres) and takes ``clicks``."""
+    needs ``data`` (the item genres) and takes ``clicks``. ``ranking`` (prequential
+    only, needs ``data``): the ranking stage on top, its ranker trained from the stream
+    as the worker trains it (:class:`ranking.offline.RankedModel`)."""
+    if ranking and protocol == "prequential":
+        return _prequential_ranked(model, split, splits, epochs, limit, data)
     if protocol == "responsiveness":
         if data is None:
             raise ValueError("the responsiveness protocol needs the data set's items")
@@ -157,8 +161,34 @@ def evaluate(model: Recommender, protocol: str, split: str, splits: Splits, epoc
             "split_sha256": digest(interactions_digest(log), PREQUENTIAL_BOOTSTRAP, limit)}
 
 
+def _prequential_ranked(model: Recommender, split: str, splits: Splits, epochs: int,
+                        limit: int | None, data: Dataset | None) -> dict[str, float | str]:
+    from ranking.offline import RankedModel
+
+    if data is None:
+        raise ValueError("the ranking stage needs the data set's items (their attributes)")
+    log = splits.prequential_validation if split == "validation" else splits.prequential_test
+    ranked = RankedModel(model, {i.item_id: i.attributes for i in data.iter_items()})
+
+    def boot(m: RankedModel, events: EventBatch) -> None:
+        fit(m.model, events, epochs=epochs)
+        m.side.observe([str(u) for u in events.users], [str(i) for i in events.items],
+                       events.ts_ms.tolist())
+
+    out = prequential(ranked, log, boot,  # type: ignore[arg-type]  # a model-like wrapper
+                      bootstrap_fraction=PREQUENTIAL_BOOTSTRAP, limit=limit)
+    print(f"prequential: {int(out['evaluated'])} events evaluated", file=sys.stderr)
+    w = ranked.while_ranked
+    return {"recall@10": out["recall@10"], "learn_events_per_s": out["learn_events_per_s"],
+            "rankers_trained": float(len(ranked.rankers)),
+            "ranked_events": float(w["events"]),
+            "ranked_recall@10": w["ranker_hits"] / max(w["events"], 1),
+            "retrieval_recall@10_same_events": w["retrieval_hits"] / max(w["events"], 1),
+            "split_sha256": digest(interactions_digest(log), PREQUENTIAL_BOOTSTRAP, limit)}
+
+
 def rounded(metrics: dict[str, float | str]) -> dict[str, float | str]:
     """Metrics to 4 decimals (throughput to 1), as printed and committed."""
-    whole = ("users", "clicks")
+    whole = ("users", "clicks", "rankers_trained", "ranked_events")
     return {k: v if isinstance(v, str) else int(v) if k in whole else
             round(v, 1 if k == "learn_events_per_s" else 4) for k, v in metrics.items()}

@@ -285,8 +285,12 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
     say(f"   all five applied after {all_s:.2f} s ({after.get('source')}), "
         f"{genre_count(ds, after.get('items', []), genre)} of "
         f"{len(after.get('items', []))} are {genre}:")
-    for t in titles(ds, after.get("items", [])):
-        say(f"     - {t}")
+    for t, it in zip(titles(ds, after.get("items", [])), after.get("items", []),
+                     strict=True):
+        say(f"     - {t}   [{', '.join(it.get('sources') or [])}]")
+    say(f"   ranked by ranker {after.get('ranker_version')} (null: the FAISS order), model "
+        f"{after.get('model_version')}, index {after.get('index_version')}; each item's "
+        "candidate sources in brackets")
     # the same list narrowed by attributes (recommender_server/filters.py)
     narrowed = api.get(f"{path}&genre={genre}&year_min=1990")
     say(f"   filtered with genre={genre}&year_min=1990 "

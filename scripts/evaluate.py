@@ -52,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--params", default="{}", help="JSON of extra model hyperparameters")
     p.add_argument("--limit", type=int, default=None, help="prequential: stream at most N")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--ranking", choices=["on", "off"], default=None,
+                   help="prequential: the ranking stage on top, its ranker trained from "
+                        "the stream as the worker does (default: on for the product "
+                        "default model, off otherwise; the other protocols have no "
+                        "stream to train a ranker from and evaluate retrieval)")
     return p.parse_args(argv)
 
 
@@ -60,10 +65,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     data = movielens.load(Settings.from_env().cache_dir)
     epochs = DEFAULT_EPOCHS[args.model] if args.epochs is None else args.epochs
     model = new_model(args.model, args.protocol, data, args.dim, json.loads(args.params))
+    ranking = args.protocol == "prequential" and (
+        args.ranking == "on" or (args.ranking is None and args.model == PRODUCT_MODEL))
     metrics = evaluate(model, args.protocol, args.split, Splits(data.interactions), epochs,
-                       args.limit, data, args.clicks)
+                       args.limit, data, args.clicks, ranking=ranking)
     return {"model": args.model, "protocol": args.protocol, "split": args.split,
-            **rounded(metrics)}
+            "ranking": ranking, **rounded(metrics)}
 
 
 def main(argv: list[str] | None = None) -> None:
