@@ -28,11 +28,12 @@ from ranking.ranker import Examples, Ranker, RankerParams
 
 @dataclass(frozen=True)
 class SourceSizes:
-    """How many candidates each source proposes."""
+    """How many candidates each source proposes (the defaults are the settings'
+    ``RECSYS_RANK_*``; the worker passes the settings it runs with)."""
 
-    ann: int = 200
-    cooc: int = 50
-    popular: int = 50
+    ann: int = 150
+    cooc: int = 40
+    popular: int = 30
 
 
 @dataclass(frozen=True)

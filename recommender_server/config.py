@@ -80,14 +80,10 @@ class ApiConfig:
         "pushdown selects by; an item's metadata is re-checked when served).", 60.0)
     ranking: bool = setting(
         "Rank personalised candidates from several sources (FAISS, co-occurrence of the "
-        "recent items, popular) with the learned ranker the worker publishes; off: the "
-        "FAISS order (retrieval only). Without a published ranker yet, the FAISS order.",
+        "recent items, popular; how many of each: `RECSYS_RANK_*`) with the learned "
+        "ranker the worker publishes; off: the FAISS order (retrieval only). Without a "
+        "published ranker yet, the FAISS order.",
         True)
-    rank_ann: int = setting("Candidates asked of FAISS for the ranking stage.", 200)
-    rank_cooc: int = setting(
-        "Candidates taken from the co-occurrence of the user's recent items (the hybrid "
-        "query's sparse part) for the ranking stage.", 50)
-    rank_popular: int = setting("Popular items added as ranking candidates.", 50)
     ranker_refresh_s: float = setting(
         "Seconds between checks for a newly published ranker (swapped in without a "
         "failed request).", 2.0)

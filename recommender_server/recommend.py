@@ -257,7 +257,7 @@ class RecommendationService:
             only = await self._pushdown(flt)
             n = self.config.candidate_slack + k if only is not None else self._wanted(k, flt)
             if self.config.ranking:
-                n = max(n, self.config.rank_ann)
+                n = max(n, self.config.settings.rank_ann)
             # The catalog refresh (rare) overlaps the FAISS call.
             (reason, index_version, candidates), cat = await asyncio.gather(
                 self._search(served_query(doc, clock, now_ms), doc.history, n, boost,
@@ -310,7 +310,7 @@ class RecommendationService:
         is applied by the caller on the ranked list."""
         c = self.config
         props = proposals([(i, s) for i, s in ann if i not in skip], boost, cat.popular,
-                          c.rank_cooc, c.rank_popular, skip)
+                          c.settings.rank_cooc, c.settings.rank_popular, skip)
         recent = [item for item, _ in doc.recent]
         ids = list(dict.fromkeys(
             [i for p in props.values() for i, _ in p] + recent))

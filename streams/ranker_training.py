@@ -83,7 +83,7 @@ class RankerTrainer:
                  per_batch: int = 8,
                  retrain_s: float = 300.0, min_examples: int = 2000, window: int = 20_000,
                  served: int = 100, params: RankerParams = RankerParams(),
-                 refresh_s: float = 5.0) -> None:
+                 sizes: SourceSizes = SourceSizes(), refresh_s: float = 5.0) -> None:
         self.items = items
         self.metrics = metrics  # statsd client (None: no metrics)
         self.folder = folder
@@ -91,6 +91,7 @@ class RankerTrainer:
         self.retrain_s = retrain_s
         self.min_examples = min_examples
         self.served = served
+        self.sizes = sizes
         self.params = params
         self.refresh_s = refresh_s
         self.examples = Examples(window, params.negatives)
@@ -116,7 +117,7 @@ class RankerTrainer:
         items = {u: [i for i, _ in recent[u]] for u in users}
         return model_inputs(model, users, items, n_events,
                             {u: set(v) for u, v in items.items()}, self._popular,
-                            SourceSizes(), self.served)
+                            self.sizes, self.served)
 
     async def refresh(self) -> None:
         """Re-read the popular list when it is older than ``refresh_s``."""

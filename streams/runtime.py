@@ -14,6 +14,7 @@ from faiss_server.client import FaissClient
 from models import kernels
 from models.checkpoint import save_checkpoint
 from models.cooc import WithCooc
+from ranking.offline import SourceSizes
 from streams.durable_users import DurableUsers
 from streams.epochs import RecordLookup
 from streams.model_files import load_model, ranker_dir, worker_checkpoint_dir
@@ -44,7 +45,9 @@ class Runtime:
             retrain_s=settings.worker_ranker_retrain_s,
             min_examples=settings.worker_ranker_min_examples,
             window=settings.worker_ranker_window,
-            served=settings.worker_cooc_served) if settings.worker_ranker else None
+            served=settings.worker_cooc_served,
+            sizes=SourceSizes(settings.rank_ann, settings.rank_cooc, settings.rank_popular),
+        ) if settings.worker_ranker else None
         self.interactions = InteractionPipeline(
             self.holder, UserStore(self.db), self.item_cache, self.metrics,
             topic=settings.topic_interactions, dead_letter_topic=settings.topic_dead_letter,

@@ -26,7 +26,7 @@ from ranking.features import (
     merge,
     retrieval_scores,
 )
-from ranking.offline import RankedModel, model_inputs, replay_examples
+from ranking.offline import RankedModel, SourceSizes, model_inputs, replay_examples
 from ranking.ranker import Examples, Ranker, RankerError, RankerParams, train_ranker
 from recommender_server.ranking import proposals, rank
 from streams.ranker_training import load_latest_ranker, save_ranker
@@ -115,8 +115,10 @@ def test_the_api_and_the_worker_compute_the_same_features() -> None:
             lists[h] = list(zip(nid, sims.tolist(), strict=True))
         boost = sparse_query(recent, {h: lists[h] for h in sparse_sources(recent, sparse)},
                              sparse, session_gate(asked - last, model.session_half_life_s))
-        (hits,) = index.search(query[None, :], 200, exclude=sorted(seen), boosts=[boost])
-        props = proposals(hits, boost, popular, 50, 50, seen)
+        sizes = SourceSizes()  # what the settings give both sides
+        (hits,) = index.search(query[None, :], sizes.ann, exclude=sorted(seen),
+                               boosts=[boost])
+        props = proposals(hits, boost, popular, sizes.cooc, sizes.popular, seen)
         got = rank(None, recent, 20, props, lists, meta, popular)
         assert got.cands.ids == offline.cands.ids, user
         np.testing.assert_allclose(got.feats, want, rtol=1e-4, atol=1e-5)
@@ -187,3 +189,10 @@ def test_the_ranker_beats_retrieval_alone_on_a_held_out_slice() -> None:
     by_ranker = hits(ranker.predict)
     by_retrieval = hits(lambda x: np.nan_to_num(x[:, col], nan=-1e12))
     assert by_ranker > by_retrieval * 1.02, (by_ranker, by_retrieval)
+
+
+def test_the_worker_and_the_api_take_the_same_number_of_candidates_by_default() -> None:
+    from ranking.offline import SourceSizes
+
+    s = Settings()
+    assert SourceSizes() == SourceSizes(s.rank_ann, s.rank_cooc, s.rank_popular)
