@@ -116,11 +116,11 @@ class Settings:
         20_000)
     rank_ann: int = _doc(
         "Ranking-stage candidates from the FAISS search (the API asks for them; the "
-        "worker's ranker examples take as many: one setting so the two agree).", 150)
+        "worker's ranker examples take as many: one setting so the two agree).", 100)
     rank_cooc: int = _doc(
         "Ranking-stage candidates from the co-occurrence of the user's recent items (the "
-        "hybrid query's sparse part).", 40)
-    rank_popular: int = _doc("Ranking-stage candidates from the popular list.", 30)
+        "hybrid query's sparse part).", 30)
+    rank_popular: int = _doc("Ranking-stage candidates from the popular list.", 20)
     worker_ranker: bool = _doc(
         "Train the ranking stage's ranker from the stream and publish it to the API "
         "(`streams/ranker_training.py`); off: the API keeps the ranker last published.",

@@ -31,9 +31,9 @@ class SourceSizes:
     """How many candidates each source proposes (the defaults are the settings'
     ``RECSYS_RANK_*``; the worker passes the settings it runs with)."""
 
-    ann: int = 150
-    cooc: int = 40
-    popular: int = 30
+    ann: int = 100
+    cooc: int = 30
+    popular: int = 20
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ binary objective with sampled negatives beat LambdaRank on the held-out slice
 ``ops/tuning/ranker.json``). Trees need no feature scaling and read NaN as "unknown",
 which is what a source that did not propose an item gives. Size: every configuration
 the tuning tried scored within 0.003 recall@10 of the best (the seed spread of the
-hybrid's own tuning), so the defaults are the cheapest to serve of those: 100 trees of
-15 leaves over ~200 candidates (LightGBM costs ~2 µs a candidate per 200 trees; it was
-a third of the API's CPU with 200 trees over 250 candidates).
+hybrid's own tuning) but LambdaRank and the 200-tree ranker over 150 candidates, so the
+defaults are the cheapest to serve of those (the script's rule): 100 trees of 15 leaves
+over ~150 candidates (LightGBM costs ~2 µs a candidate per 200 trees; it was a third
+of the API's CPU with 200 trees over 250 candidates).
 
 A ranker travels as text (:meth:`Ranker.to_text`): a JSON envelope with its version, the
 feature names it was trained on and LightGBM's own model text. No pickle: loading

@@ -124,11 +124,11 @@ def test_no_endpoint_returns_an_item_that_fails_the_filter(client, fakes, pushdo
     elif pushdown:  # searched within exactly the ids that pass, k + slack of them
         assert sorted(fakes[2].only[-1]) == passing
         asked = fakes[2].searches[-1][1]
-        assert asked == (150 if ranking else k + 10)
+        assert asked == (100 if ranking else k + 10)
     else:
         assert fakes[2].only[-1] == []
         asked = fakes[2].searches[-1][1]  # (k + slack) × 10, + the history when batched
-        want = max((k + 10) * 10, 150) if ranking else (k + 10) * 10
+        want = max((k + 10) * 10, 100) if ranking else (k + 10) * 10
         assert asked in (want, want + 2)
     answers |= {
         "similar": client.simulate_get("/v1/items/x/similar", params={"k": k, **params}),

@@ -37,3 +37,19 @@ def test_every_tuning_run_used_a_validation_split(name: str) -> None:
         protocol = run["grid"].split("/")[0]
         assert run["split_sha256"] == PINNED[(protocol, "validation")]["split_sha256"], run
     assert {c["grid"] for c in record["choices"]} == {g.name for g in tune.RECORDS[name][1]}
+
+
+def test_the_ranking_defaults_are_the_recorded_choice() -> None:
+    """``ops/tuning/ranker.json`` (``python -m scripts.tune_ranker``): the rule picks the
+    recorded choice from the recorded runs, and the code's defaults are that run's."""
+    from pathlib import Path
+
+    from ranking.offline import SourceSizes
+    from ranking.ranker import RankerParams
+    from scripts import tune_ranker
+
+    record = json.loads(Path(tune_ranker.RECORD).read_text())
+    assert tune_ranker.choose(record["runs"]) == record["choice"]
+    (chosen,) = [r for r in record["runs"] if r["config"] == record["choice"]]
+    assert SourceSizes(**chosen["sizes"]) == SourceSizes()
+    assert RankerParams(**chosen["params"]) == RankerParams()
