@@ -110,12 +110,14 @@ class Examples:
     Each example is one moment of one user: the feature rows of the candidates and which
     of them the user chose next (at least one, else it teaches nothing and is dropped).
     Negatives are sampled on the way in, so the window's memory is bounded by
-    ``capacity × (positives + negatives)`` rows.
+    ``capacity × (positives + negatives)`` rows. The newest ``full`` examples are also
+    kept whole: the held-out check ranks every candidate, as serving does.
     """
 
     def __init__(self, capacity: int = 20_000, negatives: int = RankerParams.negatives,
-                 seed: int = 0) -> None:
+                 seed: int = 0, full: int = 2000) -> None:
         self.groups: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=capacity)
+        self.full: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=full)
         self.negatives = negatives
         self.rng = np.random.default_rng(seed)
         self.offered = 0  # examples offered, kept or not
@@ -132,6 +134,7 @@ class Examples:
             neg = self.rng.choice(neg, self.negatives, replace=False)
         rows = np.concatenate([pos, neg])
         self.groups.append((x[rows], chosen[rows].astype(np.float32)))
+        self.full.append((x, chosen.astype(np.float32)))
         self.added += 1
         return True
 
@@ -140,15 +143,16 @@ class Examples:
 
     def fit(self, params: RankerParams = RankerParams(), version: str | None = None,
             held_out: float = 0.2) -> Ranker:
-        """A ranker trained on the window but its newest ``held_out`` share, on which it
-        is compared with the retrieval order (``info["held_out"]``: recall@10 of each
-        among the example's rows; :meth:`Ranker.beats_retrieval`). Raises
-        ``ValueError`` when the window is empty."""
+        """A ranker trained on the window but its newest ``held_out`` share (at most the
+        examples kept whole), on which it is compared with the retrieval order over every
+        candidate (``info["held_out"]``: recall@10 of each; :meth:`Ranker.beats_retrieval`).
+        Raises ``ValueError`` when the window is empty."""
         if not self.groups:
             raise ValueError("no examples to train a ranker on")
         groups = list(self.groups)
-        cut = len(groups) - int(len(groups) * held_out) if len(groups) > 1 else 1
-        train, test = groups[:cut], groups[cut:]
+        n_test = min(int(len(groups) * held_out), len(self.full), len(groups) - 1)
+        train = groups[: len(groups) - n_test]
+        test = list(self.full)[len(self.full) - n_test:] if n_test else []
         ranker = train_ranker(np.vstack([g[0] for g in train]),
                               np.concatenate([g[1] for g in train]),
                               [len(g[1]) for g in train], params, version)
