@@ -66,12 +66,13 @@ class Ranker:
     info: dict[str, object] = field(default_factory=dict)
 
     def beats_retrieval(self) -> bool:
-        """Whether it ranked its held-out examples better than retrieval alone (a ranker
-        that does not is never published: serving keeps the retrieval order, or the
-        ranker in use)."""
+        """Whether it ranked its held-out examples better than retrieval alone, beyond
+        chance (:data:`PUBLISH_P`). A ranker that does not is never published: serving
+        keeps the ranker in use, or the retrieval order."""
         h = self.info.get("held_out")
         return isinstance(h, dict) and h.get("examples", 0) > 0 and \
-            h["ranker_recall"] > h["retrieval_recall"]
+            h["ranker_recall"] > h["retrieval_recall"] and \
+            h.get("p_value", 1.0) < PUBLISH_P
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Scores (higher is better) of the rows of a :func:`ranking.features.features`
@@ -160,20 +161,41 @@ class Examples:
         return ranker
 
 
+#: A ranker is published only if it beats retrieval on its held-out examples with a
+#: one-sided exact binomial (McNemar) test on the examples where exactly one of the two
+#: put a chosen item in its top 10, at this level.
+PUBLISH_P = 0.05
+
+
 def held_out_recall(ranker: Ranker, groups: list[tuple[np.ndarray, np.ndarray]],
                     k: int = 10) -> dict[str, float]:
     """Recall@``k`` of the ranker and of the retrieval order (the ``ann`` score) over
-    labelled ``groups`` it was not trained on (each group's kept rows)."""
+    labelled ``groups`` it was not trained on, and the paired test of the difference:
+    ``only_ranker`` / ``only_retrieval`` count the examples only one of them hit, and
+    ``p_value`` is scipy's exact binomial test of ``only_ranker`` among the two (one
+    sided: the ranker hits more often)."""
+    from scipy.stats import binomtest
+
     col = FEATURES.index("ann_score")
-    hits = {"ranker": 0.0, "retrieval": 0.0}
+    recall = {"ranker": 0.0, "retrieval": 0.0}
+    only = {"ranker": 0, "retrieval": 0}
     for x, y in groups:
+        hit = {}
         for name, score in (("ranker", ranker.predict(x)),
                             ("retrieval", np.nan_to_num(x[:, col], nan=-1e12))):
             top = np.argsort(-score, kind="stable")[:k]
-            hits[name] += float(y[top].sum() / max(y.sum(), 1.0))
+            recall[name] += float(y[top].sum() / max(y.sum(), 1.0))
+            hit[name] = bool(y[top].any())
+        if hit["ranker"] != hit["retrieval"]:
+            only["ranker" if hit["ranker"] else "retrieval"] += 1
     n = max(len(groups), 1)
-    return {"examples": float(len(groups)), "ranker_recall": hits["ranker"] / n,
-            "retrieval_recall": hits["retrieval"] / n}
+    discordant = only["ranker"] + only["retrieval"]
+    p = (binomtest(only["ranker"], discordant, 0.5, alternative="greater").pvalue
+         if discordant else 1.0)
+    return {"examples": float(len(groups)), "ranker_recall": recall["ranker"] / n,
+            "retrieval_recall": recall["retrieval"] / n,
+            "only_ranker": float(only["ranker"]), "only_retrieval": float(only["retrieval"]),
+            "p_value": float(p)}
 
 
 def train_ranker(x: np.ndarray, y: np.ndarray, group_sizes: list[int],

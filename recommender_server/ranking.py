@@ -155,17 +155,22 @@ def rank(ranker: Ranker | None, recent: Sequence[RecentEvent], n_events: int,
          neighbours: Mapping[str, Sequence[tuple[str, float]] | None],
          metadata: Mapping[str, Metadata | None],
          popular: Sequence[tuple[str, float]], order: str = "ranked",
-         skip: set[str] | frozenset[str] = frozenset()) -> Ranked:
+         skip: set[str] | frozenset[str] = frozenset(), explain: bool = True) -> Ranked:
     """Merge (``skip`` left out), featurise and score by ``order`` (:data:`ORDERS`; the
-    retrieval order when ``ranked`` is asked without a ranker)."""
+    retrieval order when ``ranked`` is asked without a ranker). Features are computed
+    only when a ranker uses them or ``explain`` shows them: until a ranker is published
+    the stage costs a merge."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     t0 = time.perf_counter()
     cands = merge(props, skip)
-    lists = {h: v for h, v in neighbours.items() if v}
-    feats = features(UserContext(recent_items(recent), n_events), cands, lists, metadata,
-                     popular)
     used = ranker if order == "ranked" else None
+    if used is not None or explain:
+        lists = {h: v for h, v in neighbours.items() if v}
+        feats = features(UserContext(recent_items(recent), n_events), cands, lists,
+                         metadata, popular)
+    else:
+        feats = np.full((len(cands), len(FEATURES)), np.nan, dtype=np.float32)
     if used is not None:
         scores = used.predict(feats)
     elif order in SOURCES:  # that source's own order, its candidates alone

@@ -269,7 +269,7 @@ class RecommendationService:
         if reason is None and self.config.ranking:
             assert doc is not None
             ranked = await self._rank(doc, candidates, boost, cat, seen | gone, degraded,
-                                      order)
+                                      order, explain)
             passing = set(ranked.cands.ids) if not flt else {
                 i for i, _ in await self._passing(
                     [(i, 0.0) for i in ranked.cands.ids], flt, degraded)}
@@ -304,20 +304,24 @@ class RecommendationService:
 
     async def _rank(self, doc: UserDoc, ann: list[tuple[str, float]],
                     boost: dict[str, float] | None, cat: Catalog, skip: set[str],
-                    degraded: list[str], order: str = "ranked") -> Ranked:
+                    degraded: list[str], order: str = "ranked",
+                    explain: bool = False) -> Ranked:
         """The ranking stage over every source's candidates (``skip``: seen and
         unavailable items), with the features read from the caches; a request filter
         is applied by the caller on the ranked list."""
         c = self.config
         props = proposals([(i, s) for i, s in ann if i not in skip], boost, cat.popular,
                           c.settings.rank_cooc, c.settings.rank_popular, skip)
-        recent = [item for item, _ in doc.recent]
-        ids = list(dict.fromkeys(
-            [i for p in props.values() for i, _ in p] + recent))
-        meta, neighbours = await asyncio.gather(self._metadata(ids, degraded),
-                                                self._neighbours(recent, degraded))
-        ranked = rank(self.rankers.current, doc.recent, doc.n_events, props, neighbours,
-                      meta, cat.popular, order, skip)
+        ranker = self.rankers.current if order == "ranked" else None
+        meta: dict[str, Metadata | None] = {}
+        neighbours: dict[str, list[tuple[str, float]] | None] = {}
+        if ranker is not None or explain:  # what the features read
+            recent = [item for item, _ in doc.recent]
+            ids = list(dict.fromkeys([i for p in props.values() for i, _ in p] + recent))
+            meta, neighbours = await asyncio.gather(self._metadata(ids, degraded),
+                                                    self._neighbours(recent, degraded))
+        ranked = rank(ranker, doc.recent, doc.n_events, props, neighbours, meta,
+                      cat.popular, order, skip, explain)
         for source, p in props.items():
             self._incr(f"rank.candidates.{source}", len(p))
         self._incr("rank.requests")
