@@ -36,8 +36,9 @@ RECORD = Path("ops/tuning/ranker.json")
 #: 0, 1, 2) of the hybrid's own prequential tuning (``ops/tuning/movielens-100k-hybrid.json``).
 NOISE = 0.003
 
-RULE = (f"among the configurations with a ranker whose recall@10 is within {NOISE} of the "
-        "best one's, the cheapest to serve (serving_rank_us)")
+RULE = (f"among the configurations whose rankers served (at least one passed the publishing "
+        f"test) and whose recall@10 is within {NOISE} of the best one's, the cheapest to "
+        "serve (serving_rank_us)")
 
 #: (name, source sizes, ranker parameters, retrain every) of each configuration (every
 #: parameter a name mentions is spelled out: the defaults move with the choice).
@@ -135,7 +136,7 @@ def serving_cost(sizes: dict[str, int], params: dict[str, Any]) -> float:
 
 def choose(rows: list[dict[str, Any]]) -> str:
     """The configuration :data:`RULE` picks."""
-    ranked = [r for r in rows if r["retrain_every"]]
+    ranked = [r for r in rows if r["retrain_every"] and r["rankers_kept"]]
     best = max(r["recall@10"] for r in ranked)
     near = [r for r in ranked if r["recall@10"] >= best - NOISE]
     return str(min(near, key=lambda r: (r["serving_rank_us"], -r["recall@10"]))["config"])

@@ -196,3 +196,32 @@ def test_the_worker_and_the_api_take_the_same_number_of_candidates_by_default() 
 
     s = Settings()
     assert SourceSizes() == SourceSizes(s.rank_ann, s.rank_cooc, s.rank_popular)
+
+
+def test_a_ranker_is_published_only_if_it_beats_retrieval_beyond_chance() -> None:
+    """Held-out examples where retrieval (``ann_score``) already finds the chosen item
+    and one feature predicts it better: a ranker that learned that feature passes the
+    paired test; one trained on shuffled labels does not."""
+    rng = np.random.default_rng(3)
+    col_ann, col_key = FEATURES.index("ann_score"), FEATURES.index("knn_recent")
+
+    def examples(n: int, shuffled: bool = False) -> Examples:
+        ex = Examples(capacity=n, negatives=30, full=n)
+        for _ in range(n):
+            x = rng.normal(size=(60, len(FEATURES))).astype(np.float32)
+            chosen = np.zeros(60, dtype=bool)
+            chosen[int(rng.integers(60))] = True
+            j = int(np.flatnonzero(chosen)[0])
+            x[j, col_key] += 3.0  # the feature that gives the choice away
+            x[j, col_ann] += 0.5  # retrieval sees it a little
+            if shuffled:
+                rng.shuffle(chosen)
+            ex.add(x, chosen)
+        return ex
+
+    good = examples(1500).fit(RankerParams(rounds=30, min_data_in_leaf=20))
+    held = good.info["held_out"]
+    assert held["only_ranker"] > held["only_retrieval"] and held["p_value"] < 0.05
+    assert good.beats_retrieval()
+    noise = examples(1500, shuffled=True).fit(RankerParams(rounds=30, min_data_in_leaf=20))
+    assert not noise.beats_retrieval(), noise.info["held_out"]
