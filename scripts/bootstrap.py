@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     export(model, out / "export" / version)
     ranker = (first_ranker(args.model, args.dim, events, items, epochs, args.ranker_events,
                            out / "rankers") if args.ranker_events > 0 else None)
+    if ranker is None:  # a ranker saved for an earlier model must not serve this one
+        (out / "rankers" / "latest").unlink(missing_ok=True)
     print(json.dumps({
         "version": version, "model": args.model, "source": source, "events": len(events),
         "users": len(model.user_ids), "items": len(model.item_ids), "dim": model.vector_dim,

@@ -30,7 +30,8 @@ from datasets.types import Interactions, Item
 from faiss_server.client import FaissClient
 from models.base import Recommender
 from models.checkpoint import load_checkpoint
-from streams.model_files import bootstrap_checkpoint_dir
+from streams.model_files import bootstrap_checkpoint_dir, ranker_dir
+from streams.ranker_training import load_latest_ranker, publish_ranker
 from streams.state import DecayedPopularity
 
 
@@ -89,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     # the stream's clock as of the bootstrap, until the worker's first batch moves it
     HotUsers(cache.r, cache.keys, settings.worker_hot_state_ttl_s).put_clock(
         stream_clock(model))
+    # the bootstrap's ranker (trained for this model), or none: never one of another model
+    ranker = load_latest_ranker(ranker_dir(settings))
+    if ranker is not None:
+        publish_ranker(cache, ranker)
+    else:
+        cache.r.delete(cache.keys.ranker, cache.keys.ranker_version)
+    summary["ranker"] = ranker.version if ranker else None
     if args.until_fraction is not None:
         ds = movielens.load(settings.cache_dir)
         inter = ds.interactions.sorted_by_time()
