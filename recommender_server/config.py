@@ -51,8 +51,12 @@ class ApiConfig:
         "delay; a new item's is read at once).", 30.0)
     cooc_cache_ttl_s: float = setting(
         "Seconds an item's co-occurrence list is cached per worker (the sparse part of a "
-        "hybrid model's query reads the lists of the user's recent items; the worker "
-        "rewrites a changed list every `RECSYS_WORKER_COOC_EXPORT_INTERVAL_S`).", 1.0)
+        "hybrid query reads the lists of the user's last 10 items, the ranker's features "
+        "those of all recent items; a list is an aggregate of the whole stream, rewritten "
+        "at most every `RECSYS_WORKER_COOC_EXPORT_INTERVAL_S`, and an item not cached is "
+        "read at once, so a click's own item is never late). 1 s → 30 s took the ranked "
+        "API from 577 to 978 requests/s on MovieLens: the refetches, not the CPU, bounded "
+        "it.", 30.0)
     candidate_slack: int = setting(
         "Extra candidates asked of FAISS to make up for unavailable items filtered here.", 10)
     filter_overfetch: int = setting(

@@ -367,9 +367,13 @@ class RecommendationService:
         if not self.breakers["redis"].allow():
             degraded.append("redis")
             return None
+        ids = sparse_sources(doc.recent, clock.sparse)
+        if self.config.ranking and self.rankers.current is not None:
+            # the ranker's features read every recent item's list: one MGET for both
+            # (``_neighbours`` then finds them cached)
+            ids = list(dict.fromkeys([*ids, *(item for item, _ in doc.recent)]))
         try:
-            lists = await self.deps.catalog.similar_many(
-                sparse_sources(doc.recent, clock.sparse))
+            lists = await self.deps.catalog.similar_many(ids)
         except REDIS_ERRORS as exc:
             self._dep_error("redis", exc)
             degraded.append("redis")
