@@ -169,6 +169,38 @@ def catalogue(args: argparse.Namespace, settings: Settings,
                                                                                n_users)]
 
 
+class RankerSwaps:
+    """Publishes ``n`` new rankers, evenly spaced, while the first wrk run goes on (each
+    API worker swaps within ``RECSYS_API_RANKER_REFRESH_S``): the run's ``errors`` then
+    count any request a swap failed."""
+
+    def __init__(self, cache: Any, n: int, duration_s: float) -> None:
+        import threading
+
+        from ranking.features import FEATURES
+        from ranking.ranker import train_ranker
+
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(31_000, len(FEATURES))).astype(np.float32)
+        y = (x[:, 1] > 1.0).astype(np.float32)
+        self.rankers = [train_ranker(x, y, [31] * 1000, version=f"bench-swap-{j}")
+                        for j in range(n)]
+        self.cache, self.gap_s = cache, duration_s / (n + 1)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from streams.ranker_training import publish_ranker
+
+        for ranker in self.rankers:
+            time.sleep(self.gap_s)
+            publish_ranker(self.cache, ranker)
+
+    def join(self) -> dict[str, Any]:
+        self.thread.join()
+        return {"ranker_swaps_published": len(self.rankers)}
+
+
 def seed_ranking(cache: Any, item_ids: list[str], rng: np.random.Generator,
                  base: Settings) -> str:
     """What the ranking stage reads, as the worker would have written it: 50 stored
@@ -268,8 +300,12 @@ def bench_api(args: argparse.Namespace, tmp: Path) -> None:
                 # with --filter: unfiltered, each filter, unfiltered again (same processes)
                 plan = [None, *args.filter, None] if args.filter and mode == "stream" \
                     else [None]
+                swapper = RankerSwaps(cache, args.swap_rankers, args.duration) \
+                    if ranking and args.swap_rankers else None
                 runs = [(qs, run_wrk(args, tmp, api, faiss, n_users, qs)) for qs in plan]
                 result = runs[0][1]
+                if swapper is not None:
+                    result.update(swapper.join())
                 fresh_docs = store.get_many([f"user{u}" for u in range(n_users - 20, n_users)])
                 result.update(freshness(api.url, store, list(fresh_docs.values()), 20))
                 ready = requests.get(f"{api.url}/ready", timeout=5).json()["checks"]
@@ -417,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold", action="store_true",
                    help="API user cache starts empty (no preload, no warm-up requests)")
     p.add_argument("--api-workers", type=int, default=2)
+    p.add_argument("--swap-rankers", type=int, default=0, metavar="N",
+                   help="publish N new rankers during the ranked wrk run (hot swaps)")
     p.add_argument("--ranking", choices=["on", "off", "both"], default="on",
                    help="the API's ranking stage (RECSYS_API_RANKING); both: off, then on")
     p.add_argument("--queries", type=int, default=None, help="ANN queries")
