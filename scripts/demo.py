@@ -288,7 +288,8 @@ def main() -> int:  # noqa: PLR0915 - a linear story reads best in one place
     for t, it in zip(titles(ds, after.get("items", [])), after.get("items", []),
                      strict=True):
         say(f"     - {t}   [{', '.join(it.get('sources') or [])}]")
-    say(f"   ranked by ranker {after.get('ranker_version') or 'none'} (none: the FAISS order), model "
+    ranker = after.get("ranker_version") or "none"
+    say(f"   ranked by ranker {ranker} (none: the FAISS order), model "
         f"{after.get('model_version')}, index {after.get('index_version')}; each item's "
         "candidate sources in brackets")
     # the same list narrowed by attributes (recommender_server/filters.py)
