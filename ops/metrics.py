@@ -46,6 +46,7 @@ SOURCES: dict[str, str] = {
     "streams/dead_letters.py": "worker",
     "streams/user_writes.py": "worker",
     "streams/durable_users.py": "worker",
+    "streams/ranker_training.py": "worker",
     "recommender_server/metrics.py": "api",
     "recommender_server/recommend.py": "api",
     "common/http_metrics.py": "faiss",  # the FAISS service's middleware (the API batches)
@@ -95,11 +96,11 @@ METRICS: tuple[Metric, ...] = (
            "Ranker examples kept (a sampled user's candidates before a batch, labelled by "
            "what they chose in it).", _W),
     Metric("worker", "ranker.trained", COUNTER,
-           "Rankers trained and published (better than retrieval on held-out examples).",
-           _W),
+           "Rankers trained and published (better than retrieval on held-out examples "
+           "beyond chance).", ("streams/ranker_training.py",)),
     Metric("worker", "ranker.rejected", COUNTER,
-           "Rankers trained but not published (no better than retrieval on held-out "
-           "examples).", _W),
+           "Rankers trained but not published (not better than retrieval on held-out "
+           "examples beyond chance).", ("streams/ranker_training.py",)),
     Metric("worker", "dead_letters", COUNTER,
            "Events sent to the dead-letter topic (invalid, poison or conflicting "
            "duplicates); counted once, by the sink.", ("streams/dead_letters.py",)),

@@ -79,6 +79,16 @@ PANELS: tuple[Panel, ...] = (
         f"aliasByNode(transformNull(stats.counters.{P}.api.source.*.rate, 0), 5)",
         f"aliasByNode(transformNull(stats.counters.{P}.api.fallback.*.rate, 0), 5)",
     ), "Personalised versus popular answers, and why popular was used."),
+    Panel("ranking", "Ranking stage: candidates per source, filter drops (per s); ranker (ms)",
+          "ops", (
+        f"aliasByNode(transformNull(stats.counters.{P}.api.rank.candidates.*.rate, 0), 6)",
+        _rate("api.rank.learned", "ranked by the learned ranker"),
+        _rate("api.rank.retrieval_order", "FAISS order (no ranker)"),
+        _rate("api.filter.dropped", "candidates dropped by filters"),
+        _timer("api.rank.latency", "upper_99", "rank upper_99 (ms)"),
+        _rate("worker.ranker.examples", "worker: ranker examples"),
+    ), "Candidates each source proposes, requests ranked by the learned ranker or in the "
+       "FAISS order, filter drops, the ranking stage's p99 and the worker's examples."),
     Panel("model_size", "Model size", "short", (
         _gauge("worker.model.users", "users"),
         _gauge("worker.model.items", "items"),

@@ -325,7 +325,10 @@ class RecommendationService:
         for source, p in props.items():
             self._incr(f"rank.candidates.{source}", len(p))
         self._incr("rank.requests")
-        self._incr("rank.learned" if ranked.ranker is not None else "rank.retrieval_order")
+        if ranked.ranker is not None:
+            self._incr("rank.learned")
+        else:
+            self._incr("rank.retrieval_order")
         if random.random() < c.metrics_timing_rate:
             self._timings.append(("rank.latency", ranked.seconds * 1000))
         return ranked
