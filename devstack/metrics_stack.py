@@ -316,7 +316,7 @@ FUNCTION_PLUGINS = []
 
     def _init_graphite_db(self) -> None:
         marker = self.graphite_storage / "graphite.db"
-        if marker.exists():
+        if marker.exists() and marker.stat().st_size > 0:  # empty: a migrate cut short
             return
         log.info("graphite-web: initialising sqlite DB %s", marker)
         self._run_logged([SYSTEM_PYTHON, "-m", "django", "migrate", "--noinput", "--run-syncdb"],
