@@ -231,20 +231,21 @@ def features(user: UserContext, cands: Candidates,
     return out.astype(np.float32)
 
 
-_TABLE: tuple[int, int, dict[str, tuple[float, float]]] = (0, -1, {})
+_TABLE: tuple[object, int, dict[str, tuple[float, float]]] = (None, -1, {})
 
 
 def popular_table(popular: Sequence[tuple[str, float]]) -> dict[str, tuple[float, float]]:
     """``{item: (rank, score / best score)}`` of a popular list, kept for the last list
     seen: both sides read one list for many requests (the API's is replaced, never
-    changed in place, when it is re-read; so is the worker's)."""
+    changed in place, when it is re-read; so is the worker's). The list itself is held
+    and compared by identity: an ``id`` alone could be reused by the next list."""
     global _TABLE
-    key, size, table = _TABLE
-    if key != id(popular) or size != len(popular):
+    held, size, table = _TABLE
+    if held is not popular or size != len(popular):
         top = popular[0][1] if popular and popular[0][1] > 0 else 0.0
         table = {item: (float(r), s / top if top else 0.0)
                  for r, (item, s) in enumerate(popular)}
-        _TABLE = (id(popular), len(popular), table)
+        _TABLE = (popular, len(popular), table)
     return table
 
 

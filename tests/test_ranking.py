@@ -228,3 +228,11 @@ def test_a_ranker_is_published_only_if_it_beats_retrieval_beyond_chance() -> Non
     assert good.beats_retrieval()
     noise = examples(1500, shuffled=True).fit(RankerParams(rounds=30, min_data_in_leaf=20))
     assert not noise.beats_retrieval(), noise.info["held_out"]
+
+
+def test_the_popular_table_follows_a_new_list_even_at_a_reused_address() -> None:
+    from ranking.features import popular_table
+
+    assert popular_table([("a", 2.0), ("b", 1.0)])["b"] == (1.0, 0.5)
+    # the first list is gone: a new one of the same length may take its address
+    assert popular_table([("b", 4.0), ("a", 1.0)])["b"] == (0.0, 1.0)
