@@ -113,6 +113,22 @@ def best_first(scores: Mapping[str, float] | Sequence[tuple[str, float]], n: int
     return kept[:n]
 
 
+def proposals(ann: Sequence[tuple[str, float]],
+              cooc: Mapping[str, float] | Sequence[tuple[str, float]] | None,
+              popular: Sequence[tuple[str, float]], n_cooc: int, n_popular: int,
+              skip: set[str] | frozenset[str]) -> dict[str, list[tuple[str, float]]]:
+    """Each source's proposals, best first, ``skip`` left out: ``ann`` as retrieved,
+    ``cooc`` (the sparse part's scores) its best ``n_cooc``, ``popular`` its first
+    ``n_popular``. The worker (:func:`ranking.offline.model_inputs`) and the API form
+    them here, so both give :func:`merge` the same lists."""
+    out: dict[str, list[tuple[str, float]]] = {
+        "ann": [(i, s) for i, s in ann if i not in skip]}
+    if cooc:
+        out["cooc"] = best_first(cooc, n_cooc, skip)
+    out["popular"] = [(i, s) for i, s in popular if i not in skip][:n_popular]
+    return out
+
+
 def _genres(meta: Metadata | None) -> Sequence[str]:
     g = meta.get("genres") if meta else None
     return g if isinstance(g, list | tuple) else ()

@@ -22,7 +22,14 @@ import torch
 
 from models.base import Recommender
 from models.hybrid import SessionCooc
-from ranking.features import Candidates, UserContext, best_first, merge
+from ranking.features import (
+    Candidates,
+    UserContext,
+    features,
+    merge,
+    proposals,
+    retrieval_scores,
+)
 from ranking.ranker import Examples, Ranker, RankerParams
 
 
@@ -70,15 +77,13 @@ def model_inputs(model: Recommender, users: Sequence[str],
             score[skip_rows] = -np.inf
             top = np.argsort(-score, kind="stable")[: sizes.ann]
             top = top[np.isfinite(score[top])]
-            proposals: dict[str, list[tuple[str, float]]] = {
-                "ann": list(zip(ids.ids_of(top.tolist()), score[top].tolist(), strict=True))}
+            ann = list(zip(ids.ids_of(top.tolist()), score[top].tolist(), strict=True))
+            cooc_scores = None
             if sparse is not None:
                 nz = np.flatnonzero(sparse[j])
-                proposals["cooc"] = best_first(
-                    list(zip(ids.ids_of(nz.tolist()), sparse[j][nz].tolist(), strict=True)),
-                    sizes.cooc, skip)
-            proposals["popular"] = [(i, s) for i, s in popular if i not in skip][
-                : sizes.popular]
+                cooc_scores = list(zip(ids.ids_of(nz.tolist()), sparse[j][nz].tolist(),
+                                       strict=True))
+            props = proposals(ann, cooc_scores, popular, sizes.cooc, sizes.popular, skip)
             neighbours: dict[str, list[tuple[str, float]]] = {}
             if cooc is not None:
                 for h in dict.fromkeys(recent.get(user, ())):
@@ -93,7 +98,7 @@ def model_inputs(model: Recommender, users: Sequence[str],
                     neighbours[h] = nbr_cache[h]
             out.append(RankInputs(UserContext(list(recent.get(user, ())),
                                               int(n_events.get(user, 0))),
-                                  merge(proposals, skip), neighbours))
+                                  merge(props), neighbours))
     return out
 
 
@@ -165,8 +170,6 @@ class RankedModel:
         return getattr(self.model, name)
 
     def inputs(self, users: Sequence[str]) -> list[tuple[RankInputs, np.ndarray]]:
-        from ranking.features import features
-
         seen = {u: {i for i in self.model.item_ids.ids_of(
             sorted(self.model.seen.of(int(self.model.user_ids.lookup([u])[0]))))}
             for u in users}
@@ -179,8 +182,6 @@ class RankedModel:
 
     def recommend(self, users: Sequence[str], k: int, exclude_seen: bool = True
                   ) -> tuple[np.ndarray, np.ndarray]:
-        from ranking.features import retrieval_scores
-
         ids = np.full((len(users), k), "", dtype=object)
         scores = np.full((len(users), k), -np.inf)
         for j, (user, (x, feats)) in enumerate(zip(users, self.inputs(users), strict=True)):

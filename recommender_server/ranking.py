@@ -33,7 +33,6 @@ from ranking.features import (
     SOURCES,
     Candidates,
     UserContext,
-    best_first,
     features,
     merge,
     retrieval_scores,
@@ -99,18 +98,6 @@ def recent_items(recent: Sequence[RecentEvent]) -> list[str]:
     return [item for item, _ in recent]
 
 
-def proposals(ann: Sequence[tuple[str, float]], boost: Mapping[str, float] | None,
-              popular: Sequence[tuple[str, float]], n_cooc: int, n_popular: int,
-              skip: set[str] | frozenset[str]) -> dict[str, list[tuple[str, float]]]:
-    """Each source's proposals, best first, ``skip`` left out (as the worker forms them:
-    :func:`ranking.offline.model_inputs`)."""
-    out: dict[str, list[tuple[str, float]]] = {"ann": list(ann)}
-    if boost:
-        out["cooc"] = best_first(boost, n_cooc, skip)
-    out["popular"] = [(i, s) for i, s in popular if i not in skip][:n_popular]
-    return out
-
-
 #: What a request may order its candidates by (``order=``): the ranker (``ranked``, the
 #: default), the FAISS order (``retrieval``, what serving was before the ranking
 #: stage), or one source's own order alone (its candidates only). The orders other than
@@ -155,15 +142,16 @@ def rank(ranker: Ranker | None, recent: Sequence[RecentEvent], n_events: int,
          neighbours: Mapping[str, Sequence[tuple[str, float]] | None],
          metadata: Mapping[str, Metadata | None],
          popular: Sequence[tuple[str, float]], order: str = "ranked",
-         skip: set[str] | frozenset[str] = frozenset(), explain: bool = True) -> Ranked:
-    """Merge (``skip`` left out), featurise and score by ``order`` (:data:`ORDERS`; the
+         explain: bool = True) -> Ranked:
+    """Merge (:func:`ranking.features.proposals` left the seen items out), featurise and
+    score by ``order`` (:data:`ORDERS`; the
     retrieval order when ``ranked`` is asked without a ranker). Features are computed
     only when a ranker uses them or ``explain`` shows them: until a ranker is published
     the stage costs a merge."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     t0 = time.perf_counter()
-    cands = merge(props, skip)
+    cands = merge(props)
     used = ranker if order == "ranked" else None
     if used is not None or explain:
         lists = {h: v for h, v in neighbours.items() if v}

@@ -56,6 +56,7 @@ from common.hot_users import newest
 from common.session_query import StreamClock, served_query, served_sparse, sparse_sources
 from common.stores import UserDoc
 from faiss_server.protocol import FaissRequestError, Hit
+from ranking.features import proposals
 from recommender_server.attribute_index import AttributeIndex
 from recommender_server.batching import SearchBatcher
 from recommender_server.caches import Catalog
@@ -63,7 +64,7 @@ from recommender_server.config import ApiConfig
 from recommender_server.deps import Breaker, Dependencies
 from recommender_server.filters import AttributeFilter, PassRates, overfetch
 from recommender_server.ports import Body, Metadata, Searcher
-from recommender_server.ranking import Ranked, RankerHolder, proposals, rank
+from recommender_server.ranking import Ranked, RankerHolder, rank
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +311,8 @@ class RecommendationService:
         unavailable items), with the features read from the caches; a request filter
         is applied by the caller on the ranked list."""
         c = self.config
-        props = proposals([(i, s) for i, s in ann if i not in skip], boost, cat.popular,
-                          c.settings.rank_cooc, c.settings.rank_popular, skip)
+        props = proposals(ann, boost, cat.popular, c.settings.rank_cooc,
+                          c.settings.rank_popular, skip)
         ranker = self.rankers.current if order == "ranked" else None
         meta: dict[str, Metadata | None] = {}
         neighbours: dict[str, list[tuple[str, float]] | None] = {}
@@ -321,7 +322,7 @@ class RecommendationService:
             meta, neighbours = await asyncio.gather(self._metadata(ids, degraded),
                                                     self._neighbours(recent, degraded))
         ranked = rank(ranker, doc.recent, doc.n_events, props, neighbours, meta,
-                      cat.popular, order, skip, explain)
+                      cat.popular, order, explain)
         for source, p in props.items():
             self._incr(f"rank.candidates.{source}", len(p))
         self._incr("rank.requests")

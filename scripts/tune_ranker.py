@@ -104,9 +104,9 @@ def _kept(info: dict[str, Any]) -> bool:
 def serving_cost(sizes: dict[str, int], params: dict[str, Any]) -> float:
     """Median µs of one :func:`recommender_server.ranking.rank` call with these sizes
     (synthetic inputs: 20 recent items with 50 stored partners each, 1,000 popular)."""
-    from ranking.features import FEATURES
+    from ranking.features import FEATURES, proposals
     from ranking.ranker import RankerParams, train_ranker
-    from recommender_server.ranking import proposals, rank
+    from recommender_server.ranking import rank
 
     rng = np.random.default_rng(0)
     ids = [f"i{j}" for j in range(20_000)]

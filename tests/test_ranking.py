@@ -24,11 +24,12 @@ from ranking.features import (
     UserContext,
     features,
     merge,
+    proposals,
     retrieval_scores,
 )
 from ranking.offline import RankedModel, SourceSizes, model_inputs, replay_examples
 from ranking.ranker import Examples, Ranker, RankerError, RankerParams, train_ranker
-from recommender_server.ranking import proposals, rank
+from recommender_server.ranking import rank
 from streams.ranker_training import load_latest_ranker, save_ranker
 
 
