@@ -229,12 +229,8 @@ class InteractionPipeline:
                                 dtype=np.float32),
                 ts_ms=np.array([ev.ts for ev, _ in fresh], dtype=np.int64),
             )
-            trainer = self.ranker_trainer
-            rank_users = [u for u in sampled if u in before]
-            rank_inputs = (await self.holder.run(
-                trainer.inputs, rank_users, {u: sampled[u][0] for u in rank_users},
-                {u: sampled[u][1] for u in rank_users})
-                if trainer is not None and rank_users else [])
+            rank_users, rank_inputs = await self._rank_inputs(
+                [u for u in sampled if u in before], sampled)
             t0 = time.perf_counter()
             out = await self.holder.run(_learn_and_export, batch, dirty,
                                         [before[u] for u in dirty])
@@ -284,6 +280,24 @@ class InteractionPipeline:
         return {u: (list(self.states[u].doc.recent), self.states[u].doc.n_events)
                 for u in trainer.pick(users, known)}
 
+    async def _rank_inputs(self, users: list[str],
+                           sampled: dict[str, tuple[list[RecentEvent], int]]
+                           ) -> tuple[list[str], list[RankInputs]]:
+        """The sampled users' candidates before the batch is learned, with the popular
+        list re-read first, so an example's popular candidates and its popularity
+        features come from one list (none this batch while Redis fails: best effort)."""
+        trainer = self.ranker_trainer
+        if trainer is None or not users:
+            return [], []
+        try:
+            await trainer.refresh()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("ranker examples skipped: %s", f"{type(exc).__name__}: {exc}"[:300])
+            return [], []
+        return users, await self.holder.run(
+            trainer.inputs, users, {u: sampled[u][0] for u in users},
+            {u: sampled[u][1] for u in users})
+
     async def _ranker_examples(self, inputs: list[RankInputs], users: list[str],
                                fresh: list[tuple[Interaction, RawMessage]]) -> None:
         """Label the sampled users' candidates with what they chose in the batch; start
@@ -294,7 +308,6 @@ class InteractionPipeline:
         for ev, _ in fresh:
             chosen.setdefault(ev.user_id, set()).add(ev.item_id)
         try:
-            await trainer.refresh()
             kept = await trainer.add(inputs, chosen, users)
         except Exception as exc:  # examples are best effort: the batch is applied
             log.warning("ranker examples skipped: %s", f"{type(exc).__name__}: {exc}"[:300])
