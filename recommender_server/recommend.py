@@ -271,7 +271,7 @@ class RecommendationService:
             assert doc is not None
             ranked = await self._rank(doc, candidates, boost, cat, seen | gone, degraded,
                                       order, explain)
-            passing = set(ranked.cands.ids) if not flt else {
+            passing = None if not flt else {
                 i for i, _ in await self._passing(
                     [(i, 0.0) for i in ranked.cands.ids], flt, degraded)}
             top = ranked.top(k, passing)

@@ -101,8 +101,6 @@ class RankerTrainer:
         self._meta: dict[str, dict[str, object] | None] = {}
         self._trained_at = time.monotonic()
         self._training: asyncio.Task[None] | None = None
-        self.trained = 0
-        self.rejected = 0  # trained but no better than retrieval on held-out examples
 
     def pick(self, users: Sequence[str], known: Sequence[bool]) -> list[str]:
         """At most ``per_batch`` of the batch's users the model knows, at random."""
@@ -157,7 +155,6 @@ class RankerTrainer:
             t0 = time.perf_counter()
             ranker = await asyncio.to_thread(self.examples.fit, self.params)
             if not ranker.beats_retrieval():
-                self.rejected += 1
                 if self.metrics is not None:
                     self.metrics.incr("ranker.rejected")
                 log.info("ranker %s not published: held-out %s", ranker.version,
@@ -166,7 +163,6 @@ class RankerTrainer:
             await asyncio.to_thread(save_ranker, self.folder, ranker)
             await asyncio.to_thread(publish_ranker, self.items, ranker)
             self.current = ranker
-            self.trained += 1
             if self.metrics is not None:
                 self.metrics.incr("ranker.trained")
             log.info("ranker %s trained on %s examples in %.1fs and published",
