@@ -46,6 +46,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TypeVar
 
 import msgspec
 import pymongo.errors
@@ -67,6 +68,8 @@ from recommender_server.ports import Body, Metadata, Searcher
 from recommender_server.ranking import Ranked, RankerHolder, rank
 
 log = logging.getLogger(__name__)
+
+V = TypeVar("V")
 
 #: Where similar items come from: nearest item vectors in the FAISS index, or the
 #: co-occurrence the worker counts from the stream (``RedisKeys.cooc``).
@@ -158,16 +161,22 @@ class RecommendationService:
             degraded.append("redis")
         return cat
 
-    async def _metadata(self, ids: list[str],
-                        degraded: list[str]) -> dict[str, Metadata | None]:
+    async def _cached_lists(self, read: Callable[[list[str]], Awaitable[dict[str, V]]],
+                            ids: list[str], degraded: list[str]) -> dict[str, V]:
+        """``read(ids)`` (a :class:`Catalog` lookup) guarded by the Redis breaker: ``{}``
+        for no ids, while the breaker is open, or on a Redis error (``degraded``)."""
         if not ids or not self.breakers["redis"].allow():
             return {}
         try:
-            return await self.deps.catalog.metadata(ids)
+            return await read(ids)
         except REDIS_ERRORS as exc:
             self._dep_error("redis", exc)
             degraded.append("redis")
             return {}
+
+    async def _metadata(self, ids: list[str],
+                        degraded: list[str]) -> dict[str, Metadata | None]:
+        return await self._cached_lists(self.deps.catalog.metadata, ids, degraded)
 
     async def _popular_fill(self, cat: Catalog, n: int, skip: set[str],
                             flt: AttributeFilter, degraded: list[str]) -> list[Hit]:
@@ -338,14 +347,8 @@ class RecommendationService:
                           ) -> dict[str, list[tuple[str, float]] | None]:
         """The stored co-occurrence lists of the user's recent items (none while Redis
         fails: the co-occurrence features are then unknown)."""
-        if not recent or not self.breakers["redis"].allow():
-            return {}
-        try:
-            return await self.deps.catalog.similar_many(list(dict.fromkeys(recent)))
-        except REDIS_ERRORS as exc:
-            self._dep_error("redis", exc)
-            degraded.append("redis")
-            return {}
+        return await self._cached_lists(self.deps.catalog.similar_many,
+                                        list(dict.fromkeys(recent)), degraded)
 
     @staticmethod
     def _describe(items: list[Body], ranked: Ranked, explain: bool) -> None:
